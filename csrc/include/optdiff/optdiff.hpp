@@ -1,0 +1,102 @@
+// optdiff public C++ API: batched free-space propagation and phase-layer
+// stacks with exact adjoint gradients, on the CPU (FFTW3 + OpenMP).
+//
+// Conventions (shared with the Python API):
+//  * fields are row-major complex arrays [batch, n, n] of cplx<T> (layout of
+//    std::complex<T>); phases are real [layers, n, n]; SI units (metres, rad);
+//  * a gradient of a real loss with respect to a complex value z is
+//    dLoss/dRe(z) + i dLoss/dIm(z);
+//  * every call is thread-safe; work is split over the batch with
+//    `num_threads` threads (0 = the global setting, see set_num_threads).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "optdiff/physics.hpp"
+#include "optdiff/plan.hpp"
+
+namespace optdiff {
+
+// Global default thread count for every call that is passed num_threads = 0.
+void set_num_threads(int n);  // n >= 1
+int get_num_threads();
+
+// FFTW planner effort for plans made from now on: 0 estimate, 1 measure
+// (default), 2 patient. Plans are cached per shape; wisdom stays in-process.
+void set_planner_effort(int effort);
+int get_planner_effort();
+
+// True when every value is finite. Used to reject NaN/Inf input early.
+bool all_finite(const float* data, int64_t count);
+bool all_finite(const double* data, int64_t count);
+
+template <class T>
+struct HopPlan;  // internal: transfer function + FFT plans for one hop
+
+// One free-space hop applied to a batch of fields: out = P(tilt * in) and its
+// adjoint in = conj(tilt) * P^H(out). `in` and `out` may be the same buffer.
+template <class T>
+class Propagator {
+public:
+    Propagator(int64_t n, const PropagationSpec& spec);
+    ~Propagator();
+    Propagator(Propagator&&) noexcept;
+    Propagator& operator=(Propagator&&) noexcept;
+
+    void forward(const cplx<T>* in, cplx<T>* out, int64_t batch, int num_threads = 0) const;
+    void adjoint(const cplx<T>* in, cplx<T>* out, int64_t batch, int num_threads = 0) const;
+
+    int64_t n() const;
+    const PropagationSpec& spec() const;
+    // Transfer function on the padded grid in FFT order, without 1/np^2.
+    std::vector<cplx<T>> transfer_function() const;
+
+private:
+    std::unique_ptr<HopPlan<T>> plan_;
+};
+
+// Description of a stack: optional input hop, then for each layer l a phase
+// mask followed by hop l (the last hop ends at the camera).
+struct StackSpec {
+    int64_t n = 0;
+    std::vector<PropagationSpec> hops;  // one per layer; tilt of hop l acts on mask l's output
+    bool has_input_hop = false;
+    PropagationSpec input_hop;          // propagation of the input before mask 0
+};
+
+template <class T>
+class PhaseStack {
+public:
+    explicit PhaseStack(const StackSpec& spec);
+    ~PhaseStack();
+    PhaseStack(PhaseStack&&) noexcept;
+    PhaseStack& operator=(PhaseStack&&) noexcept;
+
+    int64_t n() const;
+    int64_t layers() const;
+    // Complex values stored per sample by forward for backward: one field per
+    // layer (the modulated field) plus the camera field.
+    int64_t saved_fields_per_sample() const { return layers() + 1; }
+    const StackSpec& spec() const;
+
+    // intensity [B,n,n] = |camera field|^2. `saved` (nullable) receives
+    // [B, L+1, n, n]; `camera_field` (nullable) receives the complex field.
+    void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
+                 cplx<T>* saved, cplx<T>* camera_field, int num_threads = 0) const;
+
+    // Given dLoss/dIntensity, writes dLoss/dphases [L,n,n] (summed over the
+    // batch) and, when grad_input is non-null, dLoss/dinput [B,n,n].
+    // `saved` from forward, or nullptr to recompute it per sample (memory
+    // bounded by threads * (L+1) fields instead of B * (L+1)).
+    void backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
+                  const T* grad_intensity, int64_t batch, T* grad_phases,
+                  cplx<T>* grad_input, int num_threads = 0) const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace optdiff

@@ -1,0 +1,284 @@
+// pybind11 bindings of the CPU core (module optdiff._core).
+// Thin by design: check arrays, take views without copies, release the GIL,
+// call the core. Physics lives in csrc/; friendly defaults in python/optdiff.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <complex>
+#include <cstring>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "optdiff/optdiff.hpp"
+
+namespace py = pybind11;
+using namespace optdiff;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+    std::ostringstream o;
+    o << "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) o << (i ? ", " : "") << a.shape(i);
+    o << (a.ndim() == 1 ? ",)" : ")");
+    return o.str();
+}
+
+[[noreturn]] void type_error(const std::string& m) { throw py::type_error(m); }
+[[noreturn]] void value_error(const std::string& m) { throw py::value_error(m); }
+
+template <class S>
+std::string dtype_name() {
+    return py::str(py::dtype::of<S>()).cast<std::string>();
+}
+
+// Checks dtype and C-contiguity; returns the array unchanged (never a copy).
+template <class S>
+void check_basic(const py::array& a, const char* name, bool writeable) {
+    if (!a.dtype().is(py::dtype::of<S>()))
+        type_error(std::string(name) + " must have dtype " + dtype_name<S>() + ", got " +
+                   py::str(a.dtype()).cast<std::string>() +
+                   " (convert with .astype(np." + dtype_name<S>() + ") first)");
+    if (!(a.flags() & py::array::c_style))
+        value_error(std::string(name) +
+                    " must be C-contiguous; pass np.ascontiguousarray(" + name +
+                    ") (optdiff never copies silently)");
+    if (writeable && !a.writeable()) value_error(std::string(name) + " must be writeable");
+}
+
+// A field batch [B, n, n] or a single [n, n]; returns B.
+template <class S>
+int64_t check_batch(const py::array& a, const char* name, int64_t n, bool writeable) {
+    check_basic<S>(a, name, writeable);
+    if (a.ndim() != 2 && a.ndim() != 3)
+        value_error(std::string(name) + " must have shape [B, n, n] or [n, n] with n = " +
+                    std::to_string(n) + ", got rank " + std::to_string(a.ndim()) + " shape " + shape_str(a));
+    const py::ssize_t r = a.ndim();
+    if (a.shape(r - 1) != n || a.shape(r - 2) != n)
+        value_error(std::string(name) + " must end in (" + std::to_string(n) + ", " +
+                    std::to_string(n) + ") to match the propagator's n, got shape " + shape_str(a));
+    const int64_t b = r == 3 ? a.shape(0) : 1;
+    if (b == 0) value_error(std::string(name) + " has a batch of 0 samples; pass at least one field");
+    return b;
+}
+
+template <class S>
+void check_same_shape(const py::array& a, const char* name, const py::array& ref, const char* refname) {
+    bool same = a.ndim() == ref.ndim();
+    for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == ref.shape(i);
+    if (!same)
+        value_error(std::string(name) + " must have the shape of " + refname + " " + shape_str(ref) +
+                    ", got " + shape_str(a));
+}
+
+template <class R>
+void check_finite(const py::array& a, const char* name) {
+    const auto* p = static_cast<const R*>(a.data());
+    const int64_t count = static_cast<int64_t>(a.size()) * static_cast<int64_t>(a.itemsize() / sizeof(R));
+    bool ok;
+    {
+        py::gil_scoped_release nogil;
+        ok = all_finite(p, count);
+    }
+    if (!ok) value_error(std::string(name) + " contains NaN or infinite values");
+}
+
+// Partial overlap would corrupt results; identical buffers mean "in place".
+void check_overlap(const py::array& a, const py::array& b, const char* an, const char* bn) {
+    const char* a0 = static_cast<const char*>(a.data());
+    const char* b0 = static_cast<const char*>(b.data());
+    const char* a1 = a0 + a.nbytes();
+    const char* b1 = b0 + b.nbytes();
+    if (a0 == b0 && a1 == b1) return;
+    if (a0 < b1 && b0 < a1)
+        value_error(std::string(an) + " and " + bn + " overlap in memory without being the same array");
+}
+
+Method parse_method(const std::string& m) {
+    if (m == "as" || m == "angular_spectrum") return Method::AngularSpectrum;
+    if (m == "bl-as" || m == "band_limited") return Method::BandLimitedAS;
+    if (m == "fresnel") return Method::Fresnel;
+    value_error("method must be 'as' (angular spectrum), 'bl-as' (band-limited angular spectrum) or 'fresnel', got '" + m + "'");
+}
+
+std::string method_name(Method m) {
+    switch (m) {
+        case Method::BandLimitedAS: return "bl-as";
+        case Method::Fresnel: return "fresnel";
+        default: return "as";
+    }
+}
+
+PropagationSpec make_spec(double wavelength, double pitch, double distance, const std::string& method,
+                          int padding, double tilt_x, double tilt_y) {
+    PropagationSpec s;
+    s.wavelength = wavelength;
+    s.pitch = pitch;
+    s.distance = distance;
+    s.method = parse_method(method);
+    s.padding = padding;
+    s.tilt_x = tilt_x;
+    s.tilt_y = tilt_y;
+    return s;
+}
+
+template <class T>
+void bind_propagator(py::module_& m, const char* name) {
+    using C = std::complex<T>;
+    py::class_<Propagator<T>>(m, name)
+        .def(py::init([](int64_t n, const PropagationSpec& s) { return new Propagator<T>(n, s); }),
+             py::arg("n"), py::arg("spec"))
+        .def_property_readonly("n", &Propagator<T>::n)
+        .def_property_readonly("spec", &Propagator<T>::spec)
+        .def("forward", [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
+                const int64_t b = check_batch<C>(x, "field", p.n(), false);
+                check_batch<C>(out, "out", p.n(), true);
+                check_same_shape<C>(out, "out", x, "field");
+                check_overlap(x, out, "field", "out");
+                check_finite<T>(x, "field");
+                py::gil_scoped_release nogil;
+                p.forward(static_cast<const cplx<T>*>(x.data()), static_cast<cplx<T>*>(out.mutable_data()), b, nthreads);
+            }, py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
+        .def("adjoint", [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
+                const int64_t b = check_batch<C>(x, "field", p.n(), false);
+                check_batch<C>(out, "out", p.n(), true);
+                check_same_shape<C>(out, "out", x, "field");
+                check_overlap(x, out, "field", "out");
+                check_finite<T>(x, "field");
+                py::gil_scoped_release nogil;
+                p.adjoint(static_cast<const cplx<T>*>(x.data()), static_cast<cplx<T>*>(out.mutable_data()), b, nthreads);
+            }, py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
+        .def("transfer_function", [](const Propagator<T>& p) {
+                std::vector<cplx<T>> h;
+                {
+                    py::gil_scoped_release nogil;
+                    h = p.transfer_function();
+                }
+                const int64_t np_ = p.n() * p.spec().padding;
+                py::array_t<C> a({np_, np_});
+                std::memcpy(static_cast<void*>(a.mutable_data()), static_cast<const void*>(h.data()), h.size() * sizeof(C));
+                return a;
+            });
+}
+
+template <class T>
+void check_phases(const py::array& ph, int64_t n, int64_t L) {
+    check_basic<T>(ph, "phases", false);
+    if (ph.ndim() != 3 || ph.shape(0) != L || ph.shape(1) != n || ph.shape(2) != n)
+        value_error("phases must have shape (L, n, n) = (" + std::to_string(L) + ", " + std::to_string(n) +
+                    ", " + std::to_string(n) + "), got " + shape_str(ph));
+    check_finite<T>(ph, "phases");
+}
+
+template <class T>
+void bind_stack(py::module_& m, const char* name) {
+    using C = std::complex<T>;
+    using S = PhaseStack<T>;
+    py::class_<S>(m, name)
+        .def(py::init([](int64_t n, const std::vector<PropagationSpec>& hops, std::optional<PropagationSpec> input_hop) {
+                 StackSpec s;
+                 s.n = n;
+                 s.hops = hops;
+                 s.has_input_hop = input_hop.has_value();
+                 if (input_hop) s.input_hop = *input_hop;
+                 return new S(s);
+             }),
+             py::arg("n"), py::arg("hops"), py::arg("input_hop") = py::none())
+        .def_property_readonly("n", &S::n)
+        .def_property_readonly("num_layers", &S::layers)
+        .def("forward", [](const S& s, const py::array& x, const py::array& ph, py::array& inten,
+                           std::optional<py::array> saved, std::optional<py::array> camera, int nthreads) {
+                const int64_t n = s.n(), L = s.layers();
+                const int64_t b = check_batch<C>(x, "field", n, false);
+                check_phases<T>(ph, n, L);
+                check_batch<T>(inten, "intensity", n, true);
+                if (inten.size() != x.size()) value_error("intensity must have the field's shape " + shape_str(x));
+                cplx<T>* sp = nullptr;
+                if (saved) {
+                    check_basic<C>(*saved, "saved", true);
+                    if (saved->size() != b * (L + 1) * n * n) value_error("saved must hold B*(L+1)*n*n values");
+                    sp = static_cast<cplx<T>*>(saved->mutable_data());
+                }
+                cplx<T>* cp = nullptr;
+                if (camera) {
+                    check_batch<C>(*camera, "camera_field", n, true);
+                    check_same_shape<C>(*camera, "camera_field", x, "field");
+                    check_overlap(x, *camera, "field", "camera_field");
+                    cp = static_cast<cplx<T>*>(camera->mutable_data());
+                }
+                check_finite<T>(x, "field");
+                py::gil_scoped_release nogil;
+                s.forward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), b,
+                          static_cast<T*>(inten.mutable_data()), sp, cp, nthreads);
+            }, py::arg("field"), py::arg("phases"), py::arg("intensity"), py::arg("saved") = py::none(),
+            py::arg("camera_field") = py::none(), py::arg("nthreads") = 0)
+        .def("backward", [](const S& s, const py::array& x, const py::array& ph, std::optional<py::array> saved,
+                            const py::array& g, py::array& gph, std::optional<py::array> gx, int nthreads) {
+                const int64_t n = s.n(), L = s.layers();
+                const int64_t b = check_batch<C>(x, "field", n, false);
+                check_phases<T>(ph, n, L);
+                check_batch<T>(g, "grad_intensity", n, false);
+                if (g.size() != x.size()) value_error("grad_intensity must have the intensity's shape " + shape_str(x));
+                check_finite<T>(g, "grad_intensity");
+                check_basic<T>(gph, "grad_phases", true);
+                if (gph.size() != L * n * n) value_error("grad_phases must have shape (L, n, n)");
+                const cplx<T>* sp = nullptr;
+                if (saved) {
+                    check_basic<C>(*saved, "saved", false);
+                    if (saved->size() != b * (L + 1) * n * n) value_error("saved must hold B*(L+1)*n*n values");
+                    sp = static_cast<const cplx<T>*>(saved->data());
+                }
+                cplx<T>* gp = nullptr;
+                if (gx) {
+                    check_batch<C>(*gx, "grad_field", n, true);
+                    check_same_shape<C>(*gx, "grad_field", x, "field");
+                    gp = static_cast<cplx<T>*>(gx->mutable_data());
+                }
+                py::gil_scoped_release nogil;
+                s.backward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), sp,
+                           static_cast<const T*>(g.data()), b, static_cast<T*>(gph.mutable_data()), gp, nthreads);
+            }, py::arg("field"), py::arg("phases"), py::arg("saved"), py::arg("grad_intensity"),
+            py::arg("grad_phases"), py::arg("grad_field") = py::none(), py::arg("nthreads") = 0);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "optdiff CPU core: batched free-space propagation and phase stacks with exact adjoints (FFTW3)";
+
+    py::class_<PropagationSpec>(m, "HopSpec")
+        .def(py::init(&make_spec), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
+             py::arg("method") = "as", py::arg("padding") = 1, py::arg("tilt_x") = 0.0, py::arg("tilt_y") = 0.0)
+        .def_readonly("wavelength", &PropagationSpec::wavelength)
+        .def_readonly("pitch", &PropagationSpec::pitch)
+        .def_readonly("distance", &PropagationSpec::distance)
+        .def_readonly("padding", &PropagationSpec::padding)
+        .def_readonly("tilt_x", &PropagationSpec::tilt_x)
+        .def_readonly("tilt_y", &PropagationSpec::tilt_y)
+        .def_property_readonly("method", [](const PropagationSpec& s) { return method_name(s.method); })
+        .def("__repr__", [](const PropagationSpec& s) {
+            std::ostringstream o;
+            o << "HopSpec(wavelength=" << s.wavelength << ", pitch=" << s.pitch << ", distance=" << s.distance
+              << ", method='" << method_name(s.method) << "', padding=" << s.padding << ", tilt=(" << s.tilt_x
+              << ", " << s.tilt_y << "))";
+            return o.str();
+        });
+
+    bind_propagator<float>(m, "Propagator32");
+    bind_propagator<double>(m, "Propagator64");
+    bind_stack<float>(m, "PhaseStack32");
+    bind_stack<double>(m, "PhaseStack64");
+
+    m.def("set_num_threads", &set_num_threads, py::arg("n"));
+    m.def("get_num_threads", &get_num_threads);
+    m.def("set_planner_effort", &set_planner_effort, py::arg("effort"));
+    m.def("get_planner_effort", &get_planner_effort);
+#ifdef OPTDIFF_HAVE_OPENMP
+    m.attr("has_openmp") = true;
+#else
+    m.attr("has_openmp") = false;
+#endif
+}

@@ -1,0 +1,250 @@
+// Multi-layer phase stack: forward to the camera intensity and the exact
+// adjoint (reverse-mode) gradient for every phase mask and the input field.
+//
+// Each thread carries one sample at a time through the whole stack in its
+// own padded buffer, so a sample's field stays in cache from layer to layer
+// instead of streaming the batch through memory once per layer.
+#include <algorithm>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "hop.hpp"
+#include "optdiff/optdiff.hpp"
+#include "threads.hpp"
+
+#ifdef OPTDIFF_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace optdiff {
+
+namespace {
+int thread_index() {
+#ifdef OPTDIFF_HAVE_OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// Phase gradients are summed over the batch in a fixed number of groups
+// (independent of the thread count) and the groups are added in order, so
+// the result is bitwise the same for any number of threads.
+constexpr int64_t kGradientGroups = 16;
+
+template <class T>
+struct Scratch {
+    Workspace<T> ws;             // padded FFT buffer
+    std::vector<cplx<T>> field;  // one unpadded field carried between hops
+    std::vector<cplx<T>> tape;   // recompute mode: this sample's tape
+};
+}  // namespace
+
+template <class T>
+struct PhaseStack<T>::Impl {
+    StackSpec spec;
+    int64_t n = 0, L = 0, nn = 0;
+    std::vector<std::unique_ptr<HopPlan<T>>> hops;
+    std::unique_ptr<HopPlan<T>> input_hop;
+    int64_t ws_size = 0;
+
+    explicit Impl(const StackSpec& s) : spec(s), n(s.n) {
+        validate_grid_size(s.n);
+        if (s.hops.empty()) throw std::invalid_argument("a phase stack needs at least one layer (distances must not be empty)");
+        L = static_cast<int64_t>(s.hops.size());
+        nn = n * n;
+        for (size_t l = 0; l < s.hops.size(); ++l) {
+            try {
+                hops.emplace_back(new HopPlan<T>(n, s.hops[l]));
+            } catch (const std::invalid_argument& e) {
+                throw std::invalid_argument("layer " + std::to_string(l) + ": " + e.what());
+            }
+            ws_size = std::max(ws_size, hops.back()->workspace_size());
+        }
+        if (s.has_input_hop) {
+            try {
+                input_hop.reset(new HopPlan<T>(n, s.input_hop));
+            } catch (const std::invalid_argument& e) {
+                throw std::invalid_argument(std::string("input hop: ") + e.what());
+            }
+            ws_size = std::max(ws_size, input_hop->workspace_size());
+        }
+    }
+
+    // M_l = exp(i phi_l) * tilt_l, once per call for all samples.
+    std::vector<cplx<T>> modulation(const T* phases, int nt) const {
+        std::vector<cplx<T>> m(static_cast<size_t>(L * nn));
+        const int64_t rows = L * n;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t rr = 0; rr < rows; ++rr) {
+            const int64_t l = rr / n;
+            const cplx<T>* tilt = hops[static_cast<size_t>(l)]->tilt.empty() ? nullptr : hops[static_cast<size_t>(l)]->tilt.data();
+            const int64_t off = rr * n;
+            const int64_t toff = (rr % n) * n;
+            for (int64_t c = 0; c < n; ++c) {
+                const cplx<T> t = tilt ? tilt[toff + c] : cplx<T>{T(1), T(0)};
+                m[static_cast<size_t>(off + c)] = layer_modulation(phases[off + c], t);
+            }
+        }
+        return m;
+    }
+
+    std::vector<Scratch<T>> scratch(int nt, bool with_tape) const {
+        std::vector<Scratch<T>> s(static_cast<size_t>(nt));
+        for (auto& x : s) {
+            x.ws = Workspace<T>(ws_size);
+            x.field.resize(static_cast<size_t>(nn));
+            if (with_tape) x.tape.resize(static_cast<size_t>((L + 1) * nn));
+        }
+        return s;
+    }
+
+    // One sample forward. `tape` (nullable) receives [w_0..w_{L-1}, E_L];
+    // `inten` and `camera` (nullable) receive |E_L|^2 and E_L.
+    void forward_sample(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
+                        cplx<T>* camera, Scratch<T>& s) const {
+        cplx<T>* a = s.field.data();
+        const cplx<T>* src = u;
+        if (input_hop) {
+            const cplx<T>* tin = input_hop->tilt.empty() ? nullptr : input_hop->tilt.data();
+            if (tin)
+                input_hop->run(s.ws, false, [&](int64_t i) { return cmul(u[i], tin[i]); },
+                               [&](int64_t i, cplx<T> v) { a[i] = v; });
+            else
+                input_hop->run(s.ws, false, [&](int64_t i) { return u[i]; },
+                               [&](int64_t i, cplx<T> v) { a[i] = v; });
+            src = a;
+        }
+        for (int64_t l = 0; l < L; ++l) {
+            const cplx<T>* m = mod + l * nn;
+            cplx<T>* w = tape ? tape + l * nn : nullptr;
+            const cplx<T>* in = src;
+            auto load = [&](int64_t i) {
+                const cplx<T> v = cmul(in[i], m[i]);
+                if (w) w[i] = v;
+                return v;
+            };
+            if (l + 1 < L) {
+                hops[static_cast<size_t>(l)]->run(s.ws, false, load, [&](int64_t i, cplx<T> v) { a[i] = v; });
+                src = a;
+            } else {
+                cplx<T>* eL = tape ? tape + L * nn : nullptr;
+                hops[static_cast<size_t>(l)]->run(s.ws, false, load, [&](int64_t i, cplx<T> v) {
+                    if (inten) inten[i] = intensity(v);
+                    if (eL) eL[i] = v;
+                    if (camera) camera[i] = v;
+                });
+            }
+        }
+    }
+
+    // One sample backward; adds dLoss/dphi into acc [L, nn].
+    void backward_sample(const cplx<T>* tape, const T* g, const cplx<T>* mod, T* acc,
+                         cplx<T>* grad_u, Scratch<T>& s) const {
+        cplx<T>* a = s.field.data();
+        const cplx<T>* eL = tape + L * nn;
+        for (int64_t l = L - 1; l >= 0; --l) {
+            const cplx<T>* w = tape + l * nn;
+            const cplx<T>* m = mod + l * nn;
+            T* d = acc + l * nn;
+            const bool carry = l > 0 || grad_u != nullptr;
+            auto store = [&](int64_t i, cplx<T> gw) {
+                d[i] += phase_gradient(gw, w[i]);
+                if (carry) a[i] = modulation_backward(gw, m[i]);
+            };
+            if (l == L - 1)
+                hops[static_cast<size_t>(l)]->run(s.ws, true, [&](int64_t i) { return intensity_backward(eL[i], g[i]); }, store);
+            else
+                hops[static_cast<size_t>(l)]->run(s.ws, true, [&](int64_t i) { return a[i]; }, store);
+        }
+        if (!grad_u) return;
+        if (input_hop) {
+            const cplx<T>* tin = input_hop->tilt.empty() ? nullptr : input_hop->tilt.data();
+            input_hop->run(s.ws, true, [&](int64_t i) { return a[i]; }, [&](int64_t i, cplx<T> v) {
+                grad_u[i] = tin ? cmul_conj(v, tin[i]) : v;
+            });
+        } else {
+            std::copy(a, a + nn, grad_u);
+        }
+    }
+};
+
+template <class T>
+PhaseStack<T>::PhaseStack(const StackSpec& spec) : impl_(new Impl(spec)) {}
+template <class T>
+PhaseStack<T>::~PhaseStack() = default;
+template <class T>
+PhaseStack<T>::PhaseStack(PhaseStack&&) noexcept = default;
+template <class T>
+PhaseStack<T>& PhaseStack<T>::operator=(PhaseStack&&) noexcept = default;
+template <class T>
+int64_t PhaseStack<T>::n() const { return impl_->n; }
+template <class T>
+int64_t PhaseStack<T>::layers() const { return impl_->L; }
+template <class T>
+const StackSpec& PhaseStack<T>::spec() const { return impl_->spec; }
+
+template <class T>
+void PhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch, T* inten,
+                            cplx<T>* saved, cplx<T>* camera, int num_threads) const {
+    if (batch < 0) throw std::invalid_argument("batch must be >= 0");
+    if (batch == 0) return;
+    const Impl& s = *impl_;
+    const int nt = resolve_threads(num_threads, batch);
+    const std::vector<cplx<T>> mod = s.modulation(phases, resolve_threads(num_threads, s.L * s.n));
+    std::vector<Scratch<T>> scr = s.scratch(nt, false);
+    const int64_t nn = s.nn, per = (s.L + 1) * nn;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t b = 0; b < batch; ++b) {
+        s.forward_sample(input + b * nn, mod.data(), saved ? saved + b * per : nullptr,
+                         inten ? inten + b * nn : nullptr, camera ? camera + b * nn : nullptr,
+                         scr[static_cast<size_t>(thread_index())]);
+    }
+}
+
+template <class T>
+void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
+                             const T* grad_intensity, int64_t batch, T* grad_phases,
+                             cplx<T>* grad_input, int num_threads) const {
+    if (batch < 0) throw std::invalid_argument("batch must be >= 0");
+    const Impl& s = *impl_;
+    const int64_t nn = s.nn, L = s.L, per = (L + 1) * nn;
+    if (batch == 0) {
+        std::fill(grad_phases, grad_phases + L * nn, T(0));
+        return;
+    }
+    const bool recompute = saved == nullptr;
+    const int64_t groups = std::min<int64_t>(batch, kGradientGroups);
+    const int nt = resolve_threads(num_threads, groups);
+    const std::vector<cplx<T>> mod = s.modulation(phases, resolve_threads(num_threads, L * s.n));
+    std::vector<Scratch<T>> scr = s.scratch(nt, recompute);
+    std::vector<T> acc(static_cast<size_t>(groups * L * nn), T(0));
+
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t gi = 0; gi < groups; ++gi) {
+        Scratch<T>& sc = scr[static_cast<size_t>(thread_index())];
+        T* a = acc.data() + gi * L * nn;
+        const int64_t b0 = gi * batch / groups, b1 = (gi + 1) * batch / groups;
+        for (int64_t b = b0; b < b1; ++b) {
+            const cplx<T>* tape = saved ? saved + b * per : sc.tape.data();
+            if (recompute) s.forward_sample(input + b * nn, mod.data(), sc.tape.data(), nullptr, nullptr, sc);
+            s.backward_sample(tape, grad_intensity + b * nn, mod.data(), a,
+                              grad_input ? grad_input + b * nn : nullptr, sc);
+        }
+    }
+    const int64_t total = L * nn;
+    const int ntr = resolve_threads(num_threads, total / 4096 + 1);
+#pragma omp parallel for num_threads(ntr) schedule(static)
+    for (int64_t i = 0; i < total; ++i) {
+        T v = T(0);
+        for (int64_t gi = 0; gi < groups; ++gi) v += acc[static_cast<size_t>(gi * total + i)];
+        grad_phases[i] = v;
+    }
+}
+
+template class PhaseStack<float>;
+template class PhaseStack<double>;
+
+}  // namespace optdiff

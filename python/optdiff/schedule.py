@@ -1,0 +1,202 @@
+"""DDPM noise schedules and the time-aware split of the timesteps into sets.
+
+Timesteps are 0-based: ``t = 0 .. T-1``, where ``t = 0`` is the first noising step (DDPM's
+``t = 1``). ``alpha_bar[t] = prod_{s <= t} (1 - beta_s)`` and
+``q(x_t | x_0) = N(sqrt(alpha_bar[t]) x_0, (1 - alpha_bar[t]) I)``.
+
+The optical model of Oguz et al. (NeurIPS 2024) uses one set of phase layers per *time set*:
+``timestep_sets(T, M)`` splits the ``T`` steps into ``M`` consecutive ranges and
+``set_index(t, T, M)`` says which range a timestep belongs to.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["NoiseSchedule", "q_sample", "timestep_sets", "set_index"]
+
+
+class NoiseSchedule:
+    """Variance schedule of a DDPM with ``T`` steps; all arrays float64 ``[T]``.
+
+    Parameters
+    ----------
+    T
+        Number of diffusion steps (default 1000).
+    kind
+        ``"linear"``: betas evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020,
+        defaults 1e-4 .. 0.02). ``"cosine"``: ``alpha_bar(t) = f(t) / f(0)`` with
+        ``f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2)`` and betas clipped to ``max_beta``
+        (Nichol & Dhariwal 2021, ``s = 0.008``, ``max_beta = 0.999``).
+
+    Attributes
+    ----------
+    betas, alphas (= 1 - betas), alpha_bar, alpha_bar_prev (alpha_bar[t-1], 1 at t = 0),
+    sqrt_alpha_bar, sqrt_one_minus_alpha_bar, sqrt_recip_alpha_bar, sqrt_recipm1_alpha_bar,
+    posterior_variance (beta tilde: variance of q(x_{t-1} | x_t, x_0); 0 at t = 0),
+    posterior_log_variance_clipped (log of it with the t = 0 entry replaced by t = 1's),
+    posterior_mean_coef1 / posterior_mean_coef2 (mean = coef1 * x_0 + coef2 * x_t).
+    """
+
+    def __init__(self, T: int = 1000, kind: str = "linear", beta_start: float = 1e-4,
+                 beta_end: float = 0.02, cosine_s: float = 0.008, max_beta: float = 0.999):
+        T = int(T)
+        if T < 1:
+            raise ValueError(f"T must be >= 1, got {T}")
+        kind = str(kind).lower()
+        if kind == "linear":
+            if not (0.0 < beta_start <= beta_end < 1.0):
+                raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+            betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
+        elif kind == "cosine":
+            if not (0.0 < max_beta < 1.0):
+                raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
+            steps = np.arange(T + 1, dtype=np.float64) / T
+            f = np.cos((steps + cosine_s) / (1.0 + cosine_s) * math.pi / 2.0) ** 2
+            abar = f / f[0]
+            betas = np.clip(1.0 - abar[1:] / abar[:-1], 0.0, max_beta)
+        else:
+            raise ValueError(f"schedule kind must be 'linear' or 'cosine', got {kind!r}")
+        self.T = T
+        self.kind = kind
+        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
+        self.cosine_s, self.max_beta = float(cosine_s), float(max_beta)
+
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alpha_bar = np.cumprod(self.alphas)
+        self.alpha_bar_prev = np.concatenate([[1.0], self.alpha_bar[:-1]])
+        self.sqrt_alpha_bar = np.sqrt(self.alpha_bar)
+        self.sqrt_one_minus_alpha_bar = np.sqrt(1.0 - self.alpha_bar)
+        self.sqrt_recip_alpha_bar = 1.0 / self.sqrt_alpha_bar
+        self.sqrt_recipm1_alpha_bar = np.sqrt(1.0 / self.alpha_bar - 1.0)
+        self.posterior_variance = betas * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
+        pv = self.posterior_variance.copy()
+        if T > 1:
+            pv[0] = pv[1]
+        self.posterior_log_variance_clipped = np.log(np.maximum(pv, 1e-300))
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alpha_bar_prev) / (1.0 - self.alpha_bar)
+        self.posterior_mean_coef2 = (1.0 - self.alpha_bar_prev) * np.sqrt(self.alphas) / (1.0 - self.alpha_bar)
+        for name in ("betas", "alphas", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar",
+                     "sqrt_one_minus_alpha_bar", "sqrt_recip_alpha_bar", "sqrt_recipm1_alpha_bar",
+                     "posterior_variance", "posterior_log_variance_clipped",
+                     "posterior_mean_coef1", "posterior_mean_coef2"):
+            getattr(self, name).setflags(write=False)
+
+    def __repr__(self) -> str:
+        if self.kind == "linear":
+            return f"NoiseSchedule(T={self.T}, kind='linear', beta_start={self.beta_start}, beta_end={self.beta_end})"
+        return f"NoiseSchedule(T={self.T}, kind='cosine', cosine_s={self.cosine_s}, max_beta={self.max_beta})"
+
+    def config(self) -> dict:
+        """JSON-friendly description (e.g. for a checkpoint); ``NoiseSchedule(**cfg)`` rebuilds it."""
+        return {"T": self.T, "kind": self.kind, "beta_start": self.beta_start,
+                "beta_end": self.beta_end, "cosine_s": self.cosine_s, "max_beta": self.max_beta}
+
+    def _check_t(self, t) -> np.ndarray:
+        ta = np.asarray(t)
+        if not np.issubdtype(ta.dtype, np.integer):
+            if np.any(ta != np.floor(ta)):
+                raise TypeError(f"timesteps must be integers, got {t!r}")
+            ta = ta.astype(np.int64)
+        if ta.size and (ta.min() < 0 or ta.max() >= self.T):
+            raise ValueError(f"timestep out of range 0..{self.T - 1}: {t!r}")
+        return ta
+
+    def _per_sample(self, arr: np.ndarray, t, ndim: int) -> np.ndarray:
+        """``arr[t]`` shaped to broadcast against a batch ``[B, ...]`` with ``ndim`` dims."""
+        ta = self._check_t(t)
+        v = arr[ta]
+        if ta.ndim == 0:
+            return v
+        if ta.ndim != 1:
+            raise ValueError(f"t must be a scalar or a 1-D array [B], got shape {ta.shape}")
+        return v.reshape((-1,) + (1,) * (ndim - 1))
+
+    def q_sample(self, x0: np.ndarray, t, noise: np.ndarray) -> np.ndarray:
+        """Sample ``x_t ~ q(x_t | x_0)``: ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``.
+
+        ``x0`` and ``noise``: float ``[B, H, W]`` (any shape ``[B, ...]``; same shape);
+        ``t``: an int (whole batch) or int array ``[B]``. Returns float64 of ``x0``'s shape.
+        """
+        x0 = np.asarray(x0, dtype=np.float64)
+        noise = np.asarray(noise, dtype=np.float64)
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {noise.shape} != x0 shape {x0.shape}")
+        a = self._per_sample(self.sqrt_alpha_bar, t, x0.ndim)
+        b = self._per_sample(self.sqrt_one_minus_alpha_bar, t, x0.ndim)
+        return a * x0 + b * noise
+
+    def predict_x0(self, x_t: np.ndarray, t, eps: np.ndarray) -> np.ndarray:
+        """Invert q_sample: ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (float64)."""
+        x_t = np.asarray(x_t, dtype=np.float64)
+        a = self._per_sample(self.sqrt_recip_alpha_bar, t, x_t.ndim)
+        b = self._per_sample(self.sqrt_recipm1_alpha_bar, t, x_t.ndim)
+        return a * x_t - b * np.asarray(eps, dtype=np.float64)
+
+    def eps_from_x0(self, x_t: np.ndarray, t, x0: np.ndarray) -> np.ndarray:
+        """Noise consistent with ``x_t`` and ``x0``: ``(x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``."""
+        x_t = np.asarray(x_t, dtype=np.float64)
+        a = self._per_sample(self.sqrt_alpha_bar, t, x_t.ndim)
+        b = self._per_sample(self.sqrt_one_minus_alpha_bar, t, x_t.ndim)
+        return (x_t - a * np.asarray(x0, dtype=np.float64)) / b
+
+    def q_posterior(self, x0: np.ndarray, x_t: np.ndarray, t):
+        """Mean ``[B, ...]`` and variance (scalar or ``[B, 1, ...]``) of ``q(x_{t-1} | x_t, x_0)``."""
+        x_t = np.asarray(x_t, dtype=np.float64)
+        c1 = self._per_sample(self.posterior_mean_coef1, t, x_t.ndim)
+        c2 = self._per_sample(self.posterior_mean_coef2, t, x_t.ndim)
+        var = self._per_sample(self.posterior_variance, t, x_t.ndim)
+        return c1 * np.asarray(x0, dtype=np.float64) + c2 * x_t, var
+
+
+def q_sample(schedule: NoiseSchedule, x0: np.ndarray, t, noise: np.ndarray) -> np.ndarray:
+    """Function form of :meth:`NoiseSchedule.q_sample`."""
+    return schedule.q_sample(x0, t, noise)
+
+
+def _check_TM(T: int, M: int) -> tuple[int, int]:
+    T, M = int(T), int(M)
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if not 1 <= M <= T:
+        raise ValueError(f"number of time sets M must be in 1..T={T}, got {M}")
+    return T, M
+
+
+def timestep_sets(T: int = 1000, M: int = 10) -> list[tuple[int, int]]:
+    """Split timesteps ``0..T-1`` into ``M`` consecutive half-open ranges ``(start, stop)``.
+
+    Sizes differ by at most one; the first ``T % M`` sets are the larger ones (numpy
+    ``array_split`` convention). ``timestep_sets(1000, 10)`` is
+    ``[(0, 100), (100, 200), ..., (900, 1000)]``. Set ``0`` holds the least noisy steps.
+    """
+    T, M = _check_TM(T, M)
+    q, r = divmod(T, M)
+    out, start = [], 0
+    for m in range(M):
+        stop = start + q + (1 if m < r else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def set_index(t, T: int = 1000, M: int = 10):
+    """Index of the time set (see :func:`timestep_sets`) that timestep ``t`` belongs to.
+
+    ``t``: int or int array; returns an int or an int64 array of the same shape.
+    """
+    T, M = _check_TM(T, M)
+    ta = np.asarray(t)
+    if not np.issubdtype(ta.dtype, np.integer):
+        if np.any(ta != np.floor(ta)):
+            raise TypeError(f"timesteps must be integers, got {t!r}")
+    ta = ta.astype(np.int64)
+    if ta.size and (ta.min() < 0 or ta.max() >= T):
+        raise ValueError(f"timestep out of range 0..{T - 1}: {t!r}")
+    q, r = divmod(T, M)
+    big = r * (q + 1)
+    idx = np.where(ta < big, ta // (q + 1), r + (ta - big) // max(q, 1))
+    return int(idx) if idx.ndim == 0 else idx.astype(np.int64)
