@@ -137,7 +137,10 @@ def ddpm_sample(
             x0 = schedule.predict_x0(x, t, eps) if need_x0 else None
             if clip_x0:
                 x0 = np.clip(x0, -1.0, 1.0)
-                mean = schedule.posterior_mean_coef1[t] * x0 + schedule.posterior_mean_coef2[t] * x
+                if t == 0:  # coef1 = 1, coef2 = 0 exactly in exact arithmetic
+                    mean = x0.copy()
+                else:
+                    mean = schedule.posterior_mean_coef1[t] * x0 + schedule.posterior_mean_coef2[t] * x
             else:
                 mean = (x - schedule.betas[t] / schedule.sqrt_one_minus_alpha_bar[t] * eps) / np.sqrt(schedule.alphas[t])
             if t in record:

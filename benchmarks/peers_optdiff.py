@@ -1,0 +1,49 @@
+"""optdiff itself: ``optdiff.PhaseStack`` forward, forward_train and backward (see docs/api.md)."""
+from __future__ import annotations
+
+import numpy as np
+
+import optdiff
+
+from benchmarks.common import Case, DDPMStep, ddpm_numpy_update, loss_grad_scale
+
+
+def make_stack(case: Case):
+    return optdiff.PhaseStack(n=case.n, wavelength=case.wavelength, pitch=case.pitch,
+                              distances=[case.distance] * case.layers,
+                              input_distance=case.distance, padding=case.padding)
+
+
+class Tool:
+    name = "optdiff"
+
+    def __init__(self, case: Case):
+        self.case = case
+
+    def setup(self, field, phases, target):
+        optdiff.set_num_threads(self.case.threads)
+        self.stack = make_stack(self.case)
+        self.field, self.phases, self.target = field, phases, target
+        self.scale = np.float32(loss_grad_scale(self.case))  # dLoss/dI = scale (I - target)
+
+    def forward(self):
+        return self.stack.forward(self.field, self.phases)
+
+    def train(self):
+        I, tape = self.stack.forward_train(self.field, self.phases)
+        diff = I - self.target
+        loss = float(np.mean(diff * diff))
+        diff *= self.scale
+        gphi, _ = self.stack.backward(tape, diff)
+        return I, gphi, loss
+
+    def setup_ddpm(self, x, step: DDPMStep):
+        self.x, self.step, self.rng = x, step, np.random.default_rng(0)
+
+    def ddpm_step(self):
+        I = self.stack.forward(self.x.astype(np.complex64), self.phases)
+        return ddpm_numpy_update(self.x, I, self.step, self.rng)
+
+    @staticmethod
+    def to_numpy(a):
+        return np.asarray(a)

@@ -1,0 +1,27 @@
+"""Shared helpers for the tests (tolerances tied to dtype, random fields)."""
+
+import os
+
+import numpy as np
+GEOM = dict(wavelength=850e-9, pitch=9.2e-6)
+
+TOL = {np.complex64: 1e-5, np.complex128: 1e-12}
+ADJ_TOL = {np.complex64: 1e-6, np.complex128: 1e-13}
+
+
+def random_field(rng, shape, dtype=np.complex128):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def mnist_dir():
+    """The MNIST test split beside the repository (tests and benchmarks only)."""
+    d = os.environ.get("OPTDIFF_TEST_MNIST_DIR")
+    if d:
+        return d
+    here = os.path.dirname(os.path.abspath(__file__))
+    cand = os.path.join(here, "..", "..", "shared", "datasets", "mnist")
+    return cand if os.path.isdir(cand) else None

@@ -1,0 +1,177 @@
+"""Bad input never crashes and never returns garbage: it raises, naming the argument."""
+
+import numpy as np
+import pytest
+
+import optdiff
+from helpers import GEOM, random_field
+
+N, L = 12, 2
+
+
+def prop():
+    return optdiff.Propagator(N, distance=1e-3, padding=2, **GEOM)
+
+
+def stack():
+    return optdiff.PhaseStack(N, distances=[1e-3] * L, padding=2, **GEOM)
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(wavelength=0.0), "wavelength"), (dict(wavelength=-1e-6), "wavelength"),
+    (dict(wavelength=float("nan")), "wavelength"), (dict(pitch=0.0), "pitch"),
+    (dict(pitch=-1.0), "pitch"), (dict(pitch=float("inf")), "pitch"),
+    (dict(distance=float("nan")), "distance"), (dict(padding=3), "padding"),
+    (dict(padding=0), "padding"), (dict(padding=True), "padding"), (dict(method="rayleigh"), "method"),
+    (dict(tilt=(2.0, 0.0)), "tilt"), (dict(tilt=(0.1,)), "tilt"), (dict(tilt="ab"), "tilt"),
+])
+def test_bad_physics_parameters(kw, needle):
+    args = dict(wavelength=850e-9, pitch=9.2e-6, distance=1e-3, padding=2)
+    args.update(kw)
+    with pytest.raises(ValueError, match=needle):
+        optdiff.Propagator(N, **args)
+
+
+@pytest.mark.parametrize("n", [0, 1, -5, 2.5, "8", None, True])
+def test_bad_grid_size(n):
+    with pytest.raises(ValueError, match="n must"):
+        optdiff.Propagator(n, distance=1e-3, **GEOM)
+
+
+def test_bad_stack_parameters():
+    with pytest.raises(ValueError, match="distances"):
+        optdiff.PhaseStack(N, distances=[], **GEOM)
+    with pytest.raises(ValueError, match="tilts"):
+        optdiff.PhaseStack(N, distances=[1e-3, 1e-3], tilts=np.zeros((3, 2)), **GEOM)
+    with pytest.raises(ValueError, match="distance"):
+        optdiff.PhaseStack(N, distances=[1e-3, float("nan")], **GEOM)
+    with pytest.raises(ValueError, match="backend"):
+        optdiff.PhaseStack(N, distances=[1e-3], backend="tpu", **GEOM)
+
+
+def bad_fields(rng):
+    """(array, expected exception, word the message must contain)."""
+    good = random_field(rng, (2, N, N), np.complex64)
+    nan = good.copy()
+    nan[1, 3, 4] = np.nan
+    inf = good.copy()
+    inf[0, 0, 0] = np.inf + 0j
+    return [
+        (good.real.copy(), TypeError, "complex"),
+        (good.astype(np.complex256) if hasattr(np, "complex256") else good.real.copy(), TypeError, "complex"),
+        (np.zeros((2, N, N), np.int32), TypeError, "complex"),
+        (good[:, ::2, :], ValueError, "field"),
+        (good[:, :, ::-1], ValueError, "contiguous"),
+        (np.asfortranarray(good[0]), ValueError, "contiguous"),
+        (good[:, :N - 1, :N - 1].copy(), ValueError, "field"),
+        (np.zeros((2, N, N + 1), np.complex64), ValueError, "field"),
+        (np.zeros((N,), np.complex64), ValueError, "rank"),
+        (np.zeros((1, 2, N, N), np.complex64), ValueError, "rank"),
+        (np.zeros((0, N, N), np.complex64), ValueError, "batch"),
+        (nan, ValueError, "NaN"),
+        (inf, ValueError, "NaN or infinite"),
+        ([[0j] * N] * N, TypeError, "NumPy"),
+    ]
+
+
+def test_propagator_rejects_bad_fields(rng):
+    p = prop()
+    for arr, exc, word in bad_fields(rng):
+        for fn in (p.forward, p.adjoint):
+            with pytest.raises(exc, match=word):
+                fn(arr)
+
+
+def test_propagator_rejects_bad_out(rng):
+    p = prop()
+    x = random_field(rng, (2, N, N), np.complex64)
+    with pytest.raises(TypeError, match="out"):
+        p.forward(x, out=np.empty((2, N, N), np.complex128))
+    with pytest.raises(ValueError, match="out"):
+        p.forward(x, out=np.empty((3, N, N), np.complex64))
+    ro = np.empty_like(x)
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="writeable"):
+        p.forward(x, out=ro)
+    big = np.zeros((3, N, N), np.complex64)
+    with pytest.raises(ValueError, match="overlap"):
+        p.forward(big[:2], out=big[1:])
+
+
+def test_stack_rejects_bad_inputs(rng):
+    s = stack()
+    x = random_field(rng, (2, N, N), np.complex64)
+    ph = np.zeros((L, N, N), np.float32)
+    for arr, exc, word in bad_fields(rng):
+        with pytest.raises(exc, match=word):
+            s.forward(arr, ph)
+        with pytest.raises(exc, match=word):
+            s.forward_train(arr, ph)
+    bad_phases = [
+        (ph.astype(np.float64), TypeError, "phases"),
+        (np.zeros((L + 1, N, N), np.float32), ValueError, "phases"),
+        (np.zeros((L, N, N + 1), np.float32), ValueError, "phases"),
+        (np.zeros((N, N), np.float32), ValueError, "phases"),
+        (np.zeros((L, N, 2 * N), np.float32)[:, :, ::2], ValueError, "contiguous"),
+        (np.full((L, N, N), np.nan, np.float32), ValueError, "phases"),
+        (ph.tolist(), TypeError, "phases"),
+    ]
+    for arr, exc, word in bad_phases:
+        with pytest.raises(exc, match=word):
+            s.forward(x, arr)
+    _, tape = s.forward_train(x, ph)
+    for g, exc, word in [
+        (np.zeros((2, N, N), np.float64), TypeError, "grad_intensity"),
+        (np.zeros((3, N, N), np.float32), ValueError, "grad_intensity"),
+        (np.full((2, N, N), np.inf, np.float32), ValueError, "grad_intensity"),
+        (np.zeros((2, N, 2 * N), np.float32)[:, :, ::2], ValueError, "contiguous"),
+    ]:
+        with pytest.raises(exc, match=word):
+            s.backward(tape, g)
+    with pytest.raises(TypeError, match="tape"):
+        s.backward("not a tape", np.zeros((2, N, N), np.float32))
+
+
+def test_nthreads_validation(rng):
+    p = prop()
+    x = random_field(rng, (1, N, N), np.complex64)
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="nthreads"):
+            p.forward(x, nthreads=bad)
+    for bad in (0, -2, 1.0):
+        with pytest.raises(ValueError, match="threads"):
+            optdiff.set_num_threads(bad)
+    with pytest.raises(ValueError, match="effort"):
+        optdiff.set_planner_effort("exhaustive")
+
+
+def test_fuzz_random_bad_inputs_never_crash(rng):
+    """Random mutations of valid inputs: each call either succeeds with a
+    finite result of the right shape or raises TypeError/ValueError."""
+    p, s = prop(), stack()
+    dtypes = [np.complex64, np.complex128, np.float32, np.float64, np.int64, np.bool_, object]
+    for trial in range(300):
+        shape = tuple(int(v) for v in rng.integers(0, 2 * N, size=rng.integers(0, 5)))
+        if rng.random() < 0.3:
+            shape = (int(rng.integers(0, 4)), N, N)
+        dt = dtypes[rng.integers(len(dtypes))]
+        try:
+            arr = np.zeros(shape, dtype=dt)
+            if arr.size and np.issubdtype(arr.dtype, np.number):
+                arr[...] = rng.standard_normal(shape)
+                if rng.random() < 0.2:
+                    arr.flat[rng.integers(arr.size)] = np.nan
+            if arr.ndim >= 2 and rng.random() < 0.2:
+                arr = arr[..., ::-1]
+        except (TypeError, ValueError):
+            continue
+        ph_shape = (L, N, N) if rng.random() < 0.7 else tuple(int(v) for v in rng.integers(0, N + 2, 3))
+        ph = np.zeros(ph_shape, dtype=np.float32 if rng.random() < 0.8 else np.float64)
+        for call in (lambda: p.forward(arr), lambda: p.adjoint(arr), lambda: s.forward(arr, ph),
+                     lambda: s.backward(s.forward_train(arr, ph)[1], np.ones(arr.shape, ph.dtype))):
+            try:
+                out = call()
+            except (TypeError, ValueError):
+                continue
+            res = out[0] if isinstance(out, tuple) else out
+            assert np.all(np.isfinite(res))
