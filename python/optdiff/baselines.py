@@ -13,8 +13,6 @@ Predictors follow the sampler interface of :mod:`optdiff.sampling`: called with 
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from .schedule import NoiseSchedule, timestep_sets

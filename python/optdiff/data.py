@@ -211,6 +211,25 @@ def _load_gray(path: Path, size: int | None) -> np.ndarray:
     return arr
 
 
+def _folder_groups(root: Path) -> list[tuple[str, list[Path]]]:
+    """``[(class_name, [image files])]`` for an image folder (see :func:`read_image_folder`)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    loose = _list_images(root)
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = [d for d in subdirs if _list_images(d)]
+    if class_dirs and loose:
+        raise ValueError(
+            f"{root}: has both image files ({loose[0].name}, ...) and class sub-folders "
+            f"({class_dirs[0].name}, ...); use one layout")
+    groups = [(d.name, _list_images(d)) for d in class_dirs] if class_dirs else [(root.name, loose)]
+    if not any(files for _, files in groups):
+        raise FileNotFoundError(
+            f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files in the "
+            f"folder and its sub-folders)")
+    return groups
+
+
 def read_image_folder(path: str | os.PathLike, size: int | None = None, return_labels: bool = False):
     """Read a folder of images as 8-bit grayscale.
 
@@ -231,23 +250,7 @@ def read_image_folder(path: str | os.PathLike, size: int | None = None, return_l
     (labels int64 ``[K]``, class_names list[str])  only with ``return_labels=True``
     """
     root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    loose = _list_images(root)
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    class_dirs = [d for d in subdirs if _list_images(d)]
-    if class_dirs and loose:
-        raise ValueError(
-            f"{root}: has both image files ({loose[0].name}, ...) and class sub-folders "
-            f"({class_dirs[0].name}, ...); use one layout")
-    if class_dirs:
-        groups = [(d.name, _list_images(d)) for d in class_dirs]
-    else:
-        groups = [(root.name, loose)]
-    if not any(files for _, files in groups):
-        raise FileNotFoundError(
-            f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files in the "
-            f"folder and its sub-folders)")
+    groups = _folder_groups(root)
     images, labels, ref_shape, ref_file = [], [], None, None
     for label, (_, files) in enumerate(groups):
         for f in files:
@@ -486,7 +489,7 @@ def dataset_class_names(name: str, data_dir: str | os.PathLike | None = None) ->
     if name == "folder":
         if dd is None:
             raise FileNotFoundError("the 'folder' data set needs data_dir. " + _HOW_TO["folder"])
-        return read_image_folder(dd, size=1, return_labels=True)[2]
+        return [name for name, _ in _folder_groups(dd)]
     raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
@@ -544,7 +547,7 @@ def load_dataset(
         (or ``data_dir/quickdraw``), one per class, classes = file stems sorted;
         ``"folder"`` images in ``data_dir`` (see :func:`read_image_folder`).
     data_dir
-        Folder to search first (``--data-dir`` on the command line).
+        Folder to search first (``--data-dir`` on the command line); ``None`` or ``""``: none.
     split
         ``"train"``, ``"test"`` (alias ``"t10k"``) or ``"all"``; see the module docstring
         for sets without an official split.
@@ -557,7 +560,7 @@ def load_dataset(
         when enlarging). ``None`` keeps the native size.
     limit
         At most this many images, a uniformly random subset drawn with ``seed`` after the
-        class filter, returned in file order.
+        class filter, returned in file order. ``None`` or ``0``: no limit.
 
     Returns
     -------
@@ -580,7 +583,9 @@ def load_dataset(
     split = _norm_split(split)
     if classes is not None:
         classes = list(classes)
-    dd = Path(data_dir).expanduser() if data_dir is not None else None
+    dd = Path(data_dir).expanduser() if data_dir not in (None, "") else None
+    if limit is not None and int(limit) == 0:
+        limit = None
 
     if key == "digits":
         from sklearn.datasets import load_digits  # bundled with scikit-learn, no download

@@ -1,0 +1,82 @@
+"""Type stubs for the compiled CPU core ``optdiff._core`` (C++, FFTW3, OpenMP).
+
+Prefer the wrappers in :mod:`optdiff.propagation`; these classes take
+pre-allocated outputs and never allocate or copy. Arrays must be
+C-contiguous with the exact dtype (complex64/float32 for the ``32`` classes,
+complex128/float64 for the ``64`` classes); violations raise TypeError or
+ValueError naming the argument.
+"""
+
+from typing import Optional, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+has_openmp: bool
+
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def set_planner_effort(effort: int) -> None:
+    """0 estimate, 1 measure (default), 2 patient."""
+
+def get_planner_effort() -> int: ...
+
+class HopSpec:
+    """One free-space hop. SI units (metres, radians); validated when used."""
+
+    def __init__(self, wavelength: float, pitch: float, distance: float, method: str = "as",
+                 padding: int = 1, tilt_x: float = 0.0, tilt_y: float = 0.0) -> None: ...
+    @property
+    def wavelength(self) -> float: ...
+    @property
+    def pitch(self) -> float: ...
+    @property
+    def distance(self) -> float: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def padding(self) -> int: ...
+    @property
+    def tilt_x(self) -> float: ...
+    @property
+    def tilt_y(self) -> float: ...
+
+class _PropagatorBase:
+    def __init__(self, n: int, spec: HopSpec) -> None: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def spec(self) -> HopSpec: ...
+    def forward(self, field: npt.NDArray[np.complexfloating], out: npt.NDArray[np.complexfloating],
+                nthreads: int = 0) -> None:
+        """out[B,n,n] = P(tilt * field[B,n,n]); out may be field (in place)."""
+    def adjoint(self, field: npt.NDArray[np.complexfloating], out: npt.NDArray[np.complexfloating],
+                nthreads: int = 0) -> None:
+        """out = conj(tilt) * P^H(field)."""
+    def transfer_function(self) -> npt.NDArray[np.complexfloating]:
+        """[n*padding, n*padding] in FFT order, unnormalised."""
+
+class Propagator32(_PropagatorBase): ...
+class Propagator64(_PropagatorBase): ...
+
+class _PhaseStackBase:
+    def __init__(self, n: int, hops: Sequence[HopSpec], input_hop: Optional[HopSpec] = None) -> None: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def num_layers(self) -> int: ...
+    def forward(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
+                intensity: npt.NDArray[np.floating],
+                saved: Optional[npt.NDArray[np.complexfloating]] = None,
+                camera_field: Optional[npt.NDArray[np.complexfloating]] = None,
+                nthreads: int = 0) -> None:
+        """intensity[B,n,n] = |E_L|^2; saved[B,L+1,n,n] receives the tape when given."""
+    def backward(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
+                 saved: Optional[npt.NDArray[np.complexfloating]],
+                 grad_intensity: npt.NDArray[np.floating], grad_phases: npt.NDArray[np.floating],
+                 grad_field: Optional[npt.NDArray[np.complexfloating]] = None,
+                 nthreads: int = 0) -> None:
+        """grad_phases[L,n,n] (batch sum) and grad_field[B,n,n]; saved=None recomputes."""
+
+class PhaseStack32(_PhaseStackBase): ...
+class PhaseStack64(_PhaseStackBase): ...
