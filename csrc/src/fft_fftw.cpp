@@ -25,7 +25,7 @@ unsigned planner_flags() {
     }
 }
 
-using Key = std::tuple<int, int64_t, int64_t, int, int>;  // layout, np, count, sign, effort
+using Key = std::tuple<int64_t, int64_t, int64_t, int, int>;  // len, howmany, dist, sign, effort
 
 template <class T>
 struct Traits;
@@ -78,31 +78,32 @@ void Plan<T>::execute(cplx<T>* data) const {
 }
 
 template <class T>
-Plan<T> get_plan(Layout layout, int64_t np, int64_t count, int sign) {
+Plan<T> get_plan_2d(int64_t len, int sign) {
+    return get_plan<T>(len, 0, len * len, sign);  // howmany 0 marks the 2-D plan
+}
+
+template <class T>
+Plan<T> get_plan(int64_t len, int64_t howmany, int64_t dist, int sign) {
     using Tr = Traits<T>;
     const int fl = static_cast<int>(planner_flags());
-    if (layout != Layout::Rows) count = 0;
-    const Key key{static_cast<int>(layout), np, count, sign, fl};
+    const Key key{len, howmany, dist, sign, fl};
     std::lock_guard<std::mutex> lock(planner_mutex);
     auto& c = cache<T>();
     auto it = c.find(key);
     if (it != c.end()) return Plan<T>{it->second};
 
-    // Plan on scratch memory: FFTW_MEASURE overwrites its arrays.
-    const size_t total = static_cast<size_t>(np) * static_cast<size_t>(np);
+    // Plan on scratch memory (FFTW_MEASURE overwrites its arrays), aligned
+    // like every workspace so the plan may run on them.
+    const bool two_d = howmany == 0;
+    const size_t total = static_cast<size_t>(two_d ? 1 : howmany) * static_cast<size_t>(dist);
     typename Tr::complex_t* scratch = Tr::alloc(total);
     if (!scratch) throw std::bad_alloc();
-    const int n = static_cast<int>(np);
+    const int n = static_cast<int>(len);
     const int fsign = sign < 0 ? FFTW_FORWARD : FFTW_BACKWARD;
-    typename Tr::plan_t p = nullptr;
-    if (layout == Layout::Full2D) {
-        const int dims[2] = {n, n};
-        p = Tr::many(2, dims, 1, scratch, 1, n * n, fsign, static_cast<unsigned>(fl));
-    } else if (layout == Layout::Rows) {
-        p = Tr::many(1, &n, static_cast<int>(count), scratch, 1, n, fsign, static_cast<unsigned>(fl));
-    } else {
-        p = Tr::many(1, &n, n, scratch, n, 1, fsign, static_cast<unsigned>(fl));
-    }
+    const int dims[2] = {n, n};
+    typename Tr::plan_t p = two_d ? Tr::many(2, dims, 1, scratch, 1, n * n, fsign, static_cast<unsigned>(fl))
+                                  : Tr::many(1, &n, static_cast<int>(howmany), scratch, 1, static_cast<int>(dist),
+                                             fsign, static_cast<unsigned>(fl));
     Tr::free(scratch);
     if (!p) throw std::runtime_error("FFTW could not create a plan for this grid size");
     c.emplace(key, static_cast<void*>(p));
@@ -126,8 +127,10 @@ int planner_effort() { return effort.load(); }
 
 template struct Plan<float>;
 template struct Plan<double>;
-template Plan<float> get_plan<float>(Layout, int64_t, int64_t, int);
-template Plan<double> get_plan<double>(Layout, int64_t, int64_t, int);
+template Plan<float> get_plan<float>(int64_t, int64_t, int64_t, int);
+template Plan<double> get_plan<double>(int64_t, int64_t, int64_t, int);
+template Plan<float> get_plan_2d<float>(int64_t, int);
+template Plan<double> get_plan_2d<double>(int64_t, int);
 
 }  // namespace fft
 }  // namespace optdiff

@@ -13,22 +13,21 @@
 namespace optdiff {
 namespace fft {
 
-enum class Layout : int {
-    Full2D = 0,  // whole np x np grid, one 2-D transform
-    Rows = 1,    // `count` contiguous rows of length np (row stride np)
-    Cols = 2,    // all np columns of an np x np grid (element stride np)
-};
-
-// Opaque cached plan; executes in place on an aligned buffer.
+// Opaque cached plan: `howmany` contiguous 1-D transforms of length `len`,
+// `dist` elements apart, executed in place on any 64-byte aligned buffer.
 template <class T>
 struct Plan {
     void* handle = nullptr;
     void execute(cplx<T>* data) const;
 };
 
-// sign: -1 forward, +1 backward (unnormalised). `count` is used by Rows only.
+// sign: -1 forward, +1 backward (unnormalised).
 template <class T>
-Plan<T> get_plan(Layout layout, int64_t np, int64_t count, int sign);
+Plan<T> get_plan(int64_t len, int64_t howmany, int64_t dist, int sign);
+
+// One in-place 2-D transform of a contiguous len x len array.
+template <class T>
+Plan<T> get_plan_2d(int64_t len, int sign);
 
 // Aligned allocation matching the planner's alignment (fftw_malloc).
 void* aligned_alloc_bytes(size_t bytes);

@@ -48,7 +48,7 @@ struct PhaseStack<T>::Impl {
     int64_t n = 0, L = 0, nn = 0;
     std::vector<std::unique_ptr<HopPlan<T>>> hops;
     std::unique_ptr<HopPlan<T>> input_hop;
-    int64_t ws_size = 0;
+    WorkspaceSize ws_size;
 
     explicit Impl(const StackSpec& s) : spec(s), n(s.n) {
         validate_grid_size(s.n);
@@ -61,7 +61,7 @@ struct PhaseStack<T>::Impl {
             } catch (const std::invalid_argument& e) {
                 throw std::invalid_argument("layer " + std::to_string(l) + ": " + e.what());
             }
-            ws_size = std::max(ws_size, hops.back()->workspace_size());
+            hops.back()->add_to(ws_size);
         }
         if (s.has_input_hop) {
             try {
@@ -69,7 +69,7 @@ struct PhaseStack<T>::Impl {
             } catch (const std::invalid_argument& e) {
                 throw std::invalid_argument(std::string("input hop: ") + e.what());
             }
-            ws_size = std::max(ws_size, input_hop->workspace_size());
+            input_hop->add_to(ws_size);
         }
     }
 
@@ -94,7 +94,7 @@ struct PhaseStack<T>::Impl {
     std::vector<Scratch<T>> scratch(int nt, bool with_tape) const {
         std::vector<Scratch<T>> s(static_cast<size_t>(nt));
         for (auto& x : s) {
-            x.ws = Workspace<T>(ws_size);
+            x.ws = Workspace<T>(ws_size.buf, ws_size.cols);
             x.field.resize(static_cast<size_t>(nn));
             if (with_tape) x.tape.resize(static_cast<size_t>((L + 1) * nn));
         }

@@ -41,9 +41,11 @@ void run_batch(const HopPlan<T>& hop, const cplx<T>* in, cplx<T>* out, int64_t b
     if (batch == 0) return;
     const int nt = resolve_threads(num_threads, batch);
     const int64_t nn = hop.n * hop.n;
+    WorkspaceSize size;
+    hop.add_to(size);
     std::vector<Workspace<T>> ws;
     ws.reserve(static_cast<size_t>(nt));
-    for (int t = 0; t < nt; ++t) ws.emplace_back(hop.workspace_size());
+    for (int t = 0; t < nt; ++t) ws.emplace_back(size.buf, size.cols);
     const cplx<T>* tilt = hop.tilt.empty() ? nullptr : hop.tilt.data();
 
 #pragma omp parallel for num_threads(nt) schedule(static)
