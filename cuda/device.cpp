@@ -204,7 +204,18 @@ void* device_malloc(size_t bytes) {
 
 void device_free(void* ptr) noexcept {
     if (ptr == nullptr) return;
-    if (cudaFree(ptr) != cudaSuccess) (void)cudaGetLastError();  // e.g. at process exit
+    // Free with the owning device current (objects may die on any thread).
+    int owner = -1;
+    int current = -1;
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, ptr) == cudaSuccess && attr.type == cudaMemoryTypeDevice)
+        owner = attr.device;
+    if (cudaGetDevice(&current) != cudaSuccess) current = -1;
+    const bool switch_device = owner >= 0 && current >= 0 && owner != current;
+    if (switch_device) (void)cudaSetDevice(owner);
+    (void)cudaFree(ptr);  // errors (e.g. during process exit) are ignored
+    if (switch_device) (void)cudaSetDevice(current);
+    (void)cudaGetLastError();
 }
 
 void* workspace_malloc(size_t bytes, Stream stream) {

@@ -1,0 +1,125 @@
+// CUDA versions of optdiff::Propagator and optdiff::PhaseStack.
+//
+// Same semantics as the CPU classes in optdiff/optdiff.hpp, on device memory:
+// every pointer argument is a device (or managed) pointer on the device the
+// object was created on, every call is asynchronous on `stream` (a
+// cudaStream_t passed as void*, nullptr = legacy default stream) and the
+// caller must keep the buffers alive until the stream has reached the work.
+// Calls are thread-safe and may run concurrently on different streams:
+// objects are immutable after construction and every call allocates its own
+// stream-ordered scratch memory.
+//
+// The object owns, on its device: the normalised transfer function of every
+// hop ([np, np], FFT order, 1/np^2 folded in) and the tilt tables ([n, n],
+// only for tilted hops). The per-layer modulation exp(i phi) * tilt depends
+// on the phases, so it is computed once per call (not per sample) into call
+// scratch memory.
+//
+// Large batches are processed in chunks whose padded work fields fit the
+// workspace budget (set_workspace_limit).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "device.hpp"
+#include "optdiff/optdiff.hpp"
+#include "optdiff/physics.hpp"
+#include "optdiff/plan.hpp"
+
+namespace optdiff {
+namespace gpu {
+
+// One free-space hop resident on a device.
+template <class T>
+struct DeviceHop {
+    PropagationSpec spec;
+    int64_t n = 0;
+    int64_t np = 0;                    // padded size n * padding
+    DeviceArray<cplx<T>> h;            // [np, np], normalised
+    DeviceArray<cplx<T>> tilt;         // [n, n]; empty when the hop has no tilt
+
+    DeviceHop(const PropagationSpec& spec, int64_t n);
+    const cplx<T>* tilt_or_null() const { return tilt.empty() ? nullptr : tilt.get(); }
+};
+
+template <class T>
+class CudaPropagator {
+public:
+    // device < 0: the current device.
+    CudaPropagator(int64_t n, const PropagationSpec& spec, int device = -1);
+
+    // out = P(tilt * in) for `batch` fields [batch, n, n]; out may equal in.
+    void forward(const cplx<T>* in, cplx<T>* out, int64_t batch, Stream stream) const;
+    // in = conj(tilt) * P^H(out); out may equal in.
+    void adjoint(const cplx<T>* in, cplx<T>* out, int64_t batch, Stream stream) const;
+
+    int64_t n() const { return hop_->n; }
+    int64_t padded_n() const { return hop_->np; }
+    int device() const { return device_; }
+    const PropagationSpec& spec() const { return hop_->spec; }
+
+private:
+    void apply(const cplx<T>* in, cplx<T>* out, int64_t batch, Stream stream, bool adjoint) const;
+
+    int device_ = 0;
+    std::unique_ptr<DeviceHop<T>> hop_;
+};
+
+template <class T>
+class CudaPhaseStack {
+public:
+    explicit CudaPhaseStack(const StackSpec& spec, int device = -1);
+    ~CudaPhaseStack();
+
+    int64_t n() const { return spec_.n; }
+    int64_t layers() const { return static_cast<int64_t>(hops_.size()); }
+    int64_t saved_fields_per_sample() const { return layers() + 1; }
+    const StackSpec& spec() const { return spec_; }
+    int device() const { return device_; }
+
+    // intensity [B, n, n] = |camera field|^2 (may be null when camera_field is
+    // given); saved (nullable) receives [B, L+1, n, n] (w_0 .. w_{L-1}, E_L),
+    // the layout of the CPU back end; camera_field (nullable) [B, n, n].
+    void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
+                 cplx<T>* saved, cplx<T>* camera_field, Stream stream) const;
+
+    // grad_phases [L, n, n] (summed over the batch, overwritten) and, when
+    // grad_input is non-null, grad_input [B, n, n]. saved from forward, or
+    // nullptr to recompute the forward pass chunk by chunk (then input is
+    // required; otherwise it is not read).
+    void backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
+                  const T* grad_intensity, int64_t batch, T* grad_phases, cplx<T>* grad_input,
+                  Stream stream) const;
+
+private:
+    struct Call;  // per-call scratch
+    void forward_chunk(Call& call, const cplx<T>* input, int64_t bc, T* intensity,
+                       cplx<T>* saved, cplx<T>* camera_field) const;
+    void backward_chunk(Call& call, const cplx<T>* saved, const T* grad_intensity, int64_t bc,
+                        T* grad_phases, bool accumulate, cplx<T>* grad_input) const;
+    void make_modulation(const T* phases, cplx<T>* m, Stream stream) const;
+
+    StackSpec spec_;
+    int device_ = 0;
+    std::unique_ptr<DeviceHop<T>> input_hop_;
+    std::vector<std::unique_ptr<DeviceHop<T>>> hops_;
+    int64_t max_np_ = 0;
+    bool mixed_padding_ = false;  // consecutive hops with different padded sizes
+};
+
+// Validates the parameters of a stack (throws std::invalid_argument).
+void validate_stack(const StackSpec& spec);
+
+// Read-out binning (see kernels.hpp), on device memory.
+template <class T>
+void bin_readout(const T* in, T* out, int64_t batch, int64_t n, int64_t h, int64_t w,
+                 int64_t k, Stream stream);
+template <class T>
+void bin_readout_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t n, int64_t h,
+                          int64_t w, int64_t k, Stream stream);
+void validate_binning(int64_t n, int64_t h, int64_t w, int64_t k);
+
+}  // namespace gpu
+}  // namespace optdiff

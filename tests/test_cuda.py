@@ -1,0 +1,403 @@
+"""Tests of the CUDA back end (optdiff.cuda_backend, module optdiff._cuda).
+
+Every CUDA entry point is compared with the CPU back end (backend="cpu") to
+1e-5 (float32) / 1e-12 (float64) relative to the largest reference value,
+plus adjointness <Ax, y> = <x, A^H y> and finite-difference gradients
+computed on the device.
+
+These tests run
+  * on a CUDA device ("cuda"), when optdiff._cuda is built and a device is
+    present: NumPy inputs, device arrays through __cuda_array_interface__,
+    and CuPy / PyTorch arrays when those are installed;
+  * through optdiff._cuda_emu ("emulated"), when it was built
+    (-DOPTDIFF_CUDA_EMULATION=ON): the same host code and kernel bodies on the
+    CPU, with FFTW standing in for cuFFT;
+and are skipped otherwise. test_import_and_device_count_without_gpu always runs.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+
+import numpy as np
+import pytest
+
+import optdiff
+from optdiff import cuda_backend as cb
+
+HAS_GPU = cb.cuda_device_count() > 0
+try:
+    _EMU = importlib.import_module("optdiff._cuda_emu")
+except ImportError:
+    _EMU = None
+
+WL, PITCH = 850e-9, 9.2e-6
+TOL = {np.complex64: 1e-5, np.complex128: 1e-12, np.float32: 1e-5, np.float64: 1e-12}
+
+
+# ---------------------------------------------------------------------------
+# The one test that needs no GPU
+# ---------------------------------------------------------------------------
+
+def test_import_and_device_count_without_gpu():
+    count = cb.cuda_device_count()  # must never raise
+    assert isinstance(count, int) and count >= 0
+    assert isinstance(cb.cuda_unavailable_reason(), str)
+    if not glob.glob("/dev/nvidia[0-9]*"):  # no GPU on this machine
+        assert count == 0
+        assert cb.cuda_unavailable_reason() != ""
+    assert ("cuda" in optdiff.available_backends()) == (count > 0)
+
+
+# ---------------------------------------------------------------------------
+# Fixtures: which implementation, which array kind
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(params=["cuda", "emulated"])
+def backend(request):
+    if request.param == "cuda":
+        if not HAS_GPU:
+            pytest.skip(f"no CUDA device: {cb.cuda_unavailable_reason()}")
+        yield "cuda"
+        return
+    if _EMU is None:
+        pytest.skip("optdiff._cuda_emu not built (configure with -DOPTDIFF_CUDA_EMULATION=ON)")
+    cb._set_module_for_testing(_EMU)
+    try:
+        yield "emulated"
+    finally:
+        cb._set_module_for_testing(None)
+
+
+class _HostCAI:
+    """A host array posing as device memory (valid only with the emulation module)."""
+
+    def __init__(self, a):
+        self.a = np.ascontiguousarray(a)
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.a.shape, "typestr": self.a.dtype.str, "data": (self.a.ctypes.data, False),
+                "version": 3, "strides": None, "stream": None}
+
+
+def _to_kind(a: np.ndarray, kind: str, backend: str):
+    a = np.array(a, order="C", copy=True)  # never alias the caller's reference data
+    if kind == "numpy":
+        return a
+    if kind == "cai":
+        if backend == "emulated":
+            return _HostCAI(a)
+        d = cb.DeviceArray(a.shape, a.dtype, 0)
+        d._buf.upload(a, 0)
+        return d
+    if kind == "cupy":
+        import cupy
+
+        return cupy.asarray(a)
+    if kind == "torch":
+        import torch
+
+        return torch.from_numpy(a).cuda()
+    raise AssertionError(kind)
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, _HostCAI):
+        return x.a
+    if isinstance(x, cb.DeviceArray):
+        return x.get()
+    mod = type(x).__module__.split(".")[0]
+    if mod == "cupy":
+        import cupy
+
+        return cupy.asnumpy(x)
+    if mod == "torch":
+        return x.detach().cpu().numpy()
+    raise AssertionError(type(x))
+
+
+@pytest.fixture(params=["numpy", "cai", "cupy", "torch"])
+def kind(request, backend):
+    k = request.param
+    if k in ("cupy", "torch"):
+        if backend != "cuda":
+            pytest.skip(f"{k} arrays need a real device")
+        pytest.importorskip(k)
+    return k
+
+
+def _close(got, ref, dtype, what=""):
+    got, ref = _to_numpy(got), np.asarray(ref)
+    assert got.shape == ref.shape, (what, got.shape, ref.shape)
+    assert got.dtype == ref.dtype, (what, got.dtype, ref.dtype)
+    scale = max(float(np.abs(ref).max()), 1e-300)
+    err = float(np.abs(got.astype(np.complex128) - ref).max()) / scale
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:g}"
+
+
+def _field(rng, shape, dtype):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# Propagator
+# ---------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("padding", [1, 2])
+@pytest.mark.parametrize("method,tilt", [("as", (0.0, 0.0)), ("bl-as", (0.01, -0.02)),
+                                         ("fresnel", (0.0, 0.015))])
+def test_propagator_matches_cpu(backend, kind, dtype, padding, method, tilt):
+    rng = np.random.default_rng(1)
+    n = 20
+    kw = dict(wavelength=WL, pitch=PITCH, distance=7e-3, method=method, padding=padding, tilt=tilt)
+    cpu = optdiff.Propagator(n, backend="cpu", **kw)
+    gpu = cb.CudaPropagator(n, **kw)
+    x = _field(rng, (3, n, n), dtype)
+    _close(gpu.forward(_to_kind(x, kind, backend)), cpu.forward(x), dtype, "forward")
+    _close(gpu.adjoint(_to_kind(x, kind, backend)), cpu.adjoint(x), dtype, "adjoint")
+    _close(gpu.forward(_to_kind(x[0], kind, backend)), cpu.forward(x[0]), dtype, "single field")
+    np.testing.assert_array_equal(gpu.transfer_function(dtype), cpu.transfer_function(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("padding", [1, 2])
+def test_propagator_in_place_and_out(backend, kind, padding):
+    rng = np.random.default_rng(2)
+    n = 16
+    kw = dict(wavelength=WL, pitch=PITCH, distance=5e-3, padding=padding, tilt=(0.01, 0.0))
+    cpu = optdiff.Propagator(n, backend="cpu", **kw)
+    gpu = cb.CudaPropagator(n, **kw)
+    x = _field(rng, (2, n, n), np.complex128)
+    y = _to_kind(x, kind, backend)
+    assert gpu.forward(y, out=y) is y
+    _close(y, cpu.forward(x), np.complex128, "in-place forward")
+    out = _to_kind(np.zeros_like(x), kind, backend)
+    assert gpu.adjoint(_to_kind(x, kind, backend), out=out) is out
+    _close(out, cpu.adjoint(x), np.complex128, "adjoint into out")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("padding", [1, 2])
+def test_propagator_adjointness(backend, dtype, padding):
+    rng = np.random.default_rng(3)
+    n = 24
+    gpu = cb.CudaPropagator(n, wavelength=WL, pitch=PITCH, distance=9e-3, method="as",
+                            padding=padding, tilt=(0.02, -0.01))
+    x = _field(rng, (2, n, n), dtype)
+    y = _field(rng, (2, n, n), dtype)
+    lhs = np.vdot(gpu.forward(x).astype(np.complex128), y.astype(np.complex128))
+    rhs = np.vdot(x.astype(np.complex128), gpu.adjoint(y).astype(np.complex128))
+    scale = np.linalg.norm(x) * np.linalg.norm(y)
+    assert abs(lhs - rhs) / scale < TOL[dtype]
+
+
+@pytest.mark.gpu
+def test_dispatch_from_optdiff_classes(backend):
+    rng = np.random.default_rng(4)
+    n = 16
+    kw = dict(wavelength=WL, pitch=PITCH, distance=4e-3, padding=2)
+    x = _field(rng, (2, n, n), np.complex64)
+    _close(optdiff.Propagator(n, backend="cuda", **kw).forward(x),
+           optdiff.Propagator(n, backend="cpu", **kw).forward(x), np.complex64)
+    skw = dict(wavelength=WL, pitch=PITCH, distances=[3e-3, 5e-3], padding=2)
+    ph = rng.uniform(-np.pi, np.pi, (2, n, n)).astype(np.float32)
+    _close(optdiff.PhaseStack(n, backend="cuda", **skw).forward(x, ph),
+           optdiff.PhaseStack(n, backend="cpu", **skw).forward(x, ph), np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Phase stack
+# ---------------------------------------------------------------------------
+
+def _stack_kwargs(padding, with_input, with_tilts, L=3):
+    return dict(wavelength=WL, pitch=PITCH, distances=[4e-3, 6e-3, 5e-3][:L], method="bl-as",
+                padding=padding,
+                tilts=(np.array([[0.01, 0.0], [0.0, -0.015], [0.02, 0.01]])[:L] if with_tilts else None),
+                input_distance=3e-3 if with_input else None,
+                input_tilt=(0.01, 0.005) if with_input else (0.0, 0.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("padding", [1, 2])
+@pytest.mark.parametrize("with_input,with_tilts", [(False, False), (True, True)])
+def test_stack_matches_cpu(backend, kind, dtype, padding, with_input, with_tilts):
+    rng = np.random.default_rng(5)
+    n, B, L = 16, 3, 3
+    real = np.float32 if dtype == np.complex64 else np.float64
+    kw = _stack_kwargs(padding, with_input, with_tilts, L)
+    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
+    gpu = cb.CudaPhaseStack(n, **kw)
+    assert gpu.num_layers == L and gpu.n == n
+    x = _field(rng, (B, n, n), dtype)
+    ph = rng.uniform(-np.pi, np.pi, (L, n, n)).astype(real)
+    g = rng.standard_normal((B, n, n)).astype(real)
+    X, P, G = (_to_kind(a, kind, backend) for a in (x, ph, g))
+
+    _close(gpu.forward(X, P), cpu.forward(x, ph), real, "intensity")
+    _close(gpu.camera_field(X, P), cpu.camera_field(x, ph), dtype, "camera field")
+    I_ref, tape_ref = cpu.forward_train(x, ph)
+    gph_ref, gx_ref = cpu.backward(tape_ref, g, input_grad=True)
+    for recompute in (False, True):
+        I, tape = gpu.forward_train(X, P, recompute=recompute)
+        _close(I, I_ref, real, "forward_train intensity")
+        assert (tape.nbytes == 0) == recompute
+        gph, gx = gpu.backward(tape, G, input_grad=True)
+        _close(gph, gph_ref, real, f"grad phases (recompute={recompute})")
+        _close(gx, gx_ref, dtype, f"grad field (recompute={recompute})")
+        gph2, none = gpu.backward(tape, G, input_grad=False)
+        assert none is None
+        _close(gph2, gph_ref, real, "grad phases without input grad")
+
+
+@pytest.mark.gpu
+def test_stack_single_field_and_saved_layout(backend):
+    rng = np.random.default_rng(6)
+    n = 12
+    kw = _stack_kwargs(2, True, True, 2)
+    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
+    gpu = cb.CudaPhaseStack(n, **kw)
+    x = _field(rng, (n, n), np.complex128)
+    ph = rng.uniform(-3, 3, (2, n, n))
+    _close(gpu.forward(x, ph), cpu.forward(x, ph), np.float64, "single field")
+    _, t_ref = cpu.forward_train(x, ph)
+    _, t = gpu.forward_train(x, ph)
+    saved = np.empty((1, 3, n, n), np.complex128)
+    t.saved.download(saved, 0)  # the tape keeps the CPU layout [B, L+1, n, n]
+    _close(saved, t_ref.saved, np.complex128, "saved fields")
+    g = rng.standard_normal((n, n))
+    gph, gx = gpu.backward(t, g, input_grad=True)
+    gph_ref, gx_ref = cpu.backward(t_ref, g, input_grad=True)
+    _close(gph, gph_ref, np.float64, "grad phases")
+    _close(gx, gx_ref, np.complex128, "grad field")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_stack_chunked_batches(backend, dtype):
+    """A 1 MiB scratch budget splits the batch into several chunks; results must not change."""
+    rng = np.random.default_rng(7)
+    n, B = 16, 150  # 2n x 2n padded fields: 150 samples need 2-5 chunks
+    real = np.float32 if dtype == np.complex64 else np.float64
+    kw = _stack_kwargs(2, True, False, 2)
+    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
+    gpu = cb.CudaPhaseStack(n, **kw)
+    x = _field(rng, (B, n, n), dtype)
+    ph = rng.uniform(-np.pi, np.pi, (2, n, n)).astype(real)
+    g = rng.standard_normal((B, n, n)).astype(real)
+    I_ref, t_ref = cpu.forward_train(x, ph)
+    gph_ref, gx_ref = cpu.backward(t_ref, g, input_grad=True)
+    mod = cb._backend()
+    old = mod.get_workspace_limit()
+    mod.set_workspace_limit(1 << 20)
+    try:
+        for recompute in (False, True):
+            I, t = gpu.forward_train(x, ph, recompute=recompute)
+            _close(I, I_ref, real, "intensity")
+            gph, gx = gpu.backward(t, g, input_grad=True)
+            _close(gph, gph_ref, real, "grad phases")
+            _close(gx, gx_ref, dtype, "grad field")
+    finally:
+        mod.set_workspace_limit(old)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("padding", [1, 2])
+def test_stack_gradients_finite_differences(backend, padding):
+    """dLoss/dphi and dLoss/dfield against central differences of the device forward pass (float64)."""
+    rng = np.random.default_rng(8)
+    n, B, L = 10, 2, 2
+    gpu = cb.CudaPhaseStack(n, **_stack_kwargs(padding, True, True, L))
+    x = _field(rng, (B, n, n), np.complex128)
+    ph = rng.uniform(-np.pi, np.pi, (L, n, n))
+    w = rng.standard_normal((B, n, n))  # loss = sum(w * I)
+
+    def loss(xx, pp):
+        return float(np.sum(w * gpu.forward(xx, pp)))
+
+    _, tape = gpu.forward_train(x, ph)
+    gph, gx = gpu.backward(tape, w, input_grad=True)
+    eps = 1e-6
+    for (l, r, c) in [(0, 3, 4), (1, 5, 5), (1, 0, 9)]:
+        dp = np.zeros_like(ph)
+        dp[l, r, c] = eps
+        fd = (loss(x, ph + dp) - loss(x, ph - dp)) / (2 * eps)
+        assert abs(fd - gph[l, r, c]) <= 1e-6 * max(1.0, abs(fd)), (l, r, c, fd, gph[l, r, c])
+    for (b, r, c) in [(0, 2, 2), (1, 7, 3)]:
+        for unit in (1.0, 1j):  # gradient convention: dL/dRe + i dL/dIm
+            dx = np.zeros_like(x)
+            dx[b, r, c] = eps * unit
+            fd = (loss(x + dx, ph) - loss(x - dx, ph)) / (2 * eps)
+            got = gx[b, r, c].real if unit == 1.0 else gx[b, r, c].imag
+            assert abs(fd - got) <= 1e-6 * max(1.0, abs(fd)), (b, r, c, unit, fd, got)
+
+
+# ---------------------------------------------------------------------------
+# Read-out binning
+# ---------------------------------------------------------------------------
+
+def _bin_reference(img, h, w, k):
+    n = img.shape[-1]
+    r0, c0 = (n - h * k) // 2, (n - w * k) // 2
+    region = img[..., r0:r0 + h * k, c0:c0 + w * k]
+    return region.reshape(region.shape[:-2] + (h, k, w, k)).mean(axis=(-3, -1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("h,w,k", [(4, 5, 3), (1, 1, 19), (19, 19, 1), (2, 6, 3)])
+def test_bin_readout(backend, kind, dtype, h, w, k):
+    rng = np.random.default_rng(9)
+    n = 19
+    img = rng.random((3, n, n)).astype(dtype)
+    got = cb.bin_readout(_to_kind(img, kind, backend), (h, w), k)
+    _close(got, _bin_reference(img, h, w, k), dtype, "binning")
+    y = rng.random((3, h, w)).astype(dtype)
+    back = _to_numpy(cb.bin_readout_backward(_to_kind(y, kind, backend), n, k))
+    assert back.shape == (3, n, n) and back.dtype == dtype
+    lhs = np.vdot(_bin_reference(img, h, w, k).astype(np.float64), y)
+    rhs = np.vdot(img.astype(np.float64), back)
+    assert abs(lhs - rhs) <= TOL[dtype] * abs(lhs)
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_argument_errors(backend):
+    n = 8
+    p = cb.CudaPropagator(n, wavelength=WL, pitch=PITCH, distance=1e-3)
+    x = np.zeros((2, n, n), np.complex64)
+    with pytest.raises(TypeError, match="field"):
+        p.forward(np.zeros((2, n, n), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        p.forward(np.zeros((2, n, n + 1), np.complex64))
+    with pytest.raises(ValueError, match="contiguous"):
+        p.forward(np.zeros((2, n, 2 * n), np.complex64)[:, :, ::2])
+    bad = x.copy()
+    bad[1, 2, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        p.forward(bad)
+    with pytest.raises(TypeError, match="device array"):
+        p.forward(_to_kind(x, "cai", backend), out=x)
+    with pytest.raises(ValueError, match="wavelength"):
+        cb.CudaPropagator(n, wavelength=0.0, pitch=PITCH, distance=1e-3)
+    s = cb.CudaPhaseStack(n, wavelength=WL, pitch=PITCH, distances=[1e-3, 2e-3])
+    ph = np.zeros((2, n, n), np.float32)
+    with pytest.raises(TypeError, match="phases"):
+        s.forward(x, ph.astype(np.float64))
+    with pytest.raises(TypeError, match="host"):
+        s.forward(_to_kind(x, "cai", backend), ph)
+    _, tape = s.forward_train(x, ph)
+    with pytest.raises(ValueError, match="shape"):
+        s.backward(tape, np.zeros((3, n, n), np.float32))
+    with pytest.raises(TypeError, match="tape"):
+        s.backward(object(), np.zeros((2, n, n), np.float32))
