@@ -168,3 +168,20 @@ def test_single_field_input(rng):
     assert i.shape == (n, n)
     gph, gx = s.backward(tape, np.ones((n, n)), input_grad=True)
     assert gph.shape == (L, n, n) and gx.shape == (n, n)
+
+
+def test_tape_storage_reuse(rng):
+    n, L = 16, 2
+    s = make_stack(n, L, 2)
+    ph = rng.uniform(-3, 3, (L, n, n))
+    x1, x2 = random_field(rng, (3, n, n)), random_field(rng, (3, n, n))
+    g = rng.standard_normal((3, n, n))
+    _, t1 = s.forward_train(x1, ph)
+    want = s.backward(s.forward_train(x2, ph)[1], g)[0]
+    buf = t1.saved
+    _, t2 = s.forward_train(x2, ph, reuse=t1)
+    assert t2.saved is buf
+    np.testing.assert_array_equal(s.backward(t2, g)[0], want)
+    # A tape of another shape is not reused.
+    _, t3 = s.forward_train(x2[:2], ph, reuse=t2)
+    assert t3.saved is not buf and t3.saved.shape[0] == 2

@@ -126,6 +126,23 @@ PropagationSpec make_spec(double wavelength, double pitch, double distance, cons
 }
 
 template <class T>
+void run_propagator(const Propagator<T>& p, const py::array& x, py::array& out, int nthreads, bool adjoint) {
+    using C = std::complex<T>;
+    const int64_t b = check_batch<C>(x, "field", p.n(), false);
+    check_batch<C>(out, "out", p.n(), true);
+    check_same_shape<C>(out, "out", x, "field");
+    check_overlap(x, out, "field", "out");
+    check_finite<T>(x, "field");
+    const auto* in = static_cast<const cplx<T>*>(x.data());
+    auto* o = static_cast<cplx<T>*>(out.mutable_data());
+    py::gil_scoped_release nogil;
+    if (adjoint)
+        p.adjoint(in, o, b, nthreads);
+    else
+        p.forward(in, o, b, nthreads);
+}
+
+template <class T>
 void bind_propagator(py::module_& m, const char* name) {
     using C = std::complex<T>;
     py::class_<Propagator<T>>(m, name)
@@ -134,22 +151,10 @@ void bind_propagator(py::module_& m, const char* name) {
         .def_property_readonly("n", &Propagator<T>::n)
         .def_property_readonly("spec", &Propagator<T>::spec)
         .def("forward", [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
-                const int64_t b = check_batch<C>(x, "field", p.n(), false);
-                check_batch<C>(out, "out", p.n(), true);
-                check_same_shape<C>(out, "out", x, "field");
-                check_overlap(x, out, "field", "out");
-                check_finite<T>(x, "field");
-                py::gil_scoped_release nogil;
-                p.forward(static_cast<const cplx<T>*>(x.data()), static_cast<cplx<T>*>(out.mutable_data()), b, nthreads);
+                run_propagator(p, x, out, nthreads, false);
             }, py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
         .def("adjoint", [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
-                const int64_t b = check_batch<C>(x, "field", p.n(), false);
-                check_batch<C>(out, "out", p.n(), true);
-                check_same_shape<C>(out, "out", x, "field");
-                check_overlap(x, out, "field", "out");
-                check_finite<T>(x, "field");
-                py::gil_scoped_release nogil;
-                p.adjoint(static_cast<const cplx<T>*>(x.data()), static_cast<cplx<T>*>(out.mutable_data()), b, nthreads);
+                run_propagator(p, x, out, nthreads, true);
             }, py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
         .def("transfer_function", [](const Propagator<T>& p) {
                 std::vector<cplx<T>> h;

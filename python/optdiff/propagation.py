@@ -299,11 +299,13 @@ class PhaseStack:
         return cam
 
     def forward_train(self, field: np.ndarray, phases: np.ndarray, recompute: bool = False,
-                      nthreads: Optional[int] = None):
+                      nthreads: Optional[int] = None, reuse: Optional[Tape] = None):
         """Forward pass that also returns a :class:`Tape` for :meth:`backward`.
 
         ``recompute=False`` stores L+1 fields per sample ([B, L+1, n, n]);
         ``recompute=True`` stores nothing and backward reruns the forward pass.
+        ``reuse``: a tape from an earlier step whose storage is overwritten
+        instead of allocating (and page-faulting) a new one each step.
         """
         if self.backend == "cuda":
             return self._cuda.forward_train(field, phases, recompute=recompute, nthreads=nthreads)
@@ -312,7 +314,12 @@ class PhaseStack:
         saved = None
         if not recompute:
             b = field.shape[0] if field.ndim == 3 else 1
-            saved = np.empty((b, self.num_layers + 1, self.n, self.n), dtype=field.dtype)
+            shape = (b, self.num_layers + 1, self.n, self.n)
+            old = reuse.saved if isinstance(reuse, Tape) else None
+            if old is not None and old.shape == shape and old.dtype == field.dtype:
+                saved = old
+            else:
+                saved = np.empty(shape, dtype=field.dtype)
         impl.forward(field, phases, inten, saved, None, _nthreads(nthreads))
         # The phases are copied (L*n*n, small) so later edits cannot corrupt backward.
         return inten, Tape(field=field, phases=phases.copy(), saved=saved)
