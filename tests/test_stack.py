@@ -185,3 +185,22 @@ def test_tape_storage_reuse(rng):
     # A tape of another shape is not reused.
     _, t3 = s.forward_train(x2[:2], ph, reuse=t2)
     assert t3.saved is not buf and t3.saved.shape[0] == 2
+
+
+def test_tape_storage_is_reused_only_when_unreferenced(rng):
+    n, L = 12, 2
+    s = make_stack(n, L, 1)
+    ph = rng.uniform(-3, 3, (L, n, n))
+    x = random_field(rng, (2, n, n))
+    _, t1 = s.forward_train(x, ph)
+    kept = t1.saved
+    _, t2 = s.forward_train(x, ph)          # t1 still alive: must not be overwritten
+    assert t2.saved is not kept
+    before = kept.copy()
+    del t1, t2
+    _, t3 = s.forward_train(2 * x, ph)      # t1's buffer is referenced by `kept`: untouched
+    np.testing.assert_array_equal(kept, before)
+    buf_id = id(t3.saved)
+    del t3
+    _, t4 = s.forward_train(x, ph)          # nothing refers to t3's buffer any more: reused
+    assert id(t4.saved) == buf_id

@@ -12,6 +12,7 @@ value z is ``dL/dRe(z) + 1j * dL/dIm(z)``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -245,6 +246,7 @@ class PhaseStack:
         self._input_hop = (None if input_distance is None else
                            _hop(wavelength, pitch, input_distance, method, padding, input_tilt, "input_tilt"))
         self._impl = {}
+        self._spare_tape = None
         if backend == "cpu":
             self._impl[np.dtype(np.complex128)] = _core.PhaseStack64(self.n, self._hops, self._input_hop)
         else:
@@ -315,11 +317,16 @@ class PhaseStack:
         if not recompute:
             b = field.shape[0] if field.ndim == 3 else 1
             shape = (b, self.num_layers + 1, self.n, self.n)
-            old = reuse.saved if isinstance(reuse, Tape) else None
-            if old is not None and old.shape == shape and old.dtype == field.dtype:
+            old = reuse.saved if isinstance(reuse, Tape) else self._spare_tape
+            if old is not None and old.shape == shape and old.dtype == field.dtype and (
+                    reuse is not None or sys.getrefcount(old) <= 3):
+                # Reused: either the caller handed the tape back, or nothing
+                # but this object still refers to the last buffer (so no one
+                # can see it overwritten). Saves page-faulting B(L+1) fields a step.
                 saved = old
             else:
                 saved = np.empty(shape, dtype=field.dtype)
+            self._spare_tape = saved
         impl.forward(field, phases, inten, saved, None, _nthreads(nthreads))
         # The phases are copied (L*n*n, small) so later edits cannot corrupt backward.
         return inten, Tape(field=field, phases=phases.copy(), saved=saved)
