@@ -178,6 +178,16 @@ void check_phases(const py::array& ph, int64_t n, int64_t L) {
     check_finite<T>(ph, "phases");
 }
 
+// The [L, n, n] table exp(i phi) * tilt written by forward and read by backward.
+template <class T>
+cplx<T>* modulation_table(py::array& a, int64_t n, int64_t L, bool writeable) {
+    check_basic<std::complex<T>>(a, "modulation", writeable);
+    if (a.ndim() != 3 || a.shape(0) != L || a.shape(1) != n || a.shape(2) != n)
+        value_error("modulation must have shape (L, n, n) = (" + std::to_string(L) + ", " + std::to_string(n) +
+                    ", " + std::to_string(n) + "), got " + shape_str(a));
+    return static_cast<cplx<T>*>(a.mutable_data());
+}
+
 template <class T>
 void bind_stack(py::module_& m, const char* name) {
     using C = std::complex<T>;
@@ -195,7 +205,8 @@ void bind_stack(py::module_& m, const char* name) {
         .def_property_readonly("n", &S::n)
         .def_property_readonly("num_layers", &S::layers)
         .def("forward", [](const S& s, const py::array& x, const py::array& ph, py::array& inten,
-                           std::optional<py::array> saved, std::optional<py::array> camera, int nthreads) {
+                           std::optional<py::array> saved, std::optional<py::array> camera, int nthreads,
+                           std::optional<py::array> modulation) {
                 const int64_t n = s.n(), L = s.layers();
                 const int64_t b = check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
@@ -214,14 +225,16 @@ void bind_stack(py::module_& m, const char* name) {
                     check_overlap(x, *camera, "field", "camera_field");
                     cp = static_cast<cplx<T>*>(camera->mutable_data());
                 }
+                cplx<T>* mp = modulation ? modulation_table<T>(*modulation, n, L, true) : nullptr;
                 check_finite<T>(x, "field");
                 py::gil_scoped_release nogil;
                 s.forward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), b,
-                          static_cast<T*>(inten.mutable_data()), sp, cp, nthreads);
+                          static_cast<T*>(inten.mutable_data()), sp, cp, nthreads, mp);
             }, py::arg("field"), py::arg("phases"), py::arg("intensity"), py::arg("saved") = py::none(),
-            py::arg("camera_field") = py::none(), py::arg("nthreads") = 0)
+            py::arg("camera_field") = py::none(), py::arg("nthreads") = 0, py::arg("modulation") = py::none())
         .def("backward", [](const S& s, const py::array& x, const py::array& ph, std::optional<py::array> saved,
-                            const py::array& g, py::array& gph, std::optional<py::array> gx, int nthreads) {
+                            const py::array& g, py::array& gph, std::optional<py::array> gx, int nthreads,
+                            std::optional<py::array> modulation) {
                 const int64_t n = s.n(), L = s.layers();
                 const int64_t b = check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
@@ -242,11 +255,13 @@ void bind_stack(py::module_& m, const char* name) {
                     check_same_shape<C>(*gx, "grad_field", x, "field");
                     gp = static_cast<cplx<T>*>(gx->mutable_data());
                 }
+                const cplx<T>* mp = modulation ? modulation_table<T>(*modulation, n, L, false) : nullptr;
                 py::gil_scoped_release nogil;
                 s.backward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), sp,
-                           static_cast<const T*>(g.data()), b, static_cast<T*>(gph.mutable_data()), gp, nthreads);
+                           static_cast<const T*>(g.data()), b, static_cast<T*>(gph.mutable_data()), gp, nthreads, mp);
             }, py::arg("field"), py::arg("phases"), py::arg("saved"), py::arg("grad_intensity"),
-            py::arg("grad_phases"), py::arg("grad_field") = py::none(), py::arg("nthreads") = 0);
+            py::arg("grad_phases"), py::arg("grad_field") = py::none(), py::arg("nthreads") = 0,
+            py::arg("modulation") = py::none());
 }
 
 }  // namespace

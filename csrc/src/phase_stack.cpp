@@ -73,9 +73,8 @@ struct PhaseStack<T>::Impl {
         }
     }
 
-    // M_l = exp(i phi_l) * tilt_l, once per call for all samples.
-    std::vector<cplx<T>> modulation(const T* phases, int nt) const {
-        std::vector<cplx<T>> m(static_cast<size_t>(L * nn));
+    // M_l = exp(i phi_l) * tilt_l, once per call for all samples, into m [L*nn].
+    void modulation(const T* phases, int nt, cplx<T>* m) const {
         const int64_t rows = L * n;
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t rr = 0; rr < rows; ++rr) {
@@ -85,10 +84,9 @@ struct PhaseStack<T>::Impl {
             const int64_t toff = (rr % n) * n;
             for (int64_t c = 0; c < n; ++c) {
                 const cplx<T> t = tilt ? tilt[toff + c] : cplx<T>{T(1), T(0)};
-                m[static_cast<size_t>(off + c)] = layer_modulation(phases[off + c], t);
+                m[off + c] = layer_modulation(phases[off + c], t);
             }
         }
-        return m;
     }
 
     std::vector<Scratch<T>> scratch(int nt, bool with_tape) const {
@@ -188,17 +186,24 @@ const StackSpec& PhaseStack<T>::spec() const { return impl_->spec; }
 
 template <class T>
 void PhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch, T* inten,
-                            cplx<T>* saved, cplx<T>* camera, int num_threads) const {
+                            cplx<T>* saved, cplx<T>* camera, int num_threads,
+                            cplx<T>* modulation) const {
     if (batch < 0) throw std::invalid_argument("batch must be >= 0");
     if (batch == 0) return;
     const Impl& s = *impl_;
     const int nt = resolve_threads(num_threads, batch);
-    const std::vector<cplx<T>> mod = s.modulation(phases, resolve_threads(num_threads, s.L * s.n));
+    std::vector<cplx<T>> own;
+    if (!modulation) {
+        own.resize(static_cast<size_t>(s.L * s.nn));
+        modulation = own.data();
+    }
+    s.modulation(phases, resolve_threads(num_threads, s.L * s.n), modulation);
+    const cplx<T>* mod = modulation;
     std::vector<Scratch<T>> scr = s.scratch(nt, false);
     const int64_t nn = s.nn, per = (s.L + 1) * nn;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < batch; ++b) {
-        s.forward_sample(input + b * nn, mod.data(), saved ? saved + b * per : nullptr,
+        s.forward_sample(input + b * nn, mod, saved ? saved + b * per : nullptr,
                          inten ? inten + b * nn : nullptr, camera ? camera + b * nn : nullptr,
                          scr[static_cast<size_t>(thread_index())]);
     }
@@ -207,7 +212,8 @@ void PhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch
 template <class T>
 void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
                              const T* grad_intensity, int64_t batch, T* grad_phases,
-                             cplx<T>* grad_input, int num_threads) const {
+                             cplx<T>* grad_input, int num_threads,
+                             const cplx<T>* modulation) const {
     if (batch < 0) throw std::invalid_argument("batch must be >= 0");
     const Impl& s = *impl_;
     const int64_t nn = s.nn, L = s.L, per = (L + 1) * nn;
@@ -218,7 +224,13 @@ void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T
     const bool recompute = saved == nullptr;
     const int64_t groups = std::min<int64_t>(batch, kGradientGroups);
     const int nt = resolve_threads(num_threads, groups);
-    const std::vector<cplx<T>> mod = s.modulation(phases, resolve_threads(num_threads, L * s.n));
+    std::vector<cplx<T>> own;
+    if (!modulation) {
+        own.resize(static_cast<size_t>(L * nn));
+        s.modulation(phases, resolve_threads(num_threads, L * s.n), own.data());
+        modulation = own.data();
+    }
+    const cplx<T>* mod = modulation;
     std::vector<Scratch<T>> scr = s.scratch(nt, recompute);
     std::vector<T> acc(static_cast<size_t>(groups * L * nn), T(0));
 
@@ -229,8 +241,8 @@ void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T
         const int64_t b0 = gi * batch / groups, b1 = (gi + 1) * batch / groups;
         for (int64_t b = b0; b < b1; ++b) {
             const cplx<T>* tape = saved ? saved + b * per : sc.tape.data();
-            if (recompute) s.forward_sample(input + b * nn, mod.data(), sc.tape.data(), nullptr, nullptr, sc);
-            s.backward_sample(tape, grad_intensity + b * nn, mod.data(), a,
+            if (recompute) s.forward_sample(input + b * nn, mod, sc.tape.data(), nullptr, nullptr, sc);
+            s.backward_sample(tape, grad_intensity + b * nn, mod, a,
                               grad_input ? grad_input + b * nn : nullptr, sc);
         }
     }

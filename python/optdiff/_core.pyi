@@ -69,13 +69,16 @@ class _PhaseStackBase:
                 intensity: npt.NDArray[np.floating],
                 saved: Optional[npt.NDArray[np.complexfloating]] = None,
                 camera_field: Optional[npt.NDArray[np.complexfloating]] = None,
-                nthreads: int = 0) -> None:
-        """intensity[B,n,n] = |E_L|^2; saved[B,L+1,n,n] receives the tape when given."""
+                nthreads: int = 0,
+                modulation: Optional[npt.NDArray[np.complexfloating]] = None) -> None:
+        """intensity[B,n,n] = |E_L|^2; saved[B,L+1,n,n] receives the tape when given;
+        modulation[L,n,n] receives exp(i phi) * tilt for backward."""
     def backward(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
                  saved: Optional[npt.NDArray[np.complexfloating]],
                  grad_intensity: npt.NDArray[np.floating], grad_phases: npt.NDArray[np.floating],
                  grad_field: Optional[npt.NDArray[np.complexfloating]] = None,
-                 nthreads: int = 0) -> None:
+                 nthreads: int = 0,
+                 modulation: Optional[npt.NDArray[np.complexfloating]] = None) -> None:
         """grad_phases[L,n,n] (batch sum) and grad_field[B,n,n]; saved=None recomputes."""
 
 class PhaseStack32(_PhaseStackBase): ...

@@ -191,6 +191,7 @@ class Tape:
     field: np.ndarray
     phases: np.ndarray
     saved: Optional[np.ndarray]
+    modulation: Optional[np.ndarray] = None  # exp(i phi) * tilt [L, n, n] from forward
 
     @property
     def nbytes(self) -> int:
@@ -327,9 +328,10 @@ class PhaseStack:
             else:
                 saved = np.empty(shape, dtype=field.dtype)
             self._spare_tape = saved
-        impl.forward(field, phases, inten, saved, None, _nthreads(nthreads))
+        mod = np.empty((self.num_layers, self.n, self.n), dtype=field.dtype)
+        impl.forward(field, phases, inten, saved, None, _nthreads(nthreads), mod)
         # The phases are copied (L*n*n, small) so later edits cannot corrupt backward.
-        return inten, Tape(field=field, phases=phases.copy(), saved=saved)
+        return inten, Tape(field=field, phases=phases.copy(), saved=saved, modulation=mod)
 
     def backward(self, tape: Tape, grad_intensity: np.ndarray, input_grad: bool = False,
                  nthreads: Optional[int] = None):
@@ -346,7 +348,7 @@ class PhaseStack:
             raise TypeError("grad_intensity must be a NumPy array shaped like the intensity")
         gph = np.empty_like(phases)
         gx = np.empty_like(field) if input_grad else None
-        impl.backward(field, phases, tape.saved, grad_intensity, gph, gx, _nthreads(nthreads))
+        impl.backward(field, phases, tape.saved, grad_intensity, gph, gx, _nthreads(nthreads), tape.modulation)
         return gph, gx
 
     def __repr__(self) -> str:

@@ -82,17 +82,22 @@ public:
     const StackSpec& spec() const;
 
     // intensity [B,n,n] = |camera field|^2. `saved` (nullable) receives
-    // [B, L+1, n, n]; `camera_field` (nullable) receives the complex field.
+    // [B, L+1, n, n]; `camera_field` (nullable) receives the complex field;
+    // `modulation` (nullable) receives exp(i phi_l) * tilt_l [L, n, n] so that
+    // backward need not evaluate L n^2 sines and cosines again.
     void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
-                 cplx<T>* saved, cplx<T>* camera_field, int num_threads = 0) const;
+                 cplx<T>* saved, cplx<T>* camera_field, int num_threads = 0,
+                 cplx<T>* modulation = nullptr) const;
 
     // Given dLoss/dIntensity, writes dLoss/dphases [L,n,n] (summed over the
     // batch) and, when grad_input is non-null, dLoss/dinput [B,n,n].
     // `saved` from forward, or nullptr to recompute it per sample (memory
     // bounded by threads * (L+1) fields instead of B * (L+1)).
+    // `modulation` (nullable): the table forward wrote for these phases.
     void backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
                   const T* grad_intensity, int64_t batch, T* grad_phases,
-                  cplx<T>* grad_input, int num_threads = 0) const;
+                  cplx<T>* grad_input, int num_threads = 0,
+                  const cplx<T>* modulation = nullptr) const;
 
 private:
     struct Impl;
