@@ -1,0 +1,63 @@
+"""Full DDPM generation with a time-aware ODU, against the optics alone.
+
+Times a complete ancestral DDPM generation (T=1000 steps, M=10 layer sets) of
+`--count` images at N=`--n`, through the real model (encode -> phase stack ->
+bin -> read-out -> sampler update), and 1000 bare `PhaseStack.forward` calls on
+the same batch: the ratio is the per-step overhead of everything that is not
+optics (issue target: within 1.1x).
+
+    python benchmarks/sampling_overhead.py --n 128 --count 64 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import optdiff
+from optdiff.config import Config
+from optdiff.model import TimeAwareODU, generate
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=128, help="modulator pixels per side (default 128)")
+    ap.add_argument("--count", type=int, default=64, help="images generated (one batch)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1000, help="T, the number of DDPM steps")
+    args = ap.parse_args(argv)
+    optdiff.set_num_threads(args.threads)
+
+    cfg = Config()
+    cfg.optics.n = args.n
+    cfg.diffusion.T = args.steps
+    cfg.sample.count = cfg.sample.batch = args.count
+    model = TimeAwareODU(cfg, nthreads=args.threads)
+    schedule = model.schedule
+
+    # Warm up (FFTW plans) outside the timings.
+    model.predict_eps(np.zeros((args.count, model.H, model.W)), args.steps - 1)
+
+    t0 = time.perf_counter()
+    x = generate(model.predict_eps, schedule, cfg.sample, args.count, model.H)
+    t_gen = time.perf_counter() - t0
+    assert np.all(np.isfinite(x))
+
+    field = model.odu.encode(np.zeros((args.count, model.H, model.W)))
+    phases = np.ascontiguousarray(model.params["phases"][0])
+    stack = model.odu.stack
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        stack.forward(field, phases)
+    t_fwd = time.perf_counter() - t0
+
+    print(f"N={args.n}, B={args.count}, T={args.steps}, M={cfg.model.sets}, threads={args.threads}")
+    print(f"full DDPM generation : {t_gen:8.2f} s  ({args.count / t_gen:.2f} images/s)")
+    print(f"{args.steps} stack forwards  : {t_fwd:8.2f} s")
+    print(f"generation / forwards: {t_gen / t_fwd:8.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
