@@ -171,23 +171,29 @@ def rel_err(a, b) -> float:
 
 # --------------------------------------------------------------------------- timing
 
-def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, min_time: float = 0.05,
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 0, min_time: float = 0.05,
               budget: float = 10.0, min_repeats: int = 2) -> dict:
-    """timeit-style: warm up, pick `number` calls per repeat so a repeat lasts >= min_time, then
-    take the median per-call time over the repeats.  The repeat count is cut down (to no fewer
-    than ``min_repeats``) so that the whole measurement stays within ``budget`` seconds.
+    """timeit-style median per-call time of ``fn`` (which has already been called once).
+
+    After ``warmup`` untimed calls, one timed probe call picks ``number`` (calls per repeat) so a
+    repeat lasts >= ``min_time``; a probe that is already that long counts as the first repeat,
+    otherwise it is discarded as one more warm-up.  The repeat count is cut down (to no fewer
+    than ``min_repeats``) so the measurement stays within ``budget`` seconds.
     """
-    t_first = None
-    for _ in range(max(1, warmup)):
-        t0 = time.perf_counter()
+    for _ in range(warmup):
         fn()
-        dt = time.perf_counter() - t0
-        t_first = dt if t_first is None else min(t_first, dt)
-    number = max(1, int(math.ceil(min_time / max(t_first, 1e-9))))
-    per_repeat = number * t_first
-    reps = max(min_repeats, min(repeats, int(budget // max(per_repeat, 1e-9))))
+    t0 = time.perf_counter()
+    fn()
+    probe = time.perf_counter() - t0
     times = []
-    for _ in range(reps):
+    if probe >= min_time:
+        number = 1
+        times.append(probe)
+    else:
+        number = max(1, int(math.ceil(min_time / max(probe, 1e-9))))
+    per_repeat = number * probe
+    reps = max(min_repeats, min(repeats, int(budget // max(per_repeat, 1e-9))))
+    while len(times) < reps:
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
@@ -196,7 +202,7 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, min_t
         "median": statistics.median(times),
         "min": min(times),
         "max": max(times),
-        "repeats": reps,
+        "repeats": len(times),
         "number": number,
     }
 
@@ -250,12 +256,11 @@ def thread_env(threads: int, base: dict | None = None) -> dict:
     env = dict(os.environ if base is None else base)
     for k in THREAD_ENV:
         env[k] = str(threads)
-    # XLA's CPU client: Eigen intra-op pool size.
+    # XLA's CPU client sizes its pools from the cores the process may use (the worker pins them
+    # before importing JAX); with one thread, also keep Eigen single-threaded.
     flags = env.get("XLA_FLAGS", "")
-    if "intra_op_parallelism_threads" not in flags:
-        flags = (flags + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
-                 f" intra_op_parallelism_threads={threads}").strip()
-    env["XLA_FLAGS"] = flags
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        env["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
     return env
 
 

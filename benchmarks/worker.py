@@ -46,6 +46,14 @@ def _versions(tool: str) -> dict:
             out[mod] = importlib.import_module(mod).__version__
         except Exception:
             out[mod] = None
+    if tool == "optdiff":
+        try:
+            import datetime
+            core = importlib.import_module("optdiff._core").__file__
+            out["optdiff_core_built"] = datetime.datetime.fromtimestamp(
+                os.path.getmtime(core)).strftime("%Y-%m-%d %H:%M:%S")
+        except Exception:
+            pass
     return out
 
 

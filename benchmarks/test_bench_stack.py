@@ -1,0 +1,106 @@
+"""pytest-benchmark view of the suite: ``pytest benchmarks/ --benchmark-only``.
+
+Small default cases, in-process (the full matrix with memory, fresh processes and the FFT floor
+is run_benchmarks.py).  Every tool is checked against the complex128 reference before it is
+benchmarked; nothing about timings is asserted.
+
+Cases can be changed with environment variables (comma-separated lists):
+OPTDIFF_BENCH_N (default 64,128), OPTDIFF_BENCH_PADDING (1,2), OPTDIFF_BENCH_B (16),
+OPTDIFF_BENCH_L (4), OPTDIFF_BENCH_THREADS (min(2, cores)), OPTDIFF_BENCH_TOOLS
+(optdiff,numpy,pyfftw,fft_floor,torch,jax; torch and JAX last, their
+idle thread pools would otherwise disturb the others).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import common
+
+
+def _ints(name, default):
+    return [int(x) for x in os.environ.get(name, default).split(",") if x.strip()]
+
+
+NS = _ints("OPTDIFF_BENCH_N", "64,128")
+PADS = _ints("OPTDIFF_BENCH_PADDING", "1,2")
+BATCH = _ints("OPTDIFF_BENCH_B", "16")[0]
+LAYERS = _ints("OPTDIFF_BENCH_L", "4")[0]
+THREADS = _ints("OPTDIFF_BENCH_THREADS", str(min(2, os.cpu_count() or 1)))
+TOOLS = os.environ.get("OPTDIFF_BENCH_TOOLS", "optdiff,numpy,pyfftw,fft_floor,torch,jax").split(",")
+
+MODULES = {"optdiff": ("benchmarks.peers_optdiff", "optdiff"),
+           "numpy": ("benchmarks.peers_numpy", "scipy"),
+           "pyfftw": ("benchmarks.peers_pyfftw", "pyfftw"),
+           "torch": ("benchmarks.peers_torch", "torch"),
+           "jax": ("benchmarks.peers_jax", "jax"),
+           "fft_floor": ("benchmarks.fft_floor", "pyfftw")}
+
+# an in-tree build of optdiff (python/optdiff/_core*.so) when it is not installed
+if importlib.util.find_spec("optdiff") is None and os.path.isdir(common.PYTHON_DIR):
+    sys.path.insert(0, common.PYTHON_DIR)
+
+_REFS: dict = {}
+
+
+def _reference(case):
+    key = (case.n, case.padding, case.batch, case.layers)
+    if key not in _REFS:
+        _REFS[key] = common.reference(case)
+    return _REFS[key]
+
+
+def _tool(name, case):
+    modname, dep = MODULES[name]
+    pytest.importorskip(dep)
+    mod = importlib.import_module(modname)
+    tool = mod.Tool(case)
+    tool.setup(*common.make_inputs(case))
+    return mod, tool
+
+
+CASES = [common.Case(n=n, padding=p, threads=t, batch=BATCH, layers=LAYERS)
+         for n in NS for p in PADS for t in THREADS]
+
+
+def _id(case):
+    return f"N{case.n}-p{case.padding}-t{case.threads}-B{case.batch}-L{case.layers}"
+
+
+@pytest.mark.parametrize("mode", ["forward", "train"])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("tool_name", [t for t in TOOLS if t in MODULES])
+def test_stack(benchmark, tool_name, case, mode):
+    mod, tool = _tool(tool_name, case)
+    fn = tool.forward if mode == "forward" else tool.train
+    out = fn()
+    if getattr(mod.Tool, "checked", True):
+        # correctness before timing: the peer must compute the same thing
+        I_ref, g_ref, loss_ref = _reference(case)
+        if mode == "forward":
+            assert common.rel_err(tool.to_numpy(out), I_ref) < 1e-3
+        else:
+            I, g, loss = out
+            assert common.rel_err(tool.to_numpy(I), I_ref) < 1e-3
+            assert common.rel_err(tool.to_numpy(g), g_ref) < 1e-3
+            assert abs(loss - loss_ref) <= 1e-3 * abs(loss_ref)
+    benchmark.group = f"{mode} {_id(case)}"
+    benchmark.extra_info.update({"images": case.batch, "tool": tool_name, **case.to_dict()})
+    benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("case", CASES[:1], ids=_id)
+@pytest.mark.parametrize("tool_name", [t for t in TOOLS if t in MODULES and t != "fft_floor"])
+def test_ddpm_step(benchmark, tool_name, case):
+    mod, tool = _tool(tool_name, case)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((case.batch, case.n, case.n), dtype=np.float32)
+    tool.setup_ddpm(x, common.DDPMStep.at(500))
+    assert np.isfinite(tool.to_numpy(tool.ddpm_step())).all()
+    benchmark.group = f"ddpm {_id(case)}"
+    benchmark.pedantic(tool.ddpm_step, rounds=5, iterations=1, warmup_rounds=1)
