@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -128,7 +127,10 @@ def run_dataset(name: str, args, out: Path) -> dict:
         res.setdefault("sampling", {})[label] = {
             "seconds": dt, "nan": int(np.count_nonzero(~np.isfinite(x))),
             "max_abs": float(np.nanmax(np.abs(x))), "mean": float(np.mean(x)), "std": float(np.std(x))}
-    plot_phases(model.params["phases"], out / "phases.png", set_ranges=sets, title=f"{name}: phase masks")
+    from optdiff.odu import init_phases
+
+    plot_phases(model.params["phases"], out / "phases.png", set_ranges=sets, title=f"{name}: phase masks",
+                reference=init_phases(model.cfg.optics, noise=0.0))
     save_grid(xho[:100], out / "real_heldout.png", ncol=10)
 
     # ---------------------------------------------------------------- FID in a small classifier's features

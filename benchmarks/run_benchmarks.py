@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """optdiff vs the tools a user would pick instead: one command for the whole benchmark matrix.
 
-    python benchmarks/run_benchmarks.py            # full matrix (about 10-15 min on 2 cores)
+    python benchmarks/run_benchmarks.py            # full matrix (about 15 min on 2 idle cores)
     python benchmarks/run_benchmarks.py --quick    # small matrix (< 2 min)
     python benchmarks/run_benchmarks.py --help
 
@@ -39,6 +39,7 @@ LABELS = {"optdiff": "optdiff", "numpy": "NumPy/scipy.fft", "torch": "PyTorch",
 REQUIRES = {"optdiff": "optdiff", "numpy": "scipy", "torch": "torch", "torch_thp": "torch",
             "pyfftw": "pyfftw", "jax": "jax", "fft_floor": "pyfftw"}
 MIB = 1024.0 * 1024.0
+DAGGER = "\u2020"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -59,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--layers", "-L", type=int, default=4, help="phase layers L (L+1 propagations)")
     p.add_argument("--repeats", type=int, default=None, help="max timed repeats per measurement (default 7, quick 5)")
     p.add_argument("--min-repeats", type=int, default=None,
-                   help="repeats kept even past the time budget (default 3, quick 2)")
+                   help="repeats kept even past the time budget (default 2)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds per measurement before repeats are cut to --min-repeats (default 3, quick 1)")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per repeat (inner loop grows to reach it)")
@@ -90,6 +91,8 @@ def parse_args(argv=None):
     p.add_argument("--retry-perturbed", type=int, default=0, metavar="K",
                    help="re-run a tool up to K times when other processes left it fewer free cores "
                         "than its threads (+0.2) during its run (keeps the least perturbed run)")
+    p.add_argument("--from-json", metavar="PATH",
+                   help="re-render the tables of an earlier run's JSON (no benchmarking)")
     p.add_argument("--verbose", "-v", action="store_true", help="print each worker's stderr tail")
     a = p.parse_args(argv)
 
@@ -110,7 +113,7 @@ def parse_args(argv=None):
         a.threads = a.threads or [1, 2]
         a.repeats = a.repeats or 7
         a.budget = a.budget if a.budget is not None else 3.0
-        a.min_repeats = a.min_repeats or 3
+        a.min_repeats = a.min_repeats or 2
         a.scaling_n = a.scaling_n or 128
         a.scaling_batches = a.scaling_batches or [1, 4, 16, 64]
         a.scaling_layers = a.scaling_layers or [1, 2, 4, 8]
@@ -149,7 +152,8 @@ def available(module: str) -> bool:
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
+    info = {"date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+            "platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
     try:
         with open("/proc/cpuinfo") as fh:
@@ -430,7 +434,7 @@ def summarize(a, results) -> dict:
         case = Case(n=n, padding=pad, threads=thr, batch=a.batch, layers=a.layers)
         row = {"n": n, "padding": pad, "threads": thr, "grid": case.grid, "tools": {}}
         for tool, r in tr.items():
-            d = {}
+            d = {"perturbed": bool(r.get("perturbed"))}
             for mode in ("forward", "train", "ddpm"):
                 t = _median(r, mode)
                 d[mode + "_s"] = t
@@ -467,7 +471,7 @@ def markdown(a, info, results, summary) -> str:
     L, B = a.layers, a.batch
     out = []
     out.append(f"# optdiff benchmark ({a.tag})\n")
-    out.append(f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {info.get('cpu', '?')}, "
+    out.append(f"{info.get('date') or _dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {info.get('cpu', '?')}, "
                f"{info.get('cpus')} cores, {info.get('mem_total_gib', '?')} GiB; Python {info['python']}; "
                f"load average at start {info['loadavg_start'][0]:.2f}, at end {info['loadavg_end'][0]:.2f}.\n")
     loads = [r.get("background_load", 0.0) for r in results["matrix"] + results.get("scaling", [])
@@ -495,6 +499,8 @@ def markdown(a, info, results, summary) -> str:
                f"{a.floor_planner.upper()} FFTs of [B, G, G], G = N x padding.\n")
     if results.get("skipped_tools"):
         out.append(f"Not installed, skipped: {', '.join(results['skipped_tools'])}.\n")
+    out.append(f"{DAGGER} = the run was perturbed: other processes left it fewer free cores than its "
+               f"threads (+0.2); a ratio is marked when either side is.\n")
 
     def cell(row, tool, mode, key):
         d = row["tools"].get(tool)
@@ -503,7 +509,11 @@ def markdown(a, info, results, summary) -> str:
         st = d.get(mode + "_status")
         if st:
             return st
-        return _fmt(d.get(mode + key))
+        v = d.get(mode + key)
+        return _fmt(v) + (DAGGER if v is not None and d.get("perturbed") else "")
+
+    def pert(row, *tools_):
+        return DAGGER if any(row["tools"].get(t, {}).get("perturbed") for t in tools_) else ""
 
     for mode, title in (("forward", "Forward (images/s, higher is better)"),
                         ("train", "Training step (images/s, higher is better)")):
@@ -521,11 +531,11 @@ def markdown(a, info, results, summary) -> str:
             sp = {k: v for k, v in row[mode + "_speedup"].items() if v is not None}
             if sp:
                 best = min(sp, key=sp.get)
-                cells.append(f"{sp[best]:.2f}x ({LABELS[best]})")
+                cells.append(f"{sp[best]:.2f}x ({LABELS[best]}){pert(row, 'optdiff', best)}")
             else:
                 cells.append("-")
             vf = row.get(mode + "_vs_floor")
-            cells.append(f"{vf:.2f}" if vf else "-")
+            cells.append(f"{vf:.2f}{pert(row, 'optdiff', 'fft_floor')}" if vf else "-")
             out.append("| " + " | ".join(cells) + " |")
 
     out.append("\n## Speed-up of optdiff over each peer (peer time / optdiff time; forward / training)\n")
@@ -538,11 +548,11 @@ def markdown(a, info, results, summary) -> str:
         cells = [str(row["n"]), str(row["padding"]), str(row["threads"])]
         for t in peers:
             f, tr = row["forward_speedup"].get(t), row["train_speedup"].get(t)
-            cells.append(f"{_fmt(f)} / {_fmt(tr)}")
+            cells.append(f"{_fmt(f)} / {_fmt(tr)}" + (pert(row, "optdiff", t) if f or tr else ""))
         if "fft_floor" in tools:
             for k in ("forward_vs_floor", "train_vs_floor", "train_vs_floor_min"):
                 v = row.get(k)
-                cells.append(f"{v:.2f}" if v else "-")
+                cells.append(f"{v:.2f}{pert(row, 'optdiff', 'fft_floor')}" if v else "-")
         out.append("| " + " | ".join(cells) + " |")
 
     out.append("\n## Peak memory above baseline (MiB; forward / training; fresh process, VmHWM)\n")
@@ -576,10 +586,11 @@ def markdown(a, info, results, summary) -> str:
             cells = [str(row["n"]), str(row["padding"]), str(row["threads"])]
             for t in tools:
                 s = row["tools"].get(t, {}).get("ddpm_s")
-                v = _fmt(s * 1e3) if s else (row["tools"].get(t, {}).get("ddpm_status") or "-")
+                v = (_fmt(s * 1e3) + pert(row, t)) if s else (row["tools"].get(t, {}).get("ddpm_status") or "-")
                 cells.append(f"**{v}**" if t == "optdiff" else v)
             sp = {k: v for k, v in row["ddpm_speedup"].items() if v is not None}
-            cells.append(f"{min(sp.values()):.2f}x ({LABELS[min(sp, key=sp.get)]})" if sp else "-")
+            cells.append(f"{min(sp.values()):.2f}x ({LABELS[min(sp, key=sp.get)]})"
+                         f"{pert(row, 'optdiff', min(sp, key=sp.get))}" if sp else "-")
             out.append("| " + " | ".join(cells) + " |")
 
     out.append(f"\n## Numerical check (largest relative error vs the complex128 reference over "
@@ -620,7 +631,8 @@ def scaling_markdown(a, results, rows, tools) -> str:
 
         def ms(d, k):
             s = d.get(k)
-            return f"{s * 1e3:.1f} ({s * 1e3 / a.batch:.2f})" if s else "-"
+            mark = DAGGER if d.get("perturbed") else ""
+            return f"{s * 1e3:.1f} ({s * 1e3 / a.batch:.2f}){mark}" if s else "-"
         out.append(f"| {row['n']} | {row['grid']} | {ms(o, 'forward_s')} | {ms(o, 'train_s')} | "
                    f"{ms(f, 'forward_s')} | {ms(f, 'train_s')} |")
     # threads: from the matrix
@@ -641,7 +653,9 @@ def scaling_markdown(a, results, rows, tools) -> str:
                 for mode in ("forward", "train"):
                     x = r1["tools"].get(tool, {}).get(mode + "_s")
                     y = r2["tools"].get(tool, {}).get(mode + "_s")
-                    v.append(f"{x / y:.2f}" if x and y else "-")
+                    mark = DAGGER if (r1["tools"].get(tool, {}).get("perturbed")
+                                      or r2["tools"].get(tool, {}).get("perturbed")) else ""
+                    v.append(f"{x / y:.2f}{mark}" if x and y else "-")
                 cells.append(" / ".join(v))
             out.append("| " + " | ".join(cells) + " |")
     sc = results.get("scaling", [])
@@ -675,18 +689,21 @@ def scaling_markdown(a, results, rows, tools) -> str:
             for mode in ("forward", "train"):
                 for t in stools:
                     r = pts[v].get(t)
+                    mark = ""
                     if r is None:
                         s = None
                     elif "_row" in r:
                         s = r["_row"].get(mode + "_s")
+                        mark = DAGGER if r["_row"].get("perturbed") else ""
                     else:
+                        mark = DAGGER if r.get("perturbed") else ""
                         s = _median(r, mode)
                         st = _cell_status(r, mode)
                         if st:
                             cells.append(st)
                             continue
                     vals[(t, mode)] = s
-                    cells.append(f"{s * 1e3:.1f}" if s else "-")
+                    cells.append(f"{s * 1e3:.1f}{mark}" if s else "-")
             if axis == "B":
                 s = vals.get(("optdiff", "train"))
                 cells.append(f"{v / s:.0f}" if s else "-")
@@ -694,8 +711,28 @@ def scaling_markdown(a, results, rows, tools) -> str:
     return "\n".join(out)
 
 
+def rerender(path: str, out_dir: str | None, tag: str | None) -> int:
+    with open(path) as fh:
+        data = json.load(fh)
+    a = argparse.Namespace(**data["args"])
+    if tag:
+        a.tag = tag
+    info, results = data["machine"], data["results"]
+    info.setdefault("date", _dt.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y-%m-%d %H:%M"))
+    summary = summarize(a, results)
+    md = markdown(a, info, results, summary)
+    base = os.path.join(out_dir or os.path.dirname(os.path.abspath(path)), a.tag)
+    with open(base + ".md", "w") as fh:
+        fh.write(md)
+    print(md)
+    print(f"wrote {base}.md")
+    return 0
+
+
 def main(argv=None):
     a = parse_args(argv)
+    if a.from_json:
+        return rerender(a.from_json, None, a.tag if "--tag" in (argv or sys.argv) else None)
     info = machine_info()
     print(f"optdiff benchmark '{a.tag}': N {a.n}, padding {a.padding}, threads {a.threads}, "
           f"B={a.batch}, L={a.layers}, tools {a.tools}", flush=True)
