@@ -1,6 +1,5 @@
 """ODU: encoding, binning and read-out against NumPy references, exact gradients, physics sanity."""
 
-import math
 import warnings
 
 import numpy as np
@@ -154,6 +153,16 @@ def test_imaging_init_images_and_zero_init_does_not():
     assert image_inverted(OpticsConfig(init="4f"))
     assert corr["imaging"] > 0.8
     assert abs(corr["zero"]) < 0.2
+
+
+def test_phase_encoding_with_zernike_init_images():
+    rng = np.random.default_rng(6)
+    r = 0.5 * rng.standard_normal((16, 16, 16))
+    o = OpticsConfig(n=80, upsample=4, encoding="phase", init_noise=0.0)
+    odu = ODU(o, 16)
+    I = odu.intensity(r, init_phases(o, image_size=16))
+    A, R = I - I.mean(0), r - r.mean(0)
+    assert np.mean((A * R).sum(0) / np.sqrt((A * A).sum(0) * (R * R).sum(0))) > 0.8
 
 
 def test_light_loss_warning():

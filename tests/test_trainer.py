@@ -1,8 +1,6 @@
 """Trainer, optimiser, checkpoints, resume, sampling determinism and every bad input."""
 
 import csv
-import math
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ from optdiff.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from optdiff.config import Config, ConfigError, apply_overrides, config_to_toml, load_config
 from optdiff.model import MODEL_VERSION, TimeAwareODU, generate
 from optdiff.optim import Adam, lr_at
-from optdiff.trainer import (Trainer, TrainingError, checkpoint_config, load_images, load_model,
+from optdiff.trainer import (Trainer, TrainingError, load_images, load_model,
                              save_model)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,6 +211,8 @@ def test_other_model_version_is_refused(tmp_path):
     ({"model": {"sets": 0}}, r"\[model\] sets"),
     ({"model": {"sets": 2000}}, r"more sets than steps"),
     ({"model": {"readout": "mlp"}}, r"readout"),
+    ({"model": {"x0_sets": [12]}}, r"x0_sets"),
+    ({"optics": {"camera_flip": "sometimes"}}, r"camera_flip"),
     ({"diffusion": {"beta_start": 0.5, "beta_end": 0.1}}, r"beta_start <= beta_end"),
     ({"train": {"lr": 0.0}}, r"\[train\] lr"),
     ({"train": {"batch": 1.5}}, r"\[train\] batch"),
@@ -237,6 +237,12 @@ def test_toml_round_trip_and_overrides(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="section.key=value"):
         apply_overrides({}, ["n=3"])
+
+
+def test_x0_sets_auto():
+    assert Config().model.x0_set_list(1000) == [1, 2]
+    assert tiny_cfg().model.x0_set_list(60) == []
+    assert Config.from_dict({"model": {"x0_sets": [0, 3]}}).model.x0_set_list(1000) == [0, 3]
 
 
 def test_examples_default_toml_is_the_default_config():

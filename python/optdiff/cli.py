@@ -299,13 +299,11 @@ def cmd_denoise(args) -> dict:
     model, _ = _model_from_checkpoint(args, allowed_sections=("data", "sample"))
     _threads(args, model.cfg)
     cfg = model.cfg
-    explicit = any(getattr(args, a, None) for a in ("dataset", "data_dir", "split"))
-    if not explicit:  # held-out part of the training data
-        x = load_images(cfg)
-        train, held = split_train_val(x, cfg.data.val_count, cfg.train.seed)
-    else:
-        held = load_images(cfg)
-        train = held
+    # the trainer's held-out split (same val_count and seed) of the configured data set; with
+    # --dataset / --data-dir / --split the same split of that data (the linear baseline is
+    # fitted on the other part)
+    x = load_images(cfg)
+    train, held = split_train_val(x, cfg.data.val_count, cfg.train.seed)
     cols = {"ODU": per_set_mse(model.predict_eps, held, model.schedule, model.set_ranges,
                                rng=args.seed, samples=args.samples),
             "zero": per_set_mse(ZeroPredictor(), held, model.schedule, model.set_ranges,
@@ -325,6 +323,15 @@ def cmd_denoise(args) -> dict:
     return res
 
 
+def _lens_reference(model):
+    """The initial phases without noise (the lenses), or None for a zero / random init."""
+    from .odu import init_phases
+
+    if model.cfg.optics.init in ("zero", "random"):
+        return None
+    return init_phases(model.cfg.optics, noise=0.0, image_size=model.H)
+
+
 def cmd_show(args) -> Path:
     from .model import generate
     from .plots import plot_phases, plot_trajectory, plot_training
@@ -339,7 +346,8 @@ def cmd_show(args) -> Path:
     _, traj = generate(model.predict_eps, model.schedule, sc, max(1, args.rows), model.H, trajectory=True)
     paths = [plot_trajectory(traj, out / "trajectory.png", count=args.rows,
                              title=f"generation trajectory ({sc.sampler}, step {meta.get('step', '?')})"),
-             plot_phases(model.params["phases"], out / "phases.png", set_ranges=model.set_ranges)]
+             plot_phases(model.params["phases"], out / "phases.png", set_ranges=model.set_ranges,
+                         reference=_lens_reference(model))]
     if (ck.parent / "train_log.csv").exists():
         paths.append(plot_training(ck.parent / "train_log.csv", ck.parent / "val_log.csv", out / "training.png"))
     for p in paths:
@@ -363,7 +371,8 @@ def cmd_demo(args) -> Path:
     _save_npy(out / "samples.npy", x)
     save_grid(x, out / "samples.png")
     plot_trajectory(traj, out / "trajectory.png", count=6)
-    plot_phases(model.params["phases"], out / "phases.png", set_ranges=model.set_ranges)
+    plot_phases(model.params["phases"], out / "phases.png", set_ranges=model.set_ranges,
+                reference=_lens_reference(model))
     plot_set_mse({"ODU": summary["val_mse"], "zero": summary["zero_mse"]}, out / "set_mse.png",
                  set_ranges=model.set_ranges)
     total = time.perf_counter() - t0

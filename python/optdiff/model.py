@@ -67,7 +67,7 @@ class TimeAwareODU:
         L, N = cfg.optics.layers, cfg.optics.n
         phases = np.empty((self.M, L, N, N), dtype=self.odu.rdtype)
         for m in range(self.M):
-            phases[m] = init_phases(cfg.optics, rng=rng)
+            phases[m] = init_phases(cfg.optics, rng=rng, image_size=self.H)
         shape = (self.M, self.H, self.W) if cfg.model.readout == "pixel" else (self.M, 1, 1)
         self.params: dict[str, np.ndarray] = {
             "phases": phases,

@@ -98,7 +98,7 @@ def image_inverted(optics: OpticsConfig) -> bool:
 
 
 def init_phases(optics: OpticsConfig, kind: Optional[str] = None, rng=None,
-                noise: Optional[float] = None) -> np.ndarray:
+                noise: Optional[float] = None, image_size: Optional[int] = None) -> np.ndarray:
     """Starting phases ``[L, N, N]`` float32 for one layer set.
 
     ``imaging`` (default): lenses that image the input onto the camera, chosen by
@@ -106,7 +106,11 @@ def init_phases(optics: OpticsConfig, kind: Optional[str] = None, rng=None,
     1-3: two 2f-2f relays, upright image, the least vignetting at small N), ``4f`` (lenses
     f=d on layers 1 and 3, the Fourier plane on layer 2, inverted image) or ``lens`` (one lens
     on the middle layer with 1/f = 1/s_in + 1/s_out, inverted). The ODU starts as an imager,
-    so at the noisiest sets eps ~ r_t is predicted from step 0. ``zero``: free space (for
+    so at the noisiest sets eps ~ r_t is predicted from step 0. With ``encoding = "phase"``
+    a Zernike phase-contrast step (+pi/2 on the zero-order spot) is put on the Fourier plane
+    (layer 1 of the relay, layer 2 of the 4f system), which turns the phase image into an
+    intensity image (measured pixel correlation with white-noise input 0.99 instead of 0.30);
+    ``image_size`` sets the spot size (default 20). ``zero``: free space (for
     the reference geometry at N = 100 this is a far-field blur, not an image). ``random``:
     uniform phases in [-pi, pi). ``noise`` (default ``optics.init_noise``) adds Gaussian
     phases of that std to break the symmetry.
@@ -141,6 +145,15 @@ def init_phases(optics: OpticsConfig, kind: Optional[str] = None, rng=None,
             s_out = sum(hops[j:])
             if s_in > 0:  # L == 1 without an input hop: nothing to image with
                 ph[j] = lens(1.0 / (1.0 / s_in + 1.0 / s_out))
+        if optics.encoding == "phase" and kind in ("relay", "4f"):
+            H = 20 if image_size is None else int(image_size)
+            k = optics.pixels_per_image_pixel(H)
+            # zero-order spot diameter ~ lambda f / (window width) at the Fourier plane (f = d)
+            spot = optics.wavelength * d / (k * H * optics.pitch ** 2)
+            radius = max(1.0, 0.3 * spot)
+            c = np.arange(n) - (n - 1) / 2.0
+            disc = np.hypot(c[:, None], c[None, :]) <= radius
+            ph[1 if kind == "relay" else 2][disc] += math.pi / 2
     elif kind == "zero":
         pass
     elif kind == "random":
@@ -319,14 +332,16 @@ class ODU:
         return float(np.sum(I[:, sy, sx], dtype=np.float64)) / p_in
 
     def check_light(self, phases: np.ndarray, what: str = "configuration",
-                    threshold: float = LOW_LIGHT_FRACTION) -> float:
+                    threshold: float = LOW_LIGHT_FRACTION, hint: Optional[str] = None) -> float:
         """:meth:`light_fraction`, with a :class:`LightLossWarning` when it is below ``threshold``."""
         frac = self.light_fraction(phases)
         if frac < threshold:
             d = self.describe()
+            if hint is None:
+                hint = "Use init='imaging', a larger n, or a shorter distance."
             warnings.warn(
                 f"{what}: only {100 * frac:.1f}% of the input light reaches the camera window "
                 f"(N={self.n}, pitch={self.optics.pitch:g} m, distance={self.optics.distance:g} m, "
-                f"NA~{d['na']:.3f}); light diffracts out of the {d['aperture_mm']:.2f} mm aperture. "
-                f"Use init='imaging', a larger n, or a shorter distance.", LightLossWarning, stacklevel=2)
+                f"NA~{d['na']:.3f}); light leaves the {d['aperture_mm']:.2f} mm aperture. {hint}",
+                LightLossWarning, stacklevel=2)
         return frac

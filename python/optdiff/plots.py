@@ -117,19 +117,29 @@ def plot_trajectory(traj: Mapping[str, np.ndarray], path, count: int = 6, title:
 
 
 def plot_phases(phases: np.ndarray, path, sets: Optional[Sequence[int]] = None,
-                set_ranges: Optional[Sequence] = None, title: str = "") -> Path:
-    """Phase masks ``[M, L, N, N]`` (wrapped to [-pi, pi), cyclic colour map)."""
+                set_ranges: Optional[Sequence] = None, title: str = "",
+                reference: Optional[np.ndarray] = None) -> Path:
+    """Phase masks ``[M, L, N, N]`` (wrapped to [-pi, pi), cyclic colour map).
+
+    With ``reference`` ([L, N, N], e.g. the initial lens phases without noise) each set gets a
+    second row showing ``phases - reference``: what training (and the initial noise) added to
+    the lenses, which the wrapped lens rings otherwise hide.
+    """
     plt = _plt()
     ph = np.asarray(phases)
     M, L = ph.shape[:2]
     if sets is None:
         sets = sorted(set([0, M // 2, M - 1])) if M > 3 else list(range(M))
-    fig, axes = plt.subplots(len(sets), L, figsize=(2.0 * L, 2.0 * len(sets)), squeeze=False)
+    rows = [(m, False) for m in sets]
+    if reference is not None:
+        rows = [r for m in sets for r in ((m, False), (m, True))]
+    fig, axes = plt.subplots(len(rows), L, figsize=(2.0 * L, 2.0 * len(rows)), squeeze=False)
     im = None
-    for i, m in enumerate(sets):
+    for i, (m, diff) in enumerate(rows):
         for l in range(L):
             ax = axes[i, l]
-            w = np.mod(ph[m, l] + np.pi, 2 * np.pi) - np.pi
+            val = ph[m, l] - (reference[l] if diff else 0.0)
+            w = np.mod(val + np.pi, 2 * np.pi) - np.pi
             im = ax.imshow(w, cmap="twilight", vmin=-np.pi, vmax=np.pi)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -139,10 +149,13 @@ def plot_phases(phases: np.ndarray, path, sets: Optional[Sequence[int]] = None,
                 lab = f"set {m}"
                 if set_ranges is not None:
                     a, b = set_ranges[m]
-                    lab += f"\nt {a}-{b - 1}"
-                ax.set_ylabel(lab, fontsize=8)
+                    lab += f" (t {a}-{b - 1})"
+                lab += "\nminus lenses" if diff else "\nphase"
+                ax.set_ylabel(lab, fontsize=7)
+    height = 2.0 * len(rows)
+    fig.subplots_adjust(top=1 - 0.4 / height)
     fig.colorbar(im, ax=axes, shrink=0.6, label="phase [rad]")
-    fig.suptitle(title or "trained phase masks", fontsize=9)
+    fig.suptitle(title or "trained phase masks", fontsize=9, y=1 - 0.1 / height)
     return _savefig(fig, path)
 
 

@@ -176,6 +176,7 @@ def write_json_atomic(path, obj) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, default=_json_default)
             f.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -206,6 +207,7 @@ def _rewrite_csv(path: Path, fields, keep) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", newline="") as f:
         f.write(buf.getvalue())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -422,7 +424,11 @@ class Trainer:
         res = self.validate()
         light = self.model.light_fractions()
         worst = int(np.argmin(light))
-        self.model.odu.check_light(self.model.params["phases"][worst], f"trained phases of set {worst}")
+        self.model.odu.check_light(
+            self.model.params["phases"][worst], f"trained phases of set {worst}",
+            hint="Training sent the light away from the camera: this set's prediction comes from the "
+                 "digital read-out (skip term), not from the optics; a real device would see mostly "
+                 "camera noise there.")
         rate = (self.step * self.cfg.train.batch / self.elapsed) if self.elapsed > 0 else None
         summary = {
             "steps": self.step, "total_steps": self.total_steps, "elapsed_s": self.elapsed,
