@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import optdiff
 from optdiff.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +34,13 @@ def test_help_of_every_command(capsys):
 
 
 def test_python_dash_m_and_version():
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
-    r = subprocess.run([sys.executable, "-m", "optdiff", "--help"], capture_output=True, text=True, env=env)
+    # Run from the tests' folder so `python -m optdiff` finds the same optdiff the tests import
+    # (installed, or the in-tree build through the caller's PYTHONPATH), not the source tree.
+    pkg_parent = str(Path(optdiff.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    r = subprocess.run([sys.executable, "-m", "optdiff", "--help"], capture_output=True, text=True, env=env,
+                       cwd=str(Path(__file__).resolve().parent))
     assert r.returncode == 0 and "train" in r.stdout and "demo" in r.stdout
 
 
