@@ -105,11 +105,19 @@ def save_checkpoint(path: str | os.PathLike, config: Mapping[str, Any],
               "arrays": manifest}
     header_arr = np.array(json.dumps(header, default=_json_default))
 
+    saver = np.savez_compressed if compress else np.savez
+    atomic_write(path, lambda f: saver(f, **arrs, **{HEADER_KEY: header_arr}), binary=True)
+    return path
+
+
+def atomic_write(path, write, binary: bool = False) -> None:
+    """Write ``path`` all or nothing: ``write(f)`` fills a temporary file in the same folder,
+    which is fsynced and renamed over ``path``; on any error the old file is left intact."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            saver = np.savez_compressed if compress else np.savez
-            saver(f, **arrs, **{HEADER_KEY: header_arr})
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         try:
@@ -132,7 +140,6 @@ def save_checkpoint(path: str | os.PathLike, config: Mapping[str, Any],
             os.close(dfd)
     except OSError:
         pass
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike, expect: Mapping[str, Any] | None = None):

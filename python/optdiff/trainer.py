@@ -29,15 +29,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .config import Config
 from .model import MODEL_VERSION, TimeAwareODU
 from .optim import Adam, lr_at
@@ -170,20 +168,7 @@ def load_model(path, cfg: Optional[Config] = None, nthreads: Optional[int] = Non
 
 
 def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default) + "\n"))
 
 
 def _json_default(o):
@@ -204,11 +189,7 @@ def _rewrite_csv(path: Path, fields, keep) -> None:
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     w.writerows(rows)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(buf.getvalue())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 # ---------------------------------------------------------------------------- trainer
