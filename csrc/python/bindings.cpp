@@ -296,6 +296,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("get_num_threads", &get_num_threads);
     m.def("set_planner_effort", &set_planner_effort, py::arg("effort"));
     m.def("get_planner_effort", &get_planner_effort);
+    m.def("_set_periodic_path", &set_periodic_path, py::arg("path"),
+          "Testing hook: 0 auto, 1 FFTW 2-D (resident), 2 blocked, for padding-1 plans made from now on.");
+    m.def("_get_periodic_path", &get_periodic_path);
 #ifdef OPTDIFF_HAVE_OPENMP
     m.attr("has_openmp") = true;
 #else

@@ -125,6 +125,17 @@ void set_planner_effort(int e) {
 
 int planner_effort() { return effort.load(); }
 
+namespace {
+std::atomic<int> periodic(0);
+}
+
+void set_periodic_path(int p) {
+    if (p < 0 || p > 2) throw std::invalid_argument("periodic path must be 0 (auto), 1 (2-D) or 2 (blocked)");
+    periodic.store(p);
+}
+
+int periodic_path() { return periodic.load(); }
+
 template struct Plan<float>;
 template struct Plan<double>;
 template Plan<float> get_plan<float>(int64_t, int64_t, int64_t, int);

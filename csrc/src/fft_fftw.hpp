@@ -36,5 +36,8 @@ void aligned_free(void* p);
 void set_planner_effort(int effort);
 int planner_effort();
 
+void set_periodic_path(int path);  // see optdiff.hpp
+int periodic_path();
+
 }  // namespace fft
 }  // namespace optdiff

@@ -1,21 +1,31 @@
-#include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "optdiff/optdiff.hpp"
 
 namespace optdiff {
 
 namespace {
-template <class T>
+// A value is NaN or infinite iff all its exponent bits are set. Testing the
+// bits with integer operations and OR-ing the results has no loop-carried
+// floating-point dependency and no early exit, so the loop vectorises (a
+// float sum would run at one add per latency, ~6% of a small training step).
+template <class T, class U, U kExp>
 bool all_finite_impl(const T* d, int64_t count) {
-    // Sum of (v - v) is NaN iff some v is NaN or infinite; no early exit keeps
-    // the loop vectorisable, which matters for [B, N, N] inputs.
-    T acc = T(0);
-    for (int64_t i = 0; i < count; ++i) acc += d[i] - d[i];
-    return acc == T(0);
+    static_assert(sizeof(T) == sizeof(U), "bit pattern type must match");
+    U bad = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        U bits;
+        std::memcpy(&bits, d + i, sizeof(U));
+        bad |= static_cast<U>((bits & kExp) == kExp);
+    }
+    return bad == 0;
 }
 }  // namespace
 
-bool all_finite(const float* d, int64_t count) { return all_finite_impl(d, count); }
-bool all_finite(const double* d, int64_t count) { return all_finite_impl(d, count); }
+bool all_finite(const float* d, int64_t count) { return all_finite_impl<float, uint32_t, 0x7f800000u>(d, count); }
+bool all_finite(const double* d, int64_t count) {
+    return all_finite_impl<double, uint64_t, 0x7ff0000000000000ull>(d, count);
+}
 
 }  // namespace optdiff

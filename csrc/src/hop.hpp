@@ -13,9 +13,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "fft_fftw.hpp"
+#include "passes.hpp"
 #include "optdiff/plan.hpp"
 
 namespace optdiff {
@@ -113,12 +117,38 @@ struct HopPlan {
 
     void add_to(WorkspaceSize& w) const { w.cover(n * ld, kColBlock * ld); }
 
-    // Times the blocked and the plain 2-D path once and keeps the faster one.
+    // Times the blocked and the plain 2-D path once per grid size and keeps
+    // the faster one. The choice is remembered so every hop of a stack takes
+    // the same path (and a stack can keep its field resident between hops).
     void choose_strategy() {
         if (spec.padding != 1) return;
         h_rows = make_transfer_function<T>(spec, n, /*normalised=*/true);
         f2d = fft::get_plan_2d<T>(n, -1);
         b2d = fft::get_plan_2d<T>(n, +1);
+        static std::mutex mutex;
+        static std::map<std::pair<int64_t, int>, bool> chosen;
+        if (fft::periodic_path() != 0) {
+            use_2d = fft::periodic_path() == 1;
+            if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
+            return;
+        }
+        const auto key = std::make_pair(n, fft::planner_effort());
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            auto it = chosen.find(key);
+            if (it != chosen.end()) {
+                use_2d = it->second;
+                if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
+                return;
+            }
+        }
+        time_strategies();
+        std::lock_guard<std::mutex> lock(mutex);
+        use_2d = chosen.emplace(key, use_2d).first->second;  // another thread may have been first
+        if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
+    }
+
+    void time_strategies() {
         if (fft::planner_effort() == 0) {
             use_2d = n <= 128;  // FFTW_ESTIMATE: no timing, a rule of thumb
             return;
@@ -145,6 +175,16 @@ struct HopPlan {
         if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
     }
 
+    // Resident path (use_2d only): the field is already in ws.buf as a
+    // contiguous n x n array and stays there; callers run their element-wise
+    // work on it between hops, saving a load and a store pass per hop.
+    bool resident() const { return use_2d; }
+    void run_resident(Workspace<T>& ws, bool adjoint) const {
+        f2d.execute(ws.buf);
+        pass::mul(ws.buf, h_rows.data(), n * n, adjoint);
+        b2d.execute(ws.buf);
+    }
+
     // Runs the hop (or its adjoint when `adjoint`, i.e. with conj(H)) on one
     // sample: input(r,c) = load(r*n+c), then store(r*n+c, output(r,c)).
     template <class Load, class Store>
@@ -153,13 +193,7 @@ struct HopPlan {
         if (use_2d) {  // periodic: contiguous n x n, FFTW 2-D, H in place
             const int64_t nn = n * n;
             for (int64_t i = 0; i < nn; ++i) b[i] = load(i);
-            f2d.execute(b);
-            const cplx<T>* hp = h_rows.data();
-            if (adjoint)
-                for (int64_t i = 0; i < nn; ++i) b[i] = cmul_conj(b[i], hp[i]);
-            else
-                for (int64_t i = 0; i < nn; ++i) b[i] = cmul(b[i], hp[i]);
-            b2d.execute(b);
+            run_resident(ws, adjoint);
             for (int64_t i = 0; i < nn; ++i) store(i, b[i]);
             return;
         }

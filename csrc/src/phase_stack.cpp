@@ -71,7 +71,15 @@ struct PhaseStack<T>::Impl {
             }
             input_hop->add_to(ws_size);
         }
+        resident = true;
+        for (const auto& h : hops) resident = resident && h->resident();
+        if (input_hop) resident = resident && input_hop->resident();
     }
+
+    // True when every hop keeps the field in the workspace between hops
+    // (periodic grids on FFTW 2-D plans): then the mask, tape and gradient
+    // work runs as one pass between two hops instead of a store and a load.
+    bool resident = false;
 
     // M_l = exp(i phi_l) * tilt_l, once per call for all samples, into m [L*nn].
     void modulation(const T* phases, int nt, cplx<T>* m) const {
@@ -99,10 +107,54 @@ struct PhaseStack<T>::Impl {
         return s;
     }
 
+    // forward_sample for resident stacks: ws.buf holds the field throughout.
+    void forward_resident(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
+                          cplx<T>* camera, Scratch<T>& s) const {
+        cplx<T>* b = s.ws.buf;
+        if (input_hop) {
+            const cplx<T>* tin = input_hop->tilt.empty() ? nullptr : input_hop->tilt.data();
+            if (tin)
+                for (int64_t i = 0; i < nn; ++i) b[i] = cmul(u[i], tin[i]);
+            else
+                std::copy(u, u + nn, b);
+            input_hop->run_resident(s.ws, false);
+        } else {
+            std::copy(u, u + nn, b);
+        }
+        for (int64_t l = 0; l < L; ++l) {
+            pass::modulate(b, mod + l * nn, tape ? tape + l * nn : nullptr, nn);
+            hops[static_cast<size_t>(l)]->run_resident(s.ws, false);
+        }
+        pass::camera(b, inten, tape ? tape + L * nn : nullptr, camera, nn);
+    }
+
+    // backward_sample for resident stacks.
+    void backward_resident(const cplx<T>* tape, const T* g, const cplx<T>* mod, T* acc,
+                           cplx<T>* grad_u, Scratch<T>& s) const {
+        cplx<T>* b = s.ws.buf;
+        pass::intensity_adjoint(b, tape + L * nn, g, nn);
+        for (int64_t l = L - 1; l >= 0; --l) {
+            hops[static_cast<size_t>(l)]->run_resident(s.ws, true);
+            pass::mask_adjoint(b, tape + l * nn, mod + l * nn, acc + l * nn, nn, l > 0 || grad_u != nullptr);
+        }
+        if (!grad_u) return;
+        if (input_hop) {
+            input_hop->run_resident(s.ws, true);
+            const cplx<T>* tin = input_hop->tilt.empty() ? nullptr : input_hop->tilt.data();
+            if (tin)
+                for (int64_t i = 0; i < nn; ++i) grad_u[i] = cmul_conj(b[i], tin[i]);
+            else
+                std::copy(b, b + nn, grad_u);
+        } else {
+            std::copy(b, b + nn, grad_u);
+        }
+    }
+
     // One sample forward. `tape` (nullable) receives [w_0..w_{L-1}, E_L];
     // `inten` and `camera` (nullable) receive |E_L|^2 and E_L.
     void forward_sample(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
                         cplx<T>* camera, Scratch<T>& s) const {
+        if (resident) return forward_resident(u, mod, tape, inten, camera, s);
         cplx<T>* a = s.field.data();
         const cplx<T>* src = u;
         if (input_hop) {
@@ -141,6 +193,7 @@ struct PhaseStack<T>::Impl {
     // One sample backward; adds dLoss/dphi into acc [L, nn].
     void backward_sample(const cplx<T>* tape, const T* g, const cplx<T>* mod, T* acc,
                          cplx<T>* grad_u, Scratch<T>& s) const {
+        if (resident) return backward_resident(tape, g, mod, acc, grad_u, s);
         cplx<T>* a = s.field.data();
         const cplx<T>* eL = tape + L * nn;
         for (int64_t l = L - 1; l >= 0; --l) {
@@ -246,13 +299,22 @@ void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T
                               grad_input ? grad_input + b * nn : nullptr, sc);
         }
     }
+    // Groups are added in order (the same sums as before for any thread
+    // count), a chunk of elements at a time so every access is contiguous.
     const int64_t total = L * nn;
-    const int ntr = resolve_threads(num_threads, total / 4096 + 1);
+    constexpr int64_t kChunk = 2048;
+    const int64_t chunks = (total + kChunk - 1) / kChunk;
+    const int ntr = resolve_threads(num_threads, chunks);
 #pragma omp parallel for num_threads(ntr) schedule(static)
-    for (int64_t i = 0; i < total; ++i) {
-        T v = T(0);
-        for (int64_t gi = 0; gi < groups; ++gi) v += acc[static_cast<size_t>(gi * total + i)];
-        grad_phases[i] = v;
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+        const int64_t i0 = ch * kChunk, i1 = std::min(total, i0 + kChunk);
+        T* out = grad_phases + i0;
+        const T* a0 = acc.data() + i0;
+        for (int64_t i = 0; i < i1 - i0; ++i) out[i] = T(0) + a0[i];
+        for (int64_t gi = 1; gi < groups; ++gi) {
+            const T* ag = acc.data() + gi * total + i0;
+            for (int64_t i = 0; i < i1 - i0; ++i) out[i] += ag[i];
+        }
     }
 }
 

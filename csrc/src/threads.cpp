@@ -47,5 +47,7 @@ int resolve_threads(int requested, int64_t work_items) {
 
 void set_planner_effort(int effort) { fft::set_planner_effort(effort); }
 int get_planner_effort() { return fft::planner_effort(); }
+void set_periodic_path(int path) { fft::set_periodic_path(path); }
+int get_periodic_path() { return fft::periodic_path(); }
 
 }  // namespace optdiff

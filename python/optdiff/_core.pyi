@@ -20,6 +20,10 @@ def set_planner_effort(effort: int) -> None:
     """0 estimate, 1 measure (default), 2 patient."""
 
 def get_planner_effort() -> int: ...
+def _set_periodic_path(path: int) -> None:
+    """Testing hook: 0 auto, 1 FFTW 2-D (resident), 2 blocked, for padding-1 plans made from now on."""
+
+def _get_periodic_path() -> int: ...
 
 class HopSpec:
     """One free-space hop. SI units (metres, radians); validated when used."""

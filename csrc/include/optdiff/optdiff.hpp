@@ -28,6 +28,13 @@ int get_num_threads();
 void set_planner_effort(int effort);
 int get_planner_effort();
 
+// How periodic (padding 1) hops are transformed, for plans made from now on:
+// 0 auto (time both once per grid size), 1 FFTW's 2-D transform with the
+// field resident between hops, 2 blocked row/column passes. For tests and
+// benchmarks; results agree to rounding either way.
+void set_periodic_path(int path);
+int get_periodic_path();
+
 // True when every value is finite. Used to reject NaN/Inf input early.
 bool all_finite(const float* data, int64_t count);
 bool all_finite(const double* data, int64_t count);
