@@ -117,42 +117,37 @@ struct HopPlan {
 
     void add_to(WorkspaceSize& w) const { w.cover(n * ld, kColBlock * ld); }
 
-    // Times the blocked and the plain 2-D path once per grid size and keeps
-    // the faster one. The choice is remembered so every hop of a stack takes
-    // the same path (and a stack can keep its field resident between hops).
+    // Picks the periodic path: the forced one (set_periodic_path), else the
+    // faster of the blocked and the 2-D path, timed once per grid size and
+    // remembered so every hop of a stack takes the same path (and a stack
+    // can keep its field resident between hops).
     void choose_strategy() {
         if (spec.padding != 1) return;
         h_rows = make_transfer_function<T>(spec, n, /*normalised=*/true);
         f2d = fft::get_plan_2d<T>(n, -1);
         b2d = fft::get_plan_2d<T>(n, +1);
+        use_2d = periodic_choice();
+        if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
+    }
+
+    bool periodic_choice() {
+        if (fft::periodic_path() != 0) return fft::periodic_path() == 1;
         static std::mutex mutex;
         static std::map<std::pair<int64_t, int>, bool> chosen;
-        if (fft::periodic_path() != 0) {
-            use_2d = fft::periodic_path() == 1;
-            if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
-            return;
-        }
         const auto key = std::make_pair(n, fft::planner_effort());
         {
             std::lock_guard<std::mutex> lock(mutex);
             auto it = chosen.find(key);
-            if (it != chosen.end()) {
-                use_2d = it->second;
-                if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
-                return;
-            }
+            if (it != chosen.end()) return it->second;
         }
-        time_strategies();
+        const bool two_d_faster = time_strategies();
         std::lock_guard<std::mutex> lock(mutex);
-        use_2d = chosen.emplace(key, use_2d).first->second;  // another thread may have been first
-        if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
+        return chosen.emplace(key, two_d_faster).first->second;  // another thread may have been first
     }
 
-    void time_strategies() {
-        if (fft::planner_effort() == 0) {
-            use_2d = n <= 128;  // FFTW_ESTIMATE: no timing, a rule of thumb
-            return;
-        }
+    // True when FFTW's 2-D path ran faster than the blocked one.
+    bool time_strategies() {
+        if (fft::planner_effort() == 0) return n <= 128;  // FFTW_ESTIMATE: no timing, a rule of thumb
         WorkspaceSize size;
         add_to(size);
         Workspace<T> ws(size.buf, size.cols);
@@ -170,9 +165,7 @@ struct HopPlan {
             return best;
         };
         const double t_blocked = timed(false);
-        const double t_2d = timed(true);
-        use_2d = t_2d < t_blocked;
-        if (!use_2d) std::vector<cplx<T>>().swap(h_rows);
+        return timed(true) < t_blocked;
     }
 
     // Resident path (use_2d only): the field is already in ws.buf as a

@@ -101,7 +101,7 @@ struct PhaseStack<T>::Impl {
         std::vector<Scratch<T>> s(static_cast<size_t>(nt));
         for (auto& x : s) {
             x.ws = Workspace<T>(ws_size.buf, ws_size.cols);
-            x.field.resize(static_cast<size_t>(nn));
+            if (!resident) x.field.resize(static_cast<size_t>(nn));  // resident stacks carry it in ws
             if (with_tape) x.tape.resize(static_cast<size_t>((L + 1) * nn));
         }
         return s;
@@ -111,16 +111,12 @@ struct PhaseStack<T>::Impl {
     void forward_resident(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
                           cplx<T>* camera, Scratch<T>& s) const {
         cplx<T>* b = s.ws.buf;
-        if (input_hop) {
-            const cplx<T>* tin = input_hop->tilt.empty() ? nullptr : input_hop->tilt.data();
-            if (tin)
-                for (int64_t i = 0; i < nn; ++i) b[i] = cmul(u[i], tin[i]);
-            else
-                std::copy(u, u + nn, b);
-            input_hop->run_resident(s.ws, false);
-        } else {
+        const cplx<T>* tin = input_tilt();
+        if (tin)
+            for (int64_t i = 0; i < nn; ++i) b[i] = cmul(u[i], tin[i]);
+        else
             std::copy(u, u + nn, b);
-        }
+        if (input_hop) input_hop->run_resident(s.ws, false);
         for (int64_t l = 0; l < L; ++l) {
             pass::modulate(b, mod + l * nn, tape ? tape + l * nn : nullptr, nn);
             hops[static_cast<size_t>(l)]->run_resident(s.ws, false);
@@ -138,16 +134,17 @@ struct PhaseStack<T>::Impl {
             pass::mask_adjoint(b, tape + l * nn, mod + l * nn, acc + l * nn, nn, l > 0 || grad_u != nullptr);
         }
         if (!grad_u) return;
-        if (input_hop) {
-            input_hop->run_resident(s.ws, true);
-            const cplx<T>* tin = input_hop->tilt.empty() ? nullptr : input_hop->tilt.data();
-            if (tin)
-                for (int64_t i = 0; i < nn; ++i) grad_u[i] = cmul_conj(b[i], tin[i]);
-            else
-                std::copy(b, b + nn, grad_u);
-        } else {
+        if (input_hop) input_hop->run_resident(s.ws, true);
+        const cplx<T>* tin = input_tilt();
+        if (tin)
+            for (int64_t i = 0; i < nn; ++i) grad_u[i] = cmul_conj(b[i], tin[i]);
+        else
             std::copy(b, b + nn, grad_u);
-        }
+    }
+
+    // The input hop's tilt table, or null (no input hop or no tilt).
+    const cplx<T>* input_tilt() const {
+        return input_hop && !input_hop->tilt.empty() ? input_hop->tilt.data() : nullptr;
     }
 
     // One sample forward. `tape` (nullable) receives [w_0..w_{L-1}, E_L];
@@ -158,7 +155,7 @@ struct PhaseStack<T>::Impl {
         cplx<T>* a = s.field.data();
         const cplx<T>* src = u;
         if (input_hop) {
-            const cplx<T>* tin = input_hop->tilt.empty() ? nullptr : input_hop->tilt.data();
+            const cplx<T>* tin = input_tilt();
             if (tin)
                 input_hop->run(s.ws, false, [&](int64_t i) { return cmul(u[i], tin[i]); },
                                [&](int64_t i, cplx<T> v) { a[i] = v; });
@@ -212,7 +209,7 @@ struct PhaseStack<T>::Impl {
         }
         if (!grad_u) return;
         if (input_hop) {
-            const cplx<T>* tin = input_hop->tilt.empty() ? nullptr : input_hop->tilt.data();
+            const cplx<T>* tin = input_tilt();
             input_hop->run(s.ws, true, [&](int64_t i) { return a[i]; }, [&](int64_t i, cplx<T> v) {
                 grad_u[i] = tin ? cmul_conj(v, tin[i]) : v;
             });
