@@ -111,22 +111,30 @@ def run_dataset(name: str, args, out: Path) -> dict:
     print(table(mse, sets), flush=True)
 
     # ---------------------------------------------------------------- generation
+    # Every sampling seed draws both predictors from the same starting noise; FID's spread over
+    # seeds says how much of a difference between the two is chance.
     sc = model.cfg.sample
-    sc.sampler, sc.steps, sc.eta, sc.seed, sc.batch = args.sampler, args.sampler_steps, 0.0, args.seed, 100
+    sc.sampler, sc.steps, sc.eta, sc.batch = args.sampler, args.sampler_steps, 0.0, 100
     sc.clip_x0 = not args.no_clip
-    gens = {}
-    for label, pred in (("ODU", model.predict_eps), ("linear", lin.predict)):
-        t0 = time.perf_counter()
-        x, traj = generate(pred, sched, sc, args.count, model.H, trajectory=True, progress=not args.no_progress)
-        dt = time.perf_counter() - t0
-        gens[label] = x
-        np.save(out / f"samples_{label.lower()}.npy", x)
-        save_grid(x[:100], out / f"samples_{label.lower()}.png", ncol=10)
-        plot_trajectory(traj, out / f"trajectory_{label.lower()}.png", count=6,
-                        title=f"{name}: {label} {sc.sampler} trajectory")
-        res.setdefault("sampling", {})[label] = {
-            "seconds": dt, "nan": int(np.count_nonzero(~np.isfinite(x))),
-            "max_abs": float(np.nanmax(np.abs(x))), "mean": float(np.mean(x)), "std": float(np.std(x))}
+    seeds = args.sample_seeds or [args.seed]
+    gens: dict = {}
+    for si, seed in enumerate(seeds):
+        sc.seed = seed
+        for label, pred in (("ODU", model.predict_eps), ("linear", lin.predict)):
+            t0 = time.perf_counter()
+            x, traj = generate(pred, sched, sc, args.count, model.H, trajectory=True,
+                               progress=not args.no_progress)
+            dt = time.perf_counter() - t0
+            gens.setdefault(label, []).append(x)
+            s_info = res.setdefault("sampling", {}).setdefault(label, {"seconds": 0.0, "nan": 0, "max_abs": 0.0})
+            s_info["seconds"] += dt
+            s_info["nan"] += int(np.count_nonzero(~np.isfinite(x)))
+            s_info["max_abs"] = max(s_info["max_abs"], float(np.nanmax(np.abs(x))))
+            if si == 0:
+                np.save(out / f"samples_{label.lower()}.npy", x)
+                save_grid(x[:100], out / f"samples_{label.lower()}.png", ncol=10)
+                plot_trajectory(traj, out / f"trajectory_{label.lower()}.png", count=6,
+                                title=f"{name}: {label} {sc.sampler} trajectory")
     from optdiff.odu import init_phases
 
     plot_phases(model.params["phases"], out / "phases.png", set_ranges=sets, title=f"{name}: phase masks",
@@ -140,15 +148,22 @@ def run_dataset(name: str, args, out: Path) -> dict:
     real_b = xtr[np.random.default_rng(args.seed + 2).permutation(xtr.shape[0])[: args.count]]
     noise = np.clip(np.random.default_rng(args.seed + 3).standard_normal(real_a.shape), -1, 1)
     fr = net.features(real_a)
+    per_seed = {label: [frechet_distance(net.features(np.clip(x, -1, 1)), fr) for x in xs]
+                for label, xs in gens.items()}
     fid = {"real (train) vs real (held-out)": frechet_distance(net.features(real_b), fr),
            "noise vs real": frechet_distance(net.features(noise), fr),
-           "linear samples vs real": frechet_distance(net.features(np.clip(gens["linear"], -1, 1)), fr),
-           "ODU samples vs real": frechet_distance(net.features(np.clip(gens["ODU"], -1, 1)), fr)}
+           "linear samples vs real": float(np.mean(per_seed["linear"])),
+           "ODU samples vs real": float(np.mean(per_seed["ODU"]))}
     res["fid"] = fid
+    res["fid_per_seed"] = {"seeds": list(seeds), **per_seed}
     res["feature_net_accuracy"] = acc
     res["odu_beats_linear_fid"] = bool(fid["ODU samples vs real"] < fid["linear samples vs real"])
+    res["odu_beats_linear_seeds"] = int(sum(o < l for o, l in zip(per_seed["ODU"], per_seed["linear"])))
     for k, v in fid.items():
         print(f"  FID {k:34s} {v:10.3f}", flush=True)
+    if len(seeds) > 1:
+        for label, v in per_seed.items():
+            print(f"  FID {label} per sampling seed: " + ", ".join(f"{f:.2f}" for f in v), flush=True)
     write_json_atomic(out / "results.json", res)
     return res
 
@@ -173,6 +188,11 @@ def markdown(results: list[dict], args) -> str:
                 "### FID (features of a small MLP classifier trained here; "
                 f"held-out accuracy {r['feature_net_accuracy']:.3f})", "", "| pair | FID |", "|---|---|"]
         out += [f"| {k} | {v:.3f} |" for k, v in r["fid"].items()]
+        ps = r.get("fid_per_seed", {})
+        if len(ps.get("seeds", [])) > 1:
+            out += ["", f"sample FIDs are means over sampling seeds {ps['seeds']}; per seed: "
+                    + "; ".join(f"{k} " + ", ".join(f"{f:.2f}" for f in ps[k]) for k in ("ODU", "linear"))
+                    + f" (ODU better on {r['odu_beats_linear_seeds']} of {len(ps['seeds'])} seeds)"]
         out += ["", f"ODU samples beat the linear denoiser's samples: **{r['odu_beats_linear_fid']}**", "",
                 "sampling: " + ", ".join(f"{k}: {v['seconds']:.0f} s, NaN {v['nan']}, max |x| {v['max_abs']:.2f}"
                                          for k, v in r["sampling"].items()), ""]
@@ -198,6 +218,8 @@ def main(argv=None):
     p.add_argument("--linear-samples", type=int, default=20000)
     p.add_argument("--ridge", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-seeds", type=lambda v: [int(x) for x in v.split(",") if x.strip()], default=None,
+                   metavar="S1,S2,...", help="sampling seeds; FID is averaged over them (default: --seed)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
