@@ -51,6 +51,25 @@ def test_bin_matches_numpy_reference_and_unbin_is_adjoint(flip):
     assert lhs == pytest.approx(rhs, rel=1e-5)
 
 
+def test_intensity_reuses_buffers_without_aliasing_results():
+    # intensity() keeps one input field and camera buffer per thread and batch size: results
+    # must equal the allocate-everything path, earlier results must not change, a new batch
+    # size must not see stale pixels.
+    odu = ODU(small_optics(n=23, upsample=2, camera_flip=True), 8)
+    ph = init_phases(odu.optics, rng=np.random.default_rng(4), image_size=8)
+    rng = np.random.default_rng(5)
+    r1, r2, r3 = rng.uniform(-2, 2, (3, 8, 8)), rng.uniform(-2, 2, (3, 8, 8)), rng.uniform(-2, 2, (5, 8, 8))
+    fresh = [odu.bin(odu.stack.forward(odu.encode(r), ph)) for r in (r1, r2, r3)]
+    got1 = odu.intensity(r1, ph)
+    keep = got1.copy()
+    got2 = odu.intensity(r2, ph)
+    got3 = odu.intensity(r3, ph)
+    np.testing.assert_array_equal(got1, keep)
+    for got, want in zip((got1, got2, got3), fresh):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not np.array_equal(got1, got2)
+
+
 def test_encode_upsamples_centred_blocks():
     odu = ODU(small_optics(n=21, upsample=2, amp_bias=0.5, amp_scale=0.25), 8)
     r = np.random.default_rng(1).uniform(-1, 1, (2, 8, 8))

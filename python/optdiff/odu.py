@@ -36,6 +36,7 @@ The digital read-out that turns the binned intensity into a noise estimate lives
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from typing import Optional
 
@@ -208,6 +209,15 @@ class ODU:
             optics.n, wavelength=optics.wavelength, pitch=optics.pitch, distances=hops,
             method=optics.method, padding=optics.padding,
             input_distance=optics.input_distance if optics.input_distance > 0 else None)
+        # Binning as two small matrix products, b = A I A^T with A [H, kH] holding 1/k on each
+        # pixel's block (rows reversed for camera_flip): BLAS does it ~9x faster than a strided
+        # mean over k x k blocks, which was the largest non-optical cost of a sampling step.
+        A = np.zeros((self.H, self.k * self.H))
+        for i in range(self.H):
+            A[i, i * self.k:(i + 1) * self.k] = 1.0 / self.k
+        self._bin_mat = {np.dtype(np.float64): A[::-1].copy() if self.flip else A}
+        self._bin_mat[np.dtype(np.float32)] = self._bin_mat[np.dtype(np.float64)].astype(np.float32)
+        self._scratch = threading.local()  # per-thread reusable buffers of intensity()
 
     # ------------------------------------------------------------------ geometry helpers
     @property
@@ -253,39 +263,42 @@ class ODU:
             return (o.amp_bias + o.amp_scale * r).astype(self.cdtype)
         return np.exp(1j * o.phase_scale * r).astype(self.cdtype)
 
-    def encode(self, r: np.ndarray) -> np.ndarray:
-        """Input field ``[B, N, N]`` (complex64): encoded pixels as centred k x k blocks, dark border."""
+    def encode(self, r: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Input field ``[B, N, N]`` (complex64): encoded pixels as centred k x k blocks, dark border.
+
+        ``out``: a ``[B, N, N]`` field whose border is already dark (zero), e.g. one written by an
+        earlier call: only the image window is rewritten.
+        """
         r = self._check_images(r)
         v = self.encode_values(r)
         B = v.shape[0]
-        field = np.zeros((B, self.n, self.n), dtype=self.cdtype)
+        if out is None:
+            out = np.zeros((B, self.n, self.n), dtype=self.cdtype)
         k = self.k
-        up = np.broadcast_to(v[:, :, None, :, None], (B, self.H, k, self.W, k)).reshape(B, self.H * k, self.W * k)
         sy, sx = self.window
-        field[:, sy, sx] = up
-        return field
+        # repeat along x first, then copy each k*W-long row k times: contiguous inner copies run
+        # ~2x faster than broadcasting into a k-long inner axis (splitting the window's row axis
+        # into (pixel, sub-pixel) is always a view, never a copy)
+        rows = np.repeat(v, k, axis=2)
+        out[:, sy, sx].reshape(B, self.H, k, self.W * k)[...] = rows[:, :, None, :]
+        return out
 
     def bin(self, intensity: np.ndarray) -> np.ndarray:
         """Area-bin camera intensity ``[B, N, N]`` to ``[B, H, W]`` (float64; flipped with camera_flip)."""
-        B = intensity.shape[0]
         sy, sx = self.window
-        k = self.k
-        b = intensity[:, sy, sx].astype(np.float64).reshape(B, self.H, k, self.W, k).mean(axis=(2, 4))
-        if self.flip:
-            b = b[:, ::-1, ::-1]
-        return np.ascontiguousarray(b)
+        w = intensity[:, sy, sx]
+        A = self._bin_mat.get(w.dtype)
+        if A is None:
+            w, A = w.astype(np.float64), self._bin_mat[np.dtype(np.float64)]
+        return np.ascontiguousarray(A @ w @ A.T, dtype=np.float64)
 
     def unbin(self, g_binned: np.ndarray) -> np.ndarray:
         """Adjoint of :meth:`bin`: ``[B, H, W]`` -> ``[B, N, N]`` (each block gets g / k^2)."""
         g = np.asarray(g_binned, dtype=np.float64)
-        if self.flip:
-            g = g[:, ::-1, ::-1]
-        B = g.shape[0]
-        k = self.k
-        out = np.zeros((B, self.n, self.n), dtype=self.rdtype)
-        blk = np.broadcast_to((g / (k * k))[:, :, None, :, None], (B, self.H, k, self.W, k))
+        A = self._bin_mat[np.dtype(np.float64)]
+        out = np.zeros((g.shape[0], self.n, self.n), dtype=self.rdtype)
         sy, sx = self.window
-        out[:, sy, sx] = blk.reshape(B, self.H * k, self.W * k)
+        out[:, sy, sx] = A.T @ g @ A
         return out
 
     # ------------------------------------------------------------------ optics
@@ -303,7 +316,17 @@ class ODU:
 
     def intensity(self, r: np.ndarray, phases: np.ndarray) -> np.ndarray:
         """Binned camera intensity ``[B, H, W]`` (float64)."""
-        return self.bin(self.camera(r, phases))
+        r = self._check_images(r)
+        # A sampler calls this once per step with the same batch size: reuse this thread's input
+        # field (its dark border stays zero) and camera buffer instead of allocating both.
+        sc = self._scratch
+        B = r.shape[0]
+        if getattr(sc, "field", None) is None or sc.field.shape[0] != B:
+            sc.field = np.zeros((B, self.n, self.n), dtype=self.cdtype)
+            sc.camera = np.empty((B, self.n, self.n), dtype=self.rdtype)
+        field = self.encode(r, out=sc.field)
+        cam = self.stack.forward(field, self._phases(phases), out=sc.camera, nthreads=self.nthreads)
+        return self.bin(cam)
 
     def intensity_train(self, r: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, Tape]:
         """Binned intensity and the tape for :meth:`backward`."""
