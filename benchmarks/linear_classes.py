@@ -28,21 +28,10 @@ import time
 
 import numpy as np
 
+from quality import load_split  # the same training / held-out split as the quality benchmark (puts python/ on the path)
 from optdiff.baselines import LinearDenoiser
 from optdiff.data import load_dataset
 from optdiff.schedule import NoiseSchedule, timestep_sets
-
-
-def load(dataset: str, data_dir, held_out: int = 1000):
-    """Training and held-out images at 20 x 20 (Fashion-MNIST: classes 0-2, its train/test split;
-    MNIST: the t10k split minus ``held_out`` images, as in quality.py)."""
-    if dataset == "fashion-mnist":
-        tr = load_dataset(dataset, data_dir=data_dir, split="train", classes=[0, 1, 2], size=20)[0]
-        te = load_dataset(dataset, data_dir=data_dir, split="test", classes=[0, 1, 2], size=20)[0]
-        return tr, te[:held_out]
-    x = load_dataset(dataset, data_dir=data_dir, split="test", size=20)[0]
-    perm = np.random.default_rng(0).permutation(x.shape[0])
-    return x[perm[held_out:]], x[perm[:held_out]]
 
 
 def noised(x0, count, t_range, schedule, seed):
@@ -101,7 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test", type=int, default=4000, help="noised held-out images for the MSE")
     args = ap.parse_args(argv)
 
-    xtr, xte = load(args.dataset, args.data_dir)
+    xtr, _, xte, _ = load_split(args.dataset, args.data_dir, 1000, 0)
     schedule = NoiseSchedule(1000)
     t_range = timestep_sets(1000, 10)[args.set]
     rtr, etr = noised(xtr, args.samples, t_range, schedule, 1)
