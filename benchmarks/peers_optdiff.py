@@ -1,4 +1,9 @@
-"""optdiff itself: ``optdiff.PhaseStack`` forward, forward_train and backward (see docs/api.md)."""
+"""optdiff itself: ``optdiff.PhaseStack`` (see docs/api.md).
+
+``Tool`` ("optdiff") times the training step as a user fitting an intensity would run it: the fused
+``mse_loss_and_grad``. ``TapeTool`` ("optdiff_tape") times the general path any other loss takes:
+``forward_train``, the loss in NumPy, ``backward``.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -30,11 +35,7 @@ class Tool:
         return self.stack.forward(self.field, self.phases)
 
     def train(self):
-        I, tape = self.stack.forward_train(self.field, self.phases)
-        diff = I - self.target
-        loss = float(np.mean(diff * diff))
-        diff *= self.scale
-        gphi, _ = self.stack.backward(tape, diff)
+        loss, gphi, I = self.stack.mse_loss_and_grad(self.field, self.phases, self.target, return_intensity=True)
         return I, gphi, loss
 
     def setup_ddpm(self, x, step: DDPMStep):
@@ -47,3 +48,19 @@ class Tool:
     @staticmethod
     def to_numpy(a):
         return np.asarray(a)
+
+
+class TapeTool(Tool):
+    name = "optdiff_tape"
+    modes = ("train",)  # its forward is Tool's
+
+    def train(self):
+        I, tape = self.stack.forward_train(self.field, self.phases)
+        diff = I - self.target
+        loss = float(np.mean(diff * diff))
+        diff *= self.scale
+        gphi, _ = self.stack.backward(tape, diff)
+        return I, gphi, loss
+
+
+TOOLS = {"optdiff_tape": TapeTool}

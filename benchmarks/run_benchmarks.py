@@ -31,12 +31,12 @@ if __package__ in (None, ""):
 from benchmarks.common import REPO, PYTHON_DIR, Case, thread_env  # noqa: E402
 from benchmarks.fft_floor import fft_counts  # noqa: E402
 
-ALL_TOOLS = ["optdiff", "numpy", "torch", "torch_thp", "pyfftw", "jax", "fft_floor"]
+ALL_TOOLS = ["optdiff", "optdiff_tape", "numpy", "torch", "torch_thp", "pyfftw", "jax", "fft_floor"]
 PEERS = ["numpy", "torch", "torch_thp", "pyfftw", "jax"]
-LABELS = {"optdiff": "optdiff", "numpy": "NumPy/scipy.fft", "torch": "PyTorch",
+LABELS = {"optdiff": "optdiff", "optdiff_tape": "optdiff (tape)", "numpy": "NumPy/scipy.fft", "torch": "PyTorch",
           "torch_thp": "PyTorch THP", "pyfftw": "pyFFTW", "jax": "JAX jit",
           "fft_floor": "FFT floor"}
-REQUIRES = {"optdiff": "optdiff", "numpy": "scipy", "torch": "torch", "torch_thp": "torch",
+REQUIRES = {"optdiff": "optdiff", "optdiff_tape": "optdiff", "numpy": "scipy", "torch": "torch", "torch_thp": "torch",
             "pyfftw": "pyfftw", "jax": "jax", "fft_floor": "pyfftw"}
 MIB = 1024.0 * 1024.0
 DAGGER = "\u2020"

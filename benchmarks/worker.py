@@ -26,6 +26,7 @@ import traceback
 
 MODULES = {
     "optdiff": "benchmarks.peers_optdiff",
+    "optdiff_tape": "benchmarks.peers_optdiff",
     "numpy": "benchmarks.peers_numpy",
     "torch": "benchmarks.peers_torch",
     "torch_thp": "benchmarks.peers_torch",
@@ -41,12 +42,12 @@ def _versions(tool: str) -> dict:
     out["numpy"] = numpy.__version__
     for mod in {"numpy": ["scipy"], "torch": ["torch"], "torch_thp": ["torch"],
                 "pyfftw": ["pyfftw"], "fft_floor": ["pyfftw"], "jax": ["jax", "jaxlib"],
-                "optdiff": ["optdiff"]}.get(tool, []):
+                "optdiff": ["optdiff"], "optdiff_tape": ["optdiff"]}.get(tool, []):
         try:
             out[mod] = importlib.import_module(mod).__version__
         except Exception:
             out[mod] = None
-    if tool == "optdiff":
+    if tool in ("optdiff", "optdiff_tape"):
         try:
             import datetime
             core = importlib.import_module("optdiff._core").__file__
@@ -77,8 +78,9 @@ def run(spec: dict) -> dict:
     kwargs = {}
     if tool_name in ("pyfftw", "fft_floor"):
         kwargs = {"planner": spec.get("planner", "measure"), "wisdom": spec.get("wisdom")}
-    tool = mod.Tool(case, **kwargs)
-    checked = getattr(mod.Tool, "checked", True)
+    cls = getattr(mod, "TOOLS", {}).get(tool_name, mod.Tool)  # a module may hold several tools
+    tool = cls(case, **kwargs)
+    checked = getattr(cls, "checked", True)
     res["versions"] = _versions(tool_name)
     res["env"] = {k: os.environ.get(k) for k in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS")}
 
@@ -99,7 +101,7 @@ def run(spec: dict) -> dict:
     tool.setup(field, phases, target)
     res["setup_seconds"] = time.perf_counter() - t0
 
-    modes = spec.get("modes", ["forward", "train"])
+    modes = [m for m in spec.get("modes", ["forward", "train"]) if m in getattr(cls, "modes", (m,))]
     for mode in ("forward", "train"):
         if mode not in modes:
             continue

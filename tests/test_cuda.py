@@ -401,3 +401,25 @@ def test_argument_errors(backend):
         s.backward(tape, np.zeros((3, n, n), np.float32))
     with pytest.raises(TypeError, match="tape"):
         s.backward(object(), np.zeros((2, n, n), np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_stack_mse_loss_and_grad_matches_cpu(backend, dtype):
+    """PhaseStack(backend="cuda").mse_loss_and_grad: forward_train, loss, backward on the device."""
+    rng = np.random.default_rng(9)
+    n, B, L = 16, 4, 3
+    real = np.float32 if dtype == np.complex64 else np.float64
+    kw = _stack_kwargs(1, True, True, L)
+    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
+    gpu = optdiff.PhaseStack(n, backend="cuda", **kw)
+    x = _field(rng, (B, n, n), dtype)
+    ph = rng.uniform(-np.pi, np.pi, (L, n, n)).astype(real)
+    target = rng.uniform(0, 1, (B, n, n)).astype(real)
+    loss_ref, g_ref, I_ref = cpu.mse_loss_and_grad(x, ph, target, return_intensity=True)
+    loss, g, I = gpu.mse_loss_and_grad(x, ph, target, return_intensity=True)
+    _close(I, I_ref, real, "intensity")
+    _close(g, g_ref, real, "grad phases")
+    assert abs(loss - loss_ref) <= (1e-5 if real == np.float32 else 1e-12) * loss_ref
+    with pytest.raises(TypeError, match="NumPy arrays"):
+        gpu.mse_loss_and_grad(_HostCAI(x), ph, target)

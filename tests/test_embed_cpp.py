@@ -28,4 +28,4 @@ def test_cpp_program_using_the_public_header():
     r = subprocess.run([str(prog)], capture_output=True, text=True, timeout=120)
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 passed, 0 failed" in r.stdout
+    assert "4 passed, 0 failed" in r.stdout

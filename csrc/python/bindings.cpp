@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <complex>
 #include <cstring>
 #include <optional>
@@ -261,7 +262,40 @@ void bind_stack(py::module_& m, const char* name) {
                            static_cast<const T*>(g.data()), b, static_cast<T*>(gph.mutable_data()), gp, nthreads, mp);
             }, py::arg("field"), py::arg("phases"), py::arg("saved"), py::arg("grad_intensity"),
             py::arg("grad_phases"), py::arg("grad_field") = py::none(), py::arg("nthreads") = 0,
-            py::arg("modulation") = py::none());
+            py::arg("modulation") = py::none())
+        .def("mse_loss_and_grad", [](const S& s, const py::array& x, const py::array& ph, const py::array& target,
+                                     py::array& gph, std::optional<py::array> inten, int nthreads) {
+                const int64_t n = s.n(), L = s.layers();
+                const int64_t b = check_batch<C>(x, "field", n, false);
+                check_phases<T>(ph, n, L);
+                check_batch<T>(target, "target", n, false);
+                if (target.size() != x.size()) value_error("target must have the field's shape " + shape_str(x));
+                check_basic<T>(gph, "grad_phases", true);
+                if (gph.size() != L * n * n) value_error("grad_phases must have shape (L, n, n)");
+                T* ip = nullptr;
+                if (inten) {
+                    check_batch<T>(*inten, "intensity", n, true);
+                    if (inten->size() != x.size()) value_error("intensity must have the field's shape " + shape_str(x));
+                    check_overlap(target, *inten, "target", "intensity");
+                    check_overlap(x, *inten, "field", "intensity");
+                    ip = static_cast<T*>(inten->mutable_data());
+                }
+                double loss;
+                {
+                    py::gil_scoped_release nogil;
+                    loss = s.mse_loss_and_grad(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()),
+                                               static_cast<const T*>(target.data()), b,
+                                               static_cast<T*>(gph.mutable_data()), ip, nthreads);
+                }
+                // Any NaN or infinity in field or target reaches the loss: one test
+                // here instead of two passes over the inputs before the work.
+                if (!std::isfinite(loss))
+                    value_error("the loss is not finite: field or target contains NaN or infinite values, or "
+                                "the intensity overflows " + std::string(sizeof(T) == 4 ? "float32" : "float64") +
+                                " (scale the field down)");
+                return loss;
+            }, py::arg("field"), py::arg("phases"), py::arg("target"), py::arg("grad_phases"),
+            py::arg("intensity") = py::none(), py::arg("nthreads") = 0);
 }
 
 }  // namespace

@@ -54,6 +54,58 @@ __attribute__((always_inline)) inline void intensity_adjoint_t(cplx<T>* __restri
     for (int64_t i = 0; i < n; ++i) b[i] = intensity_backward(eL[i], g[i]);
 }
 
+// Sum of squares in kLanes independent partial sums (vectorisable without
+// reassociating anything), added in a fixed order at the end.
+constexpr int64_t kLanes = 8;
+
+template <class T>
+__attribute__((always_inline)) inline double mse_camera_t(cplx<T>* __restrict b, const T* __restrict t,
+                                                          T grad_scale, T* __restrict inten, int64_t n) {
+    double lane[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (int64_t j = 0; j < kLanes; ++j) {
+            const cplx<T> e = b[i + j];
+            const T v = intensity(e);
+            const T d = intensity_residual(v, t[i + j]);
+            if (inten) inten[i + j] = v;
+            lane[j] += static_cast<double>(d) * static_cast<double>(d);
+            b[i + j] = intensity_backward(e, grad_scale * d);
+        }
+    for (; i < n; ++i) {
+        const cplx<T> e = b[i];
+        const T v = intensity(e);
+        const T d = intensity_residual(v, t[i]);
+        if (inten) inten[i] = v;
+        lane[i % kLanes] += static_cast<double>(d) * static_cast<double>(d);
+        b[i] = intensity_backward(e, grad_scale * d);
+    }
+    double s = 0.0;
+    for (int64_t j = 0; j < kLanes; ++j) s += lane[j];
+    return s;
+}
+
+template <class T>
+__attribute__((always_inline)) inline double mse_residual_t(const T* inten, const T* __restrict t, T grad_scale,
+                                                            T* g, int64_t n) {
+    double lane[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (int64_t j = 0; j < kLanes; ++j) {
+            const T d = intensity_residual(inten[i + j], t[i + j]);
+            lane[j] += static_cast<double>(d) * static_cast<double>(d);
+            g[i + j] = grad_scale * d;
+        }
+    for (; i < n; ++i) {
+        const T d = intensity_residual(inten[i], t[i]);
+        lane[i % kLanes] += static_cast<double>(d) * static_cast<double>(d);
+        g[i] = grad_scale * d;
+    }
+    double s = 0.0;
+    for (int64_t j = 0; j < kLanes; ++j) s += lane[j];
+    return s;
+}
+
 template <class T>
 __attribute__((always_inline)) inline void mask_adjoint_t(cplx<T>* __restrict b, const cplx<T>* __restrict w,
                                                           const cplx<T>* __restrict m, T* __restrict acc, int64_t n,
@@ -81,6 +133,12 @@ __attribute__((always_inline)) inline void mask_adjoint_t(cplx<T>* __restrict b,
     }                                                                                                     \
     OPTDIFF_SIMD_CLONES void intensity_adjoint(cplx<T>* b, const cplx<T>* eL, const T* g, int64_t n) {    \
         intensity_adjoint_t(b, eL, g, n);                                                                 \
+    }                                                                                                     \
+    OPTDIFF_SIMD_CLONES double mse_camera(cplx<T>* b, const T* t, T grad_scale, T* inten, int64_t n) {     \
+        return mse_camera_t(b, t, grad_scale, inten, n);                                                  \
+    }                                                                                                     \
+    OPTDIFF_SIMD_CLONES double mse_residual(const T* inten, const T* t, T grad_scale, T* g, int64_t n) {   \
+        return mse_residual_t(inten, t, grad_scale, g, n);                                                \
     }                                                                                                     \
     OPTDIFF_SIMD_CLONES void mask_adjoint(cplx<T>* b, const cplx<T>* w, const cplx<T>* m, T* acc,         \
                                           int64_t n, bool carry) {                                        \

@@ -38,7 +38,8 @@ template <class T>
 struct Scratch {
     Workspace<T> ws;             // padded FFT buffer
     std::vector<cplx<T>> field;  // one unpadded field carried between hops
-    std::vector<cplx<T>> tape;   // recompute mode: this sample's tape
+    std::vector<cplx<T>> tape;   // recompute and fused modes: this sample's tape
+    std::vector<T> g;            // fused mode: dLoss/dI (and I) of one sample
 };
 }  // namespace
 
@@ -107,9 +108,9 @@ struct PhaseStack<T>::Impl {
         return s;
     }
 
-    // forward_sample for resident stacks: ws.buf holds the field throughout.
-    void forward_resident(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
-                          cplx<T>* camera, Scratch<T>& s) const {
+    // forward_sample for resident stacks: ws.buf holds the field throughout
+    // and ends holding the camera field E_L (not yet stored anywhere).
+    void propagate_resident(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, Scratch<T>& s) const {
         cplx<T>* b = s.ws.buf;
         const cplx<T>* tin = input_tilt();
         if (tin)
@@ -121,14 +122,12 @@ struct PhaseStack<T>::Impl {
             pass::modulate(b, mod + l * nn, tape ? tape + l * nn : nullptr, nn);
             hops[static_cast<size_t>(l)]->run_resident(s.ws, false);
         }
-        pass::camera(b, inten, tape ? tape + L * nn : nullptr, camera, nn);
     }
 
-    // backward_sample for resident stacks.
-    void backward_resident(const cplx<T>* tape, const T* g, const cplx<T>* mod, T* acc,
-                           cplx<T>* grad_u, Scratch<T>& s) const {
+    // backward_sample for resident stacks, from dLoss/dconj(E_L) in ws.buf.
+    void backpropagate_resident(const cplx<T>* tape, const cplx<T>* mod, T* acc, cplx<T>* grad_u,
+                                Scratch<T>& s) const {
         cplx<T>* b = s.ws.buf;
-        pass::intensity_adjoint(b, tape + L * nn, g, nn);
         for (int64_t l = L - 1; l >= 0; --l) {
             hops[static_cast<size_t>(l)]->run_resident(s.ws, true);
             pass::mask_adjoint(b, tape + l * nn, mod + l * nn, acc + l * nn, nn, l > 0 || grad_u != nullptr);
@@ -151,7 +150,11 @@ struct PhaseStack<T>::Impl {
     // `inten` and `camera` (nullable) receive |E_L|^2 and E_L.
     void forward_sample(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
                         cplx<T>* camera, Scratch<T>& s) const {
-        if (resident) return forward_resident(u, mod, tape, inten, camera, s);
+        if (resident) {
+            propagate_resident(u, mod, tape, s);
+            pass::camera(s.ws.buf, inten, tape ? tape + L * nn : nullptr, camera, nn);
+            return;
+        }
         cplx<T>* a = s.field.data();
         const cplx<T>* src = u;
         if (input_hop) {
@@ -190,7 +193,10 @@ struct PhaseStack<T>::Impl {
     // One sample backward; adds dLoss/dphi into acc [L, nn].
     void backward_sample(const cplx<T>* tape, const T* g, const cplx<T>* mod, T* acc,
                          cplx<T>* grad_u, Scratch<T>& s) const {
-        if (resident) return backward_resident(tape, g, mod, acc, grad_u, s);
+        if (resident) {
+            pass::intensity_adjoint(s.ws.buf, tape + L * nn, g, nn);
+            return backpropagate_resident(tape, mod, acc, grad_u, s);
+        }
         cplx<T>* a = s.field.data();
         const cplx<T>* eL = tape + L * nn;
         for (int64_t l = L - 1; l >= 0; --l) {
@@ -215,6 +221,45 @@ struct PhaseStack<T>::Impl {
             });
         } else {
             std::copy(a, a + nn, grad_u);
+        }
+    }
+
+    // Forward, loss and backward of one sample for the fused MSE step; the
+    // tape lives in the thread's scratch (in cache). Adds dLoss/dphi into
+    // acc and returns sum (I - target)^2 over the sample.
+    double mse_sample(const cplx<T>* u, const T* target, T grad_scale, const cplx<T>* mod, T* acc,
+                      T* inten, Scratch<T>& s) const {
+        cplx<T>* tape = s.tape.data();
+        if (resident) {  // E_L is in ws.buf: turn it into dLoss/dconj(E_L) in place
+            propagate_resident(u, mod, tape, s);
+            const double sq = pass::mse_camera(s.ws.buf, target, grad_scale, inten, nn);
+            backpropagate_resident(tape, mod, acc, nullptr, s);
+            return sq;
+        }
+        T* I = inten ? inten : s.g.data();
+        forward_sample(u, mod, tape, I, nullptr, s);
+        const double sq = pass::mse_residual(I, target, grad_scale, s.g.data(), nn);
+        backward_sample(tape, s.g.data(), mod, acc, nullptr, s);
+        return sq;
+    }
+
+    // grad = sum over groups of acc [groups, total], added in group order a
+    // chunk at a time (the same sums for any thread count, contiguous access).
+    static void reduce_groups(const std::vector<T>& acc, int64_t groups, int64_t total, T* grad,
+                              int num_threads) {
+        constexpr int64_t kChunk = 2048;
+        const int64_t chunks = (total + kChunk - 1) / kChunk;
+        const int ntr = resolve_threads(num_threads, chunks);
+#pragma omp parallel for num_threads(ntr) schedule(static)
+        for (int64_t ch = 0; ch < chunks; ++ch) {
+            const int64_t i0 = ch * kChunk, i1 = std::min(total, i0 + kChunk);
+            T* out = grad + i0;
+            const T* a0 = acc.data() + i0;
+            for (int64_t i = 0; i < i1 - i0; ++i) out[i] = T(0) + a0[i];
+            for (int64_t gi = 1; gi < groups; ++gi) {
+                const T* ag = acc.data() + gi * total + i0;
+                for (int64_t i = 0; i < i1 - i0; ++i) out[i] += ag[i];
+            }
         }
     }
 };
@@ -251,7 +296,7 @@ void PhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch
     const cplx<T>* mod = modulation;
     std::vector<Scratch<T>> scr = s.scratch(nt, false);
     const int64_t nn = s.nn, per = (s.L + 1) * nn;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int64_t b = 0; b < batch; ++b) {
         s.forward_sample(input + b * nn, mod, saved ? saved + b * per : nullptr,
                          inten ? inten + b * nn : nullptr, camera ? camera + b * nn : nullptr,
@@ -296,23 +341,46 @@ void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T
                               grad_input ? grad_input + b * nn : nullptr, sc);
         }
     }
-    // Groups are added in order (the same sums as before for any thread
-    // count), a chunk of elements at a time so every access is contiguous.
-    const int64_t total = L * nn;
-    constexpr int64_t kChunk = 2048;
-    const int64_t chunks = (total + kChunk - 1) / kChunk;
-    const int ntr = resolve_threads(num_threads, chunks);
-#pragma omp parallel for num_threads(ntr) schedule(static)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-        const int64_t i0 = ch * kChunk, i1 = std::min(total, i0 + kChunk);
-        T* out = grad_phases + i0;
-        const T* a0 = acc.data() + i0;
-        for (int64_t i = 0; i < i1 - i0; ++i) out[i] = T(0) + a0[i];
-        for (int64_t gi = 1; gi < groups; ++gi) {
-            const T* ag = acc.data() + gi * total + i0;
-            for (int64_t i = 0; i < i1 - i0; ++i) out[i] += ag[i];
-        }
+    Impl::reduce_groups(acc, groups, L * nn, grad_phases, num_threads);
+}
+
+template <class T>
+double PhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases, const T* target, int64_t batch,
+                                        T* grad_phases, T* intensity, int num_threads) const {
+    if (batch < 0) throw std::invalid_argument("batch must be >= 0");
+    const Impl& s = *impl_;
+    const int64_t nn = s.nn, L = s.L;
+    if (batch == 0) {
+        std::fill(grad_phases, grad_phases + L * nn, T(0));
+        return 0.0;
     }
+    const int64_t groups = std::min<int64_t>(batch, kGradientGroups);
+    const int nt = resolve_threads(num_threads, groups);
+    std::vector<cplx<T>> mod(static_cast<size_t>(L * nn));
+    s.modulation(phases, resolve_threads(num_threads, L * s.n), mod.data());
+    std::vector<Scratch<T>> scr = s.scratch(nt, true);
+    for (auto& x : scr) x.g.resize(static_cast<size_t>(nn));
+    std::vector<T> acc(static_cast<size_t>(groups * L * nn), T(0));
+    std::vector<double> sq(static_cast<size_t>(groups), 0.0);
+    // loss = sum d^2 / count, so dLoss/dI = 2 d / count.
+    const double count = static_cast<double>(batch) * static_cast<double>(nn);
+    const T grad_scale = static_cast<T>(2.0 / count);
+
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t gi = 0; gi < groups; ++gi) {
+        Scratch<T>& sc = scr[static_cast<size_t>(thread_index())];
+        T* a = acc.data() + gi * L * nn;
+        const int64_t b0 = gi * batch / groups, b1 = (gi + 1) * batch / groups;
+        double part = 0.0;
+        for (int64_t b = b0; b < b1; ++b)
+            part += s.mse_sample(input + b * nn, target + b * nn, grad_scale, mod.data(), a,
+                                 intensity ? intensity + b * nn : nullptr, sc);
+        sq[static_cast<size_t>(gi)] = part;
+    }
+    Impl::reduce_groups(acc, groups, L * nn, grad_phases, num_threads);
+    double total = 0.0;
+    for (double v : sq) total += v;  // group order: the same loss for any thread count
+    return total / count;
 }
 
 template class PhaseStack<float>;

@@ -92,6 +92,27 @@ int main() {
     }
     expect(worst < 1e-5, "stack phase gradient vs finite differences", worst);
 
-    std::printf("%d passed, %d failed\n", 3 - failures, failures);
+    // Fused intensity-MSE step: the same loss and gradient as forward, the
+    // loss computed here and backward with dLoss/dI = 2 (I - target) / count.
+    std::vector<double> target(weights.size()), g_fused(phases.size()), dloss(weights.size());
+    for (auto& v : target) v = std::fabs(nd(rng));
+    const double loss_fused = stack.mse_loss_and_grad(x.data(), phases.data(), target.data(), batch,
+                                                      g_fused.data(), nullptr);
+    double sq = 0;
+    for (size_t i = 0; i < inten.size(); ++i) {
+        const double d = inten[i] - target[i];
+        sq += d * d;
+        dloss[i] = 2.0 * d / static_cast<double>(inten.size());
+    }
+    stack.backward(x.data(), phases.data(), saved.data(), dloss.data(), batch, grad.data(), nullptr);
+    double gdiff = 0, gnorm = 0;
+    for (size_t i = 0; i < grad.size(); ++i) {
+        gdiff = std::fmax(gdiff, std::fabs(grad[i] - g_fused[i]));
+        gnorm = std::fmax(gnorm, std::fabs(grad[i]));
+    }
+    const double mse_err = std::fabs(loss_fused - sq / static_cast<double>(inten.size())) / loss_fused + gdiff / gnorm;
+    expect(mse_err < 1e-12, "fused mse_loss_and_grad = forward + loss + backward", mse_err);
+
+    std::printf("%d passed, %d failed\n", 4 - failures, failures);
     return failures == 0 ? 0 : 1;
 }

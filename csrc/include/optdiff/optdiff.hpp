@@ -106,6 +106,16 @@ public:
                   cplx<T>* grad_input, int num_threads = 0,
                   const cplx<T>* modulation = nullptr) const;
 
+    // Fused training step for intensity matching:
+    // loss = mean over the batch and pixels of (|E_L|^2 - target)^2.
+    // Each sample runs forward, loss and backward while its fields stay in
+    // the thread's cache, so no tape goes to memory (scratch is O(threads L n^2)).
+    // Writes dLoss/dphases [L,n,n] and, when `intensity` is non-null, the
+    // camera intensities [B,n,n]; returns the loss. Bitwise the same for any
+    // thread count.
+    double mse_loss_and_grad(const cplx<T>* input, const T* phases, const T* target, int64_t batch,
+                             T* grad_phases, T* intensity, int num_threads = 0) const;
+
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;

@@ -168,6 +168,13 @@ OPTDIFF_HD cplx<T> intensity_backward(cplx<T> e, T g) {
     return cscale(e, T(2) * g);
 }
 
+// Intensity-matching loss mean((I - target)^2) over `count` pixels: its
+// residual d = I - target, with dLoss/dI = (2 / count) * d.
+template <class T>
+OPTDIFF_HD T intensity_residual(T i, T target) {
+    return i - target;
+}
+
 // For w = u * exp(i phi) * tilt and G = dLoss/dw (same convention):
 // dLoss/dphi = Re(conj(G) * i w) = Im(G * conj(w)).
 template <class T>
