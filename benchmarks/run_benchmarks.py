@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,10 @@ def parse_args(argv=None):
     p.add_argument("--retry-perturbed", type=int, default=0, metavar="K",
                    help="re-run a tool up to K times when other processes left it fewer free cores "
                         "than its threads (+0.2) during its run (keeps the least perturbed run)")
+    p.add_argument("--passes", type=int, default=1, metavar="K",
+                   help="run the whole matrix K times, one pass after another, and report per tool "
+                        "and case the median of the K medians (steadier ratios on shared or "
+                        "virtual machines whose speed drifts over minutes)")
     p.add_argument("--from-json", metavar="PATH",
                    help="re-render the tables of an earlier run's JSON (no benchmarking)")
     p.add_argument("--verbose", "-v", action="store_true", help="print each worker's stderr tail")
@@ -353,24 +358,33 @@ def run_all(a) -> dict:
     results["skipped_tools"] = missing
     for t in missing:
         print(f"note: {t} skipped ({REQUIRES[t]} not installed)")
+    refs = {}
     try:
-        for n in a.n:
-            for pad in a.padding:
-                base = Case(n=n, padding=pad, threads=1, batch=a.batch, layers=a.layers)
-                ref = os.path.join(workdir, f"ref_{base.key()}.npz")
-                rr = runner.run("reference", base, ref=ref)
-                if "error" in rr:
-                    print(f"warning: no reference for N={n} padding {pad}: tools are timed unchecked")
-                    ref = None
-                for thr in a.threads:
-                    case = Case(n=n, padding=pad, threads=thr, batch=a.batch, layers=a.layers)
-                    modes = ["forward", "train"]
-                    if not a.no_ddpm and thr in a.ddpm_threads:
-                        modes.append("ddpm")
-                    for tool in tools:
-                        if tool == "torch_thp" and thr not in a.thp_threads:
-                            continue
-                        results["matrix"].append(runner.run(tool, case, modes, ref))
+        for k in range(max(1, a.passes)):
+            if a.passes > 1:
+                print(f"== pass {k + 1} of {a.passes}", flush=True)
+            for n in a.n:
+                for pad in a.padding:
+                    base = Case(n=n, padding=pad, threads=1, batch=a.batch, layers=a.layers)
+                    if base.key() not in refs:
+                        ref = os.path.join(workdir, f"ref_{base.key()}.npz")
+                        rr = runner.run("reference", base, ref=ref)
+                        if "error" in rr:
+                            print(f"warning: no reference for N={n} padding {pad}: tools are timed unchecked")
+                            ref = None
+                        refs[base.key()] = ref
+                    ref = refs[base.key()]
+                    for thr in a.threads:
+                        case = Case(n=n, padding=pad, threads=thr, batch=a.batch, layers=a.layers)
+                        modes = ["forward", "train"]
+                        if not a.no_ddpm and thr in a.ddpm_threads:
+                            modes.append("ddpm")
+                        for tool in tools:
+                            if tool == "torch_thp" and thr not in a.thp_threads:
+                                continue
+                            results["matrix"].append(runner.run(tool, case, modes, ref))
+        results["matrix"] = merge_passes(results["matrix"])
+        results["passes"] = max(1, a.passes)
         if not a.no_scaling:
             thr = max(a.threads)
             pad = max(a.padding)
@@ -390,6 +404,36 @@ def run_all(a) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
     results["total_seconds"] = time.perf_counter() - runner.t0
     return results
+
+
+def merge_passes(runs: list) -> list:
+    """One result per (tool, case) from several passes: per mode, the median of the passes'
+    medians (each pass's median kept as `pass_medians`); perturbed when most passes were."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r.get("tool"), Case.from_dict(r["case"]).key()), []).append(r)
+    merged = []
+    for rs in groups.values():
+        good = [r for r in rs if "error" not in r]
+        if len(rs) == 1 or not good:
+            merged.append(rs[0])
+            continue
+        out = json.loads(json.dumps(good[0]))  # deep copy
+        for mode, m in out.get("modes", {}).items():
+            meds = [r["modes"][mode]["time"]["median"] for r in good
+                    if "time" in r.get("modes", {}).get(mode, {})]
+            if meds and "time" in m:
+                m["time"]["median"] = statistics.median(meds)
+                m["time"]["pass_medians"] = meds
+            peaks = [r["modes"][mode].get("peak_bytes") for r in good if mode in r.get("modes", {})]
+            peaks = [p for p in peaks if p is not None]
+            if peaks:
+                m["peak_bytes"] = max(peaks)
+        out["passes"] = len(good)
+        out["perturbed"] = sum(bool(r.get("perturbed")) for r in good) * 2 > len(good)
+        out["background_load"] = statistics.median(r.get("background_load", 0.0) for r in good)
+        merged.append(out)
+    return merged
 
 
 # --------------------------------------------------------------------------- tables
@@ -494,9 +538,15 @@ def markdown(a, info, results, summary) -> str:
                f"propagations, wavelength 850 nm, pitch 9.2 um, distance 34.2 mm, B={B}, complex64. "
                f"Training step = forward + loss mean((I-target)^2) + gradient w.r.t. all phases. "
                f"Medians of up to {a.repeats} repeats (at least {a.min_repeats}) after warm-up; "
-               f"every tool in a fresh process pinned to `threads` cores. FFT floor = "
+               f"every tool in a fresh process pinned to `threads` cores"
+               + (f"; the whole matrix ran {results['passes']} times, one pass after another, and each "
+                  f"cell is the median of its passes' medians" if results.get("passes", 1) > 1 else "")
+               + f". FFT floor = "
                f"{2 * (L + 1)} (forward) / {4 * (L + 1)} (training) batched in-place pyFFTW "
-               f"{a.floor_planner.upper()} FFTs of [B, G, G], G = N x padding.\n")
+               f"{a.floor_planner.upper()} FFTs of [B, G, G], G = N x padding. "
+               f"optdiff's training step is the fused `PhaseStack.mse_loss_and_grad`; "
+               f"optdiff (tape) is the general path any loss takes (`forward_train`, the loss in NumPy, "
+               f"`backward`).\n")
     if results.get("skipped_tools"):
         out.append(f"Not installed, skipped: {', '.join(results['skipped_tools'])}.\n")
     out.append(f"{DAGGER} = the run was perturbed: other processes left it fewer free cores than its "
@@ -605,7 +655,8 @@ def markdown(a, info, results, summary) -> str:
                 continue
             d = row["tools"].get(t)
             errs = [v for k, v in (d or {}).items() if "_err_" in k and v is not None]
-            st = (d or {}).get("forward_status") or (d or {}).get("train_status")
+            st = next((x for x in ((d or {}).get("forward_status"), (d or {}).get("train_status"))
+                       if x and x != "-"), None)  # "-": a mode this tool does not run
             cells.append(st if st and st != "MISMATCH" else
                          (f"{max(errs):.1e}" + (" MISMATCH" if st else "") if errs else "-"))
         out.append("| " + " | ".join(cells) + " |")

@@ -7,7 +7,7 @@ benchmarked; nothing about timings is asserted.
 Cases can be changed with environment variables (comma-separated lists):
 OPTDIFF_BENCH_N (default 64,128), OPTDIFF_BENCH_PADDING (1,2), OPTDIFF_BENCH_B (16),
 OPTDIFF_BENCH_L (4), OPTDIFF_BENCH_THREADS (min(2, cores)), OPTDIFF_BENCH_TOOLS
-(optdiff,numpy,pyfftw,fft_floor,torch,jax; torch and JAX last, their
+(optdiff,optdiff_tape,numpy,pyfftw,fft_floor,torch,jax; torch and JAX last, their
 idle thread pools would otherwise disturb the others).
 """
 from __future__ import annotations
@@ -32,9 +32,10 @@ PADS = _ints("OPTDIFF_BENCH_PADDING", "1,2")
 BATCH = _ints("OPTDIFF_BENCH_B", "16")[0]
 LAYERS = _ints("OPTDIFF_BENCH_L", "4")[0]
 THREADS = _ints("OPTDIFF_BENCH_THREADS", str(min(2, os.cpu_count() or 1)))
-TOOLS = os.environ.get("OPTDIFF_BENCH_TOOLS", "optdiff,numpy,pyfftw,fft_floor,torch,jax").split(",")
+TOOLS = os.environ.get("OPTDIFF_BENCH_TOOLS", "optdiff,optdiff_tape,numpy,pyfftw,fft_floor,torch,jax").split(",")
 
 MODULES = {"optdiff": ("benchmarks.peers_optdiff", "optdiff"),
+           "optdiff_tape": ("benchmarks.peers_optdiff", "optdiff"),
            "numpy": ("benchmarks.peers_numpy", "scipy"),
            "pyfftw": ("benchmarks.peers_pyfftw", "pyfftw"),
            "torch": ("benchmarks.peers_torch", "torch"),
@@ -59,9 +60,10 @@ def _tool(name, case):
     modname, dep = MODULES[name]
     pytest.importorskip(dep)
     mod = importlib.import_module(modname)
-    tool = mod.Tool(case)
+    cls = getattr(mod, "TOOLS", {}).get(name, mod.Tool)
+    tool = cls(case)
     tool.setup(*common.make_inputs(case))
-    return mod, tool
+    return cls, tool
 
 
 CASES = [common.Case(n=n, padding=p, threads=t, batch=BATCH, layers=LAYERS)
@@ -76,10 +78,12 @@ def _id(case):
 @pytest.mark.parametrize("case", CASES, ids=_id)
 @pytest.mark.parametrize("tool_name", [t for t in TOOLS if t in MODULES])
 def test_stack(benchmark, tool_name, case, mode):
-    mod, tool = _tool(tool_name, case)
+    cls, tool = _tool(tool_name, case)
+    if mode not in getattr(cls, "modes", (mode,)):
+        pytest.skip(f"{tool_name} times {', '.join(cls.modes)} only")
     fn = tool.forward if mode == "forward" else tool.train
     out = fn()
-    if getattr(mod.Tool, "checked", True):
+    if getattr(cls, "checked", True):
         # correctness before timing: the peer must compute the same thing
         I_ref, g_ref, loss_ref = _reference(case)
         if mode == "forward":
@@ -95,9 +99,9 @@ def test_stack(benchmark, tool_name, case, mode):
 
 
 @pytest.mark.parametrize("case", CASES[:1], ids=_id)
-@pytest.mark.parametrize("tool_name", [t for t in TOOLS if t in MODULES and t != "fft_floor"])
+@pytest.mark.parametrize("tool_name", [t for t in TOOLS if t in MODULES and t not in ("fft_floor", "optdiff_tape")])
 def test_ddpm_step(benchmark, tool_name, case):
-    mod, tool = _tool(tool_name, case)
+    _, tool = _tool(tool_name, case)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((case.batch, case.n, case.n), dtype=np.float32)
     tool.setup_ddpm(x, common.DDPMStep.at(500))
