@@ -457,6 +457,10 @@ def _cell_status(r, mode):
     return None
 
 
+def _fmt_mib(x):
+    return "-" if x is None else f"{x:.0f}"
+
+
 def _fmt(x, digits=3):
     if x is None:
         return "-"
@@ -530,6 +534,13 @@ def markdown(a, info, results, summary) -> str:
                                        f"t={r['case']['threads']}" for r in busy[:12])
                       + (" ..." if len(busy) > 12 else "") + " - their timings are perturbed"
                       if busy else "") + ".\n")
+    spreads = sorted(max(pm) / min(pm) for r in results["matrix"] for m in r.get("modes", {}).values()
+                     for pm in [m.get("time", {}).get("pass_medians")] if pm and min(pm) > 0)
+    if spreads:
+        out.append(f"Drift between passes (slowest pass / fastest pass of the same tool and case): "
+                   f"median {statistics.median(spreads):.2f}, 90th percentile "
+                   f"{spreads[int(0.9 * (len(spreads) - 1))]:.2f}, worst {spreads[-1]:.2f} over "
+                   f"{len(spreads)} timings.\n")
     vers = {}
     for r in results["matrix"]:
         vers.update({k: v for k, v in (r.get("versions") or {}).items() if v})
@@ -617,12 +628,12 @@ def markdown(a, info, results, summary) -> str:
             if d is None:
                 cells.append("-")
                 continue
-            st = d.get("forward_status") or d.get("train_status")
-            if st and "forward_peak_mib" not in d:
+            st = next((x for x in (d.get("forward_status"), d.get("train_status")) if x and x != "-"), None)
+            f, tr = d.get("forward_peak_mib"), d.get("train_peak_mib")
+            if st and f is None and tr is None:
                 cells.append(st)
                 continue
-            f, tr = d.get("forward_peak_mib"), d.get("train_peak_mib")
-            cells.append(f"{f:.0f} / {tr:.0f}" if f is not None and tr is not None else "-")
+            cells.append(f"{_fmt_mib(f)} / {_fmt_mib(tr)}" if f is not None or tr is not None else "-")
         out.append("| " + " | ".join(cells) + " |")
 
     ddpm_rows = [r for r in rows if any(r["tools"].get(t, {}).get("ddpm_s") for t in tools)]

@@ -1,0 +1,180 @@
+"""Ratios that survive a drifting machine: several tools timed in one process, interleaved.
+
+run_benchmarks.py runs every tool in a fresh process, one after another. On a virtual machine
+whose speed drifts by tens of percent over seconds to minutes (with no other process to blame),
+two tools timed a minute apart can differ by the drift alone. Here the tools live in one process
+and take turns: each round calls every tool once (in a shuffled order) and the ratio of each
+tool to the FFT floor is taken *within* the round, where the drift is shared. The report gives
+the median and the interquartile range of those per-round ratios.
+
+    python benchmarks/interleaved.py --n 64 128 --padding 1 --threads 1 2 --rounds 40
+
+Tools: optdiff (fused training step), optdiff_tape (forward_train + NumPy loss + backward),
+pyfftw (hand adjoint, MEASURE plans), numpy, fft_floor; every one is checked against the
+complex128 reference before it is timed. Torch and JAX are left out: their thread pools would
+share the process with the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+if os.path.isdir(common.PYTHON_DIR):
+    try:
+        import optdiff  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, common.PYTHON_DIR)
+
+MODULES = {"optdiff": "benchmarks.peers_optdiff", "optdiff_tape": "benchmarks.peers_optdiff",
+           "pyfftw": "benchmarks.peers_pyfftw", "numpy": "benchmarks.peers_numpy",
+           "fft_floor": "benchmarks.fft_floor"}
+LABELS = {"optdiff": "optdiff", "optdiff_tape": "optdiff (tape)", "pyfftw": "pyFFTW",
+          "numpy": "NumPy/scipy.fft", "fft_floor": "FFT floor"}
+
+
+def tool_class(name: str):
+    mod = importlib.import_module(MODULES[name])
+    return getattr(mod, "TOOLS", {}).get(name, mod.Tool)
+
+
+def check(name, cls, tool, mode, case, ref, tol=1e-3):
+    out = tool.forward() if mode == "forward" else tool.train()
+    if not getattr(cls, "checked", True):
+        return
+    I_ref, g_ref, loss_ref = ref
+    if mode == "forward":
+        errs = [common.rel_err(tool.to_numpy(out), I_ref)]
+    else:
+        I, g, loss = out
+        errs = [common.rel_err(tool.to_numpy(I), I_ref), common.rel_err(tool.to_numpy(g), g_ref),
+                abs(float(loss) - float(loss_ref)) / abs(float(loss_ref))]
+    if max(errs) > tol:
+        raise SystemExit(f"{name} N={case.n} p={case.padding}: {mode} differs from the reference "
+                         f"({max(errs):.2e} > {tol:g}); not timing it")
+
+
+def run_case(case: common.Case, tools: list[str], mode: str, rounds: int, seed: int) -> dict:
+    field, phases, target = common.make_inputs(case)
+    ref = common.reference(case)
+    objs = {}
+    for name in tools:
+        cls = tool_class(name)
+        if mode not in getattr(cls, "modes", (mode,)):
+            continue
+        tool = cls(case)
+        tool.setup(field, phases, target)
+        check(name, cls, tool, mode, case, ref)
+        objs[name] = getattr(tool, mode)
+    for fn in objs.values():  # warm-up (plans, caches, buffers)
+        fn()
+    times = {name: [] for name in objs}
+    rng = random.Random(seed)
+    order = list(objs)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            objs[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
+
+
+def row_for(a, tools, n, pad, thr) -> str:
+    case = common.Case(n=n, padding=pad, threads=thr, batch=a.batch, layers=a.layers)
+    times = run_case(case, tools, a.mode, a.rounds, a.seed)
+    floor = times["fft_floor"]
+    cells = [str(n), str(pad), str(thr)]
+    for t in tools[:-1]:
+        if t not in times:
+            cells.append("-")
+            continue
+        q1, med, q3 = quartiles([x / f for x, f in zip(times[t], floor)])
+        ips = a.batch / statistics.median(times[t])
+        cells.append(f"{med:.2f} [{q1:.2f}-{q3:.2f}] ({ips:.0f}/s)")
+    cells.append(f"{a.batch / statistics.median(floor):.0f}")
+    if "optdiff" in times and "optdiff_tape" in times:
+        q1, med, q3 = quartiles([x / y for x, y in zip(times["optdiff"], times["optdiff_tape"])])
+        cells.append(f"{med:.2f} [{q1:.2f}-{q3:.2f}]")
+    else:
+        cells.append("-")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", default=[64, 128], help="field sizes N")
+    p.add_argument("--padding", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--mode", choices=["train", "forward"], default="train")
+    p.add_argument("--tools", nargs="+", default=list(MODULES), choices=list(MODULES),
+                   help="fft_floor is always included (the ratios are taken to it)")
+    p.add_argument("--rounds", type=int, default=40, help="rounds; each calls every tool once")
+    p.add_argument("-B", "--batch", type=int, default=64)
+    p.add_argument("-L", "--layers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="shuffles the order within rounds")
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    tools = [t for t in a.tools if t != "fft_floor"] + ["fft_floor"]
+    if a.child:  # one thread count, pinned once before any thread pool exists
+        common.pin_cores(a.threads[0])
+        for n in a.n:
+            for pad in a.padding:
+                print("ROW " + row_for(a, tools, n, pad, a.threads[0]), flush=True)
+        return
+
+    lines = [f"In-process interleaved {a.mode} timings, B={a.batch}, L={a.layers}, {a.rounds} rounds "
+             f"(`python benchmarks/interleaved.py {' '.join(argv)}`). "
+             f"Cells: median time / FFT-floor time of the same round [interquartile range]; "
+             f"images/s from the median time. OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')} "
+             f"(idle OpenMP threads sleep at once instead of spinning into the next tool's time).", ""]
+    shown = [t for t in tools if t != "fft_floor"]
+    hdr = ["N", "pad", "thr"] + [LABELS[t] for t in shown] + ["FFT floor img/s", "optdiff / tape"]
+    lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    print("\n".join(lines), flush=True)
+    # Each thread count runs in its own process: CPU affinity is per thread on Linux and a
+    # thread pool made under one pinning would keep it.
+    for thr in a.threads:
+        child = [sys.executable, os.path.abspath(__file__), "--child", "--threads", str(thr),
+                 "--n", *map(str, a.n), "--padding", *map(str, a.padding), "--mode", a.mode,
+                 "--tools", *tools, "--rounds", str(a.rounds), "-B", str(a.batch),
+                 "-L", str(a.layers), "--seed", str(a.seed)]
+        env = dict(os.environ)
+        # optdiff's OpenMP workers otherwise spin for a while after each call and take cores
+        # from the FFTW threads of the tool timed next (this makes optdiff wake them each call).
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        proc = subprocess.Popen(child, stdout=subprocess.PIPE, text=True, cwd=common.REPO, env=env)
+        for line in proc.stdout:
+            if line.startswith("ROW "):
+                lines.append(line[4:].rstrip("\n"))
+                print(lines[-1], flush=True)
+            else:
+                print(line, end="", flush=True)
+        if proc.wait() != 0:
+            raise SystemExit(f"the run with {thr} thread(s) failed (exit {proc.returncode})")
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
