@@ -256,6 +256,23 @@ void bind_precision(py::module_& m, const char* suffix) {
             py::arg("stream") = 0, Release(),
             "grad_phases [L,n,n] (overwritten, summed over the batch); grad_input [B,n,n] or 0; "
             "saved = 0 recomputes the forward pass (then input is required).")
+        .def(
+            "mse_loss_and_grad",
+            [](const S& self, Addr input, Addr phases, Addr target, int64_t batch, Addr grad_phases,
+               Addr sq_sum, Addr intensity, Addr stream) {
+                const int d = self.device();
+                self.mse_loss_and_grad(required<const C>(input, d, "input"),
+                                       required<const T>(phases, d, "phases"),
+                                       required<const T>(target, d, "target"), batch,
+                                       required<T>(grad_phases, d, "grad_phases"),
+                                       optional_ptr<T>(intensity, d, "intensity", true),
+                                       required<double>(sq_sum, d, "sq_sum"), as_stream(stream));
+            },
+            py::arg("input"), py::arg("phases"), py::arg("target"), py::arg("batch"),
+            py::arg("grad_phases"), py::arg("sq_sum"), py::arg("intensity") = 0, py::arg("stream") = 0,
+            Release(),
+            "Fused intensity-MSE step: grad_phases [L,n,n] (overwritten), intensity [B,n,n] or 0, "
+            "sq_sum [n,n] float64 = per-pixel sum over the batch of (I - target)^2.")
         .def_property_readonly("n", &S::n)
         .def_property_readonly("num_layers", &S::layers)
         .def_property_readonly("saved_fields_per_sample", &S::saved_fields_per_sample)

@@ -203,6 +203,26 @@ struct LayerBackwardFn {
 };
 
 template <class T>
+struct MseResidualFn {
+    const T* inten;
+    const T* target;
+    T grad_scale;
+    T* g;
+    double* partial;
+    int64_t npix, batch;
+    OPTDIFF_HD void operator()(int64_t p, int64_t lane, int64_t lanes) const {
+        double acc = 0.0;
+        for (int64_t b = lane; b < batch; b += lanes) {
+            const int64_t i = b * npix + p;
+            const T d = intensity_residual(inten[i], target[i]);
+            acc += static_cast<double>(d) * static_cast<double>(d);
+            g[i] = grad_scale * d;
+        }
+        partial[lane * npix + p] = acc;
+    }
+};
+
+template <class T>
 struct ReduceGroupsFn {
     const double* partial;
     int64_t groups, npix;
@@ -330,6 +350,13 @@ void launch_layer_backward(Strided<const cplx<T>> grad_w, Strided<const cplx<T>>
 }
 
 template <class T>
+void launch_mse_residual(const T* intensity, const T* target, T grad_scale, T* g, double* partial,
+                         int64_t groups, int64_t npix, int64_t batch, Stream stream) {
+    launch(MseResidualFn<T>{intensity, target, grad_scale, g, partial, npix, batch}, npix, groups,
+           stream, "mse_residual");
+}
+
+template <class T>
 void launch_reduce_groups(const double* partial, int64_t groups, int64_t npix, T* out,
                           bool accumulate, Stream stream) {
     launch(ReduceGroupsFn<T>{partial, groups, npix, out, accumulate}, npix, 1, stream,
@@ -384,6 +411,8 @@ bool all_finite(const T* data, int64_t count, Stream stream) {
                                            const cplx<T>*, double*, int64_t, Strided<cplx<T>>,     \
                                            int64_t, int64_t, int64_t, Stream);                     \
     template void launch_reduce_groups<T>(const double*, int64_t, int64_t, T*, bool, Stream);      \
+    template void launch_mse_residual<T>(const T*, const T*, T, T*, double*, int64_t, int64_t,     \
+                                         int64_t, Stream);                                         \
     template void launch_bin_forward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, \
                                         Stream);                                                   \
     template void launch_bin_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t,         \

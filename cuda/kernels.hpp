@@ -76,6 +76,14 @@ template <class T>
 void launch_camera(Strided<const cplx<T>> e, T* intensity, Strided<cplx<T>> camera,
                    Strided<cplx<T>> save, int64_t n, int64_t batch, Stream stream);
 
+// Intensity-matching loss of the fused step, per pixel p of an npix-pixel
+// image: d = intensity[b, p] - target[b, p], g[b, p] = grad_scale * d (g may
+// be intensity), partial[group * npix + p] = sum of d^2 over the group's
+// samples (b = group, group + groups, ...). groups <= backward_groups(n, n, batch).
+template <class T>
+void launch_mse_residual(const T* intensity, const T* target, T grad_scale, T* g, double* partial,
+                         int64_t groups, int64_t npix, int64_t batch, Stream stream);
+
 // Number of batch groups used by launch_layer_backward for this problem: the
 // caller sizes `partial` as groups * n * n doubles.
 int64_t backward_groups(int64_t n, int64_t np_dst, int64_t batch);

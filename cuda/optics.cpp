@@ -449,6 +449,54 @@ void CudaPhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cp
     }
 }
 
+template <class T>
+void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases, const T* target,
+                                          int64_t batch, T* grad_phases, T* intensity,
+                                          double* sq_sum, Stream stream) const {
+    using C = cplx<T>;
+    require(batch >= 1, "the fused MSE step needs at least one sample, got batch " + std::to_string(batch));
+    require(input != nullptr && phases != nullptr && target != nullptr,
+            "input, phases and target must not be null");
+    require(grad_phases != nullptr && sq_sum != nullptr, "grad_phases and sq_sum must not be null");
+    const int64_t n = spec_.n;
+    const int64_t nn = n * n;
+    const int64_t L = layers();
+    const int64_t S = (L + 1) * nn;
+    DeviceGuard guard(device_);
+
+    Workspace<C> m(static_cast<size_t>(L * nn), stream);
+    make_modulation(phases, m.get(), stream);
+
+    const int nbuf = mixed_padding_ ? 2 : 1;
+    const int64_t per_sample = max_np_ * max_np_ * static_cast<int64_t>(sizeof(C)) * nbuf +
+                               S * static_cast<int64_t>(sizeof(C)) + 2 * nn * static_cast<int64_t>(sizeof(T));
+    const int64_t bc = chunk_size(batch, per_sample);
+    Workspace<C> w0(static_cast<size_t>(bc * max_np_ * max_np_), stream);
+    Workspace<C> w1(mixed_padding_ ? static_cast<size_t>(bc * max_np_ * max_np_) : 0, stream);
+    Workspace<C> tape(static_cast<size_t>(bc * S), stream);
+    Workspace<T> inten_chunk(intensity ? 0 : static_cast<size_t>(bc * nn), stream);
+    Workspace<T> g(static_cast<size_t>(bc * nn), stream);
+    // backward_groups(n, n, .) is the most any kernel here uses (np_dst = n).
+    Workspace<double> partial(static_cast<size_t>(backward_groups(n, n, bc) * nn), stream);
+    const T grad_scale = static_cast<T>(2.0 / (static_cast<double>(batch) * static_cast<double>(nn)));
+
+    Call call;
+    call.stream = stream;
+    call.m = m.get();
+    call.work[0] = w0.get();
+    call.work[1] = w1.get();
+    call.partial = partial.get();
+    for (int64_t b0 = 0; b0 < batch; b0 += bc) {
+        const int64_t nb = std::min(bc, batch - b0);
+        T* I = intensity ? intensity + b0 * nn : inten_chunk.get();
+        forward_chunk(call, input + b0 * nn, nb, I, tape.get(), nullptr);
+        launch_mse_residual(I, target + b0 * nn, grad_scale, g.get(), partial.get(),
+                            backward_groups(n, n, nb), nn, nb, stream);
+        launch_reduce_groups(partial.get(), backward_groups(n, n, nb), nn, sq_sum, b0 > 0, stream);
+        backward_chunk(call, tape.get(), g.get(), nb, grad_phases, b0 > 0, nullptr);
+    }
+}
+
 // ---------------------------------------------------------------------------
 
 void validate_binning(int64_t n, int64_t h, int64_t w, int64_t k) {

@@ -93,6 +93,15 @@ public:
                   const T* grad_intensity, int64_t batch, T* grad_phases, cplx<T>* grad_input,
                   Stream stream) const;
 
+    // Fused training step for intensity matching (the CPU back end's
+    // mse_loss_and_grad): forward with the tape kept chunk by chunk on the
+    // device, residual d = I - target, backward with dLoss/dI = 2 d / (B n^2).
+    // Writes grad_phases [L, n, n], intensity [B, n, n] when non-null, and
+    // sq_sum [n, n] (double): per pixel, the sum of d^2 over the batch; the
+    // loss is their sum / (B n^2), added by the caller in pixel order.
+    void mse_loss_and_grad(const cplx<T>* input, const T* phases, const T* target, int64_t batch,
+                           T* grad_phases, T* intensity, double* sq_sum, Stream stream) const;
+
 private:
     struct Call;  // per-call scratch
     void forward_chunk(Call& call, const cplx<T>* input, int64_t bc, T* intensity,

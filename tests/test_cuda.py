@@ -405,21 +405,57 @@ def test_argument_errors(backend):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
-def test_stack_mse_loss_and_grad_matches_cpu(backend, dtype):
-    """PhaseStack(backend="cuda").mse_loss_and_grad: forward_train, loss, backward on the device."""
+@pytest.mark.parametrize("padding", [1, 2])
+def test_stack_mse_loss_and_grad_matches_cpu(backend, kind, dtype, padding):
+    """The fused intensity-MSE step on the device against the CPU's, through PhaseStack(backend="cuda")."""
     rng = np.random.default_rng(9)
-    n, B, L = 16, 4, 3
+    n, B, L = 16, 5, 3
     real = np.float32 if dtype == np.complex64 else np.float64
-    kw = _stack_kwargs(1, True, True, L)
+    kw = _stack_kwargs(padding, True, True, L)
     cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
     gpu = optdiff.PhaseStack(n, backend="cuda", **kw)
     x = _field(rng, (B, n, n), dtype)
     ph = rng.uniform(-np.pi, np.pi, (L, n, n)).astype(real)
     target = rng.uniform(0, 1, (B, n, n)).astype(real)
     loss_ref, g_ref, I_ref = cpu.mse_loss_and_grad(x, ph, target, return_intensity=True)
-    loss, g, I = gpu.mse_loss_and_grad(x, ph, target, return_intensity=True)
+    X, P, Tg = (_to_kind(a, kind, backend) for a in (x, ph, target))
+    loss, g, I = gpu.mse_loss_and_grad(X, P, Tg, return_intensity=True)
     _close(I, I_ref, real, "intensity")
     _close(g, g_ref, real, "grad phases")
     assert abs(loss - loss_ref) <= (1e-5 if real == np.float32 else 1e-12) * loss_ref
-    with pytest.raises(TypeError, match="NumPy arrays"):
-        gpu.mse_loss_and_grad(_HostCAI(x), ph, target)
+    loss2, g2 = gpu.mse_loss_and_grad(X, P, Tg)
+    assert loss2 == loss
+    _close(g2, g_ref, real, "grad phases without intensity")
+
+
+@pytest.mark.gpu
+def test_stack_mse_loss_and_grad_chunked_and_checked(backend):
+    """A 1 MiB scratch budget splits the batch into chunks: the loss and gradient must not change."""
+    rng = np.random.default_rng(10)
+    n, B, L = 16, 150, 2
+    kw = _stack_kwargs(2, True, False, L)
+    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
+    gpu = optdiff.PhaseStack(n, backend="cuda", **kw)
+    x = _field(rng, (B, n, n), np.complex128)
+    ph = rng.uniform(-np.pi, np.pi, (L, n, n))
+    target = rng.uniform(0, 1, (B, n, n))
+    loss_ref, g_ref = cpu.mse_loss_and_grad(x, ph, target)
+    mod = cb._backend()
+    old = mod.get_workspace_limit()
+    mod.set_workspace_limit(1 << 20)
+    try:
+        loss, g = gpu.mse_loss_and_grad(x, ph, target)
+    finally:
+        mod.set_workspace_limit(old)
+    _close(g, g_ref, np.float64, "grad phases (chunked)")
+    assert abs(loss - loss_ref) <= 1e-12 * loss_ref
+    with pytest.raises(TypeError, match="target must be float64"):
+        gpu.mse_loss_and_grad(x, ph, target.astype(np.float32))
+    with pytest.raises(ValueError, match="intensity's shape"):
+        gpu.mse_loss_and_grad(x, ph, target[:3])
+    bad = target.copy()
+    bad[4, 2, 2] = np.inf
+    with pytest.raises(ValueError, match="target contains NaN or Inf"):
+        gpu.mse_loss_and_grad(x, ph, bad)
+    with pytest.raises(ValueError, match="no samples"):
+        gpu.mse_loss_and_grad(x[:0], ph, target[:0])

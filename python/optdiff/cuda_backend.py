@@ -765,6 +765,39 @@ class CudaPhaseStack:
         tape._keep_capsules = (f.keep, p.keep)
         return inten, tape
 
+    def mse_loss_and_grad(self, field, phases, target, return_intensity: bool = False,
+                          nthreads: Optional[int] = None):
+        """Fused intensity-matching step: ``(loss, grad_phases [L,n,n])`` (+ intensity).
+
+        ``loss = mean((I - target)^2)``; the tape stays on the device chunk by chunk and the
+        loss is summed per pixel in float64 on the device, then over pixels here.
+        """
+        _check_nthreads(nthreads)
+        f, p, batch, s = self._prepare(field, phases)
+        if batch == 0:
+            raise ValueError("the batch has no samples: the mean squared error is undefined")
+        t = s.same_side(_wrap(target, "target"), "target")
+        real = _REAL_OF[f.dtype]
+        if t.dtype != real:
+            raise TypeError(f"target must be {real} (the intensity's dtype), got {t.dtype}")
+        if t.shape != f.shape:
+            raise ValueError(f"target must have the intensity's shape {list(f.shape)}, got {list(t.shape)}")
+        s.check_finite(t, "target")
+        impl = self._get(f.dtype, s.device)
+        fptr, pptr, tptr = s.device_ptr(f), s.device_ptr(p), s.device_ptr(t)
+        gph, gph_ptr = s.output((self.num_layers, self.n, self.n), real)
+        inten, iptr = s.output(f.shape, real) if return_intensity else (None, 0)
+        sq = self._mod.DeviceBuffer(self.n * self.n * 8, s.device)
+        impl.mse_loss_and_grad(fptr, pptr, tptr, batch, gph_ptr, int(sq.ptr), iptr, s.stream)
+        sums = np.empty(self.n * self.n, np.float64)
+        sq.download(sums, s.stream)  # returns when the stream has got there
+        loss = float(sums.sum() / (batch * self.n * self.n))
+        if s.host:
+            s.fetch(gph, gph_ptr)
+            if inten is not None:
+                s.fetch(inten, iptr)
+        return (loss, gph, inten) if return_intensity else (loss, gph)
+
     def backward(self, tape: CudaTape, grad_intensity, input_grad: bool = False,
                  nthreads: Optional[int] = None):
         """Gradients from dLoss/dIntensity: ``(grad_phases [L,n,n], grad_field or None)``."""

@@ -377,7 +377,8 @@ class PhaseStack:
         Bitwise the same for any thread count.
         """
         if self.backend == "cuda":
-            return self._cuda_mse_loss_and_grad(field, phases, target, return_intensity, nthreads)
+            return self._cuda.mse_loss_and_grad(field, phases, target, return_intensity=return_intensity,
+                                                nthreads=nthreads)
         field, phases, impl = self._prepare(field, phases)
         target = _check_target(target, field.shape, phases.dtype)
         if field.ndim == 3 and field.shape[0] == 0:
@@ -386,19 +387,6 @@ class PhaseStack:
         inten = np.empty(field.shape, dtype=phases.dtype) if return_intensity else None
         loss = impl.mse_loss_and_grad(field, phases, target, gph, inten, _nthreads(nthreads))
         return (loss, gph, inten) if return_intensity else (loss, gph)
-
-    def _cuda_mse_loss_and_grad(self, field, phases, target, return_intensity, nthreads):
-        # No fused kernel on the GPU yet: forward_train, the loss, backward.
-        if not all(isinstance(a, np.ndarray) for a in (field, phases, target)):
-            raise TypeError("on the CUDA backend mse_loss_and_grad takes NumPy arrays; "
-                            "with device arrays, call forward_train and backward")
-        I, tape = self.forward_train(field, phases, nthreads=nthreads)
-        target = _check_target(target, I.shape, I.dtype)
-        diff = I - target
-        loss = float(np.mean(np.square(diff, dtype=np.float64)))
-        diff *= diff.dtype.type(2.0 / max(diff.size, 1))
-        gph, _ = self.backward(tape, diff, nthreads=nthreads)
-        return (loss, gph, I) if return_intensity else (loss, gph)
 
     def __repr__(self) -> str:
         return (f"PhaseStack(n={self.n}, layers={self.num_layers}, wavelength={self.wavelength:g}, "
