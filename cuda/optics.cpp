@@ -219,6 +219,8 @@ struct CudaPhaseStack<T>::Call {
     const cplx<T>* m = nullptr;     // [L, n, n] modulation of this call
     cplx<T>* work[2] = {nullptr, nullptr};
     double* partial = nullptr;      // [groups, n, n] (backward only)
+    Call(Stream s, const cplx<T>* m_, cplx<T>* w0, cplx<T>* w1, double* partial_ = nullptr)
+        : stream(s), m(m_), work{w0, w1}, partial(partial_) {}
 };
 
 template <class T>
@@ -382,11 +384,7 @@ void CudaPhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t b
     Workspace<C> w0(static_cast<size_t>(bc * max_np_ * max_np_), stream);
     Workspace<C> w1(mixed_padding_ ? static_cast<size_t>(bc * max_np_ * max_np_) : 0, stream);
 
-    Call call;
-    call.stream = stream;
-    call.m = m.get();
-    call.work[0] = w0.get();
-    call.work[1] = w1.get();
+    Call call(stream, m.get(), w0.get(), w1.get());
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
         const int64_t nb = std::min(bc, batch - b0);
         forward_chunk(call, input + b0 * nn, nb, intensity ? intensity + b0 * nn : nullptr,
@@ -429,12 +427,7 @@ void CudaPhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cp
     // backward_groups is largest for the smallest image (np_dst = n).
     Workspace<double> partial(static_cast<size_t>(backward_groups(n, n, bc) * nn), stream);
 
-    Call call;
-    call.stream = stream;
-    call.m = m.get();
-    call.work[0] = w0.get();
-    call.work[1] = w1.get();
-    call.partial = partial.get();
+    Call call(stream, m.get(), w0.get(), w1.get(), partial.get());
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
         const int64_t nb = std::min(bc, batch - b0);
         const C* chunk_saved = nullptr;
@@ -480,12 +473,7 @@ void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases,
     Workspace<double> partial(static_cast<size_t>(backward_groups(n, n, bc) * nn), stream);
     const T grad_scale = static_cast<T>(2.0 / (static_cast<double>(batch) * static_cast<double>(nn)));
 
-    Call call;
-    call.stream = stream;
-    call.m = m.get();
-    call.work[0] = w0.get();
-    call.work[1] = w1.get();
-    call.partial = partial.get();
+    Call call(stream, m.get(), w0.get(), w1.get(), partial.get());
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
         const int64_t nb = std::min(bc, batch - b0);
         T* I = intensity ? intensity + b0 * nn : inten_chunk.get();
