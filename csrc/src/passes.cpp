@@ -86,27 +86,6 @@ __attribute__((always_inline)) inline double mse_camera_t(cplx<T>* __restrict b,
 }
 
 template <class T>
-__attribute__((always_inline)) inline double mse_residual_t(const T* inten, const T* __restrict t, T grad_scale,
-                                                            T* g, int64_t n) {
-    double lane[kLanes] = {};
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-        for (int64_t j = 0; j < kLanes; ++j) {
-            const T d = intensity_residual(inten[i + j], t[i + j]);
-            lane[j] += static_cast<double>(d) * static_cast<double>(d);
-            g[i + j] = grad_scale * d;
-        }
-    for (; i < n; ++i) {
-        const T d = intensity_residual(inten[i], t[i]);
-        lane[i % kLanes] += static_cast<double>(d) * static_cast<double>(d);
-        g[i] = grad_scale * d;
-    }
-    double s = 0.0;
-    for (int64_t j = 0; j < kLanes; ++j) s += lane[j];
-    return s;
-}
-
-template <class T>
 __attribute__((always_inline)) inline void mask_adjoint_t(cplx<T>* __restrict b, const cplx<T>* __restrict w,
                                                           const cplx<T>* __restrict m, T* __restrict acc, int64_t n,
                                                           bool carry) {
@@ -136,9 +115,6 @@ __attribute__((always_inline)) inline void mask_adjoint_t(cplx<T>* __restrict b,
     }                                                                                                     \
     OPTDIFF_SIMD_CLONES double mse_camera(cplx<T>* b, const T* t, T grad_scale, T* inten, int64_t n) {     \
         return mse_camera_t(b, t, grad_scale, inten, n);                                                  \
-    }                                                                                                     \
-    OPTDIFF_SIMD_CLONES double mse_residual(const T* inten, const T* t, T grad_scale, T* g, int64_t n) {   \
-        return mse_residual_t(inten, t, grad_scale, g, n);                                                \
     }                                                                                                     \
     OPTDIFF_SIMD_CLONES void mask_adjoint(cplx<T>* b, const cplx<T>* w, const cplx<T>* m, T* acc,         \
                                           int64_t n, bool carry) {                                        \

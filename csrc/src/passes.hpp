@@ -37,10 +37,6 @@ void intensity_adjoint(cplx<double>* b, const cplx<double>* eL, const double* g,
 double mse_camera(cplx<float>* b, const float* target, float grad_scale, float* inten, int64_t count);
 double mse_camera(cplx<double>* b, const double* target, double grad_scale, double* inten, int64_t count);
 
-// d = inten[i] - target[i]; g[i] = grad_scale * d (g may be inten); returns sum d^2.
-double mse_residual(const float* inten, const float* target, float grad_scale, float* g, int64_t count);
-double mse_residual(const double* inten, const double* target, double grad_scale, double* g, int64_t count);
-
 // Adjoint through a mask: acc[i] += dLoss/dphi[i]; then, when `carry`,
 // b[i] becomes the gradient before the mask.
 void mask_adjoint(cplx<float>* b, const cplx<float>* w, const cplx<float>* m, float* acc, int64_t count, bool carry);

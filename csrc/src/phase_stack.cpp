@@ -39,7 +39,6 @@ struct Scratch {
     Workspace<T> ws;             // padded FFT buffer
     std::vector<cplx<T>> field;  // one unpadded field carried between hops
     std::vector<cplx<T>> tape;   // recompute and fused modes: this sample's tape
-    std::vector<T> g;            // fused mode: dLoss/dI (and I) of one sample
 };
 }  // namespace
 
@@ -190,11 +189,15 @@ struct PhaseStack<T>::Impl {
         }
     }
 
-    // One sample backward; adds dLoss/dphi into acc [L, nn].
+    // One sample backward; adds dLoss/dphi into acc [L, nn]. With g null the
+    // tape's last field already holds dLoss/dconj(E_L) instead of E_L.
     void backward_sample(const cplx<T>* tape, const T* g, const cplx<T>* mod, T* acc,
                          cplx<T>* grad_u, Scratch<T>& s) const {
         if (resident) {
-            pass::intensity_adjoint(s.ws.buf, tape + L * nn, g, nn);
+            if (g)
+                pass::intensity_adjoint(s.ws.buf, tape + L * nn, g, nn);
+            else
+                std::copy(tape + L * nn, tape + (L + 1) * nn, s.ws.buf);
             return backpropagate_resident(tape, mod, acc, grad_u, s);
         }
         cplx<T>* a = s.field.data();
@@ -208,8 +211,10 @@ struct PhaseStack<T>::Impl {
                 d[i] += phase_gradient(gw, w[i]);
                 if (carry) a[i] = modulation_backward(gw, m[i]);
             };
-            if (l == L - 1)
+            if (l == L - 1 && g)
                 hops[static_cast<size_t>(l)]->run(s.ws, true, [&](int64_t i) { return intensity_backward(eL[i], g[i]); }, store);
+            else if (l == L - 1)
+                hops[static_cast<size_t>(l)]->run(s.ws, true, [&](int64_t i) { return eL[i]; }, store);
             else
                 hops[static_cast<size_t>(l)]->run(s.ws, true, [&](int64_t i) { return a[i]; }, store);
         }
@@ -236,11 +241,46 @@ struct PhaseStack<T>::Impl {
             backpropagate_resident(tape, mod, acc, nullptr, s);
             return sq;
         }
-        T* I = inten ? inten : s.g.data();
-        forward_sample(u, mod, tape, I, nullptr, s);
-        const double sq = pass::mse_residual(I, target, grad_scale, s.g.data(), nn);
-        backward_sample(tape, s.g.data(), mod, acc, nullptr, s);
+        forward_sample(u, mod, tape, nullptr, nullptr, s);  // the tape ends with E_L
+        const double sq = pass::mse_camera(tape + L * nn, target, grad_scale, inten, nn);
+        backward_sample(tape, nullptr, mod, acc, nullptr, s);
         return sq;
+    }
+
+    // exp(i phi) * tilt: the caller's table when given, else computed into `own`.
+    const cplx<T>* modulation_table(const T* phases, const cplx<T>* given, std::vector<cplx<T>>& own,
+                                    int num_threads) const {
+        if (given) return given;
+        own.resize(static_cast<size_t>(L * nn));
+        modulation(phases, resolve_threads(num_threads, L * n), own.data());
+        return own.data();
+    }
+
+    // Runs sample(b, acc, scratch) -> double for every sample, the batch split
+    // into fixed groups over the threads (acc: the group's [L, nn] phase
+    // gradient). Writes the summed gradient to grad and returns the sum of the
+    // returned values; both are added in group order, so they are the same
+    // for any thread count.
+    template <class Sample>
+    double over_groups(int64_t batch, int num_threads, bool with_tape, T* grad, Sample&& sample) const {
+        const int64_t groups = std::min<int64_t>(batch, kGradientGroups);
+        const int nt = resolve_threads(num_threads, groups);
+        std::vector<Scratch<T>> scr = scratch(nt, with_tape);
+        std::vector<T> acc(static_cast<size_t>(groups * L * nn), T(0));
+        std::vector<double> part(static_cast<size_t>(groups), 0.0);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int64_t gi = 0; gi < groups; ++gi) {
+            Scratch<T>& sc = scr[static_cast<size_t>(thread_index())];
+            T* a = acc.data() + gi * L * nn;
+            const int64_t b0 = gi * batch / groups, b1 = (gi + 1) * batch / groups;
+            double sum = 0.0;
+            for (int64_t b = b0; b < b1; ++b) sum += sample(b, a, sc);
+            part[static_cast<size_t>(gi)] = sum;
+        }
+        reduce_groups(acc, groups, L * nn, grad, num_threads);
+        double total = 0.0;
+        for (double v : part) total += v;
+        return total;
     }
 
     // grad = sum over groups of acc [groups, total], added in group order a
@@ -317,31 +357,14 @@ void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T
         return;
     }
     const bool recompute = saved == nullptr;
-    const int64_t groups = std::min<int64_t>(batch, kGradientGroups);
-    const int nt = resolve_threads(num_threads, groups);
     std::vector<cplx<T>> own;
-    if (!modulation) {
-        own.resize(static_cast<size_t>(L * nn));
-        s.modulation(phases, resolve_threads(num_threads, L * s.n), own.data());
-        modulation = own.data();
-    }
-    const cplx<T>* mod = modulation;
-    std::vector<Scratch<T>> scr = s.scratch(nt, recompute);
-    std::vector<T> acc(static_cast<size_t>(groups * L * nn), T(0));
-
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t gi = 0; gi < groups; ++gi) {
-        Scratch<T>& sc = scr[static_cast<size_t>(thread_index())];
-        T* a = acc.data() + gi * L * nn;
-        const int64_t b0 = gi * batch / groups, b1 = (gi + 1) * batch / groups;
-        for (int64_t b = b0; b < b1; ++b) {
-            const cplx<T>* tape = saved ? saved + b * per : sc.tape.data();
-            if (recompute) s.forward_sample(input + b * nn, mod, sc.tape.data(), nullptr, nullptr, sc);
-            s.backward_sample(tape, grad_intensity + b * nn, mod, a,
-                              grad_input ? grad_input + b * nn : nullptr, sc);
-        }
-    }
-    Impl::reduce_groups(acc, groups, L * nn, grad_phases, num_threads);
+    const cplx<T>* mod = s.modulation_table(phases, modulation, own, num_threads);
+    s.over_groups(batch, num_threads, recompute, grad_phases, [&](int64_t b, T* acc, Scratch<T>& sc) {
+        const cplx<T>* tape = saved ? saved + b * per : sc.tape.data();
+        if (recompute) s.forward_sample(input + b * nn, mod, sc.tape.data(), nullptr, nullptr, sc);
+        s.backward_sample(tape, grad_intensity + b * nn, mod, acc, grad_input ? grad_input + b * nn : nullptr, sc);
+        return 0.0;
+    });
 }
 
 template <class T>
@@ -354,33 +377,16 @@ double PhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases, c
         std::fill(grad_phases, grad_phases + L * nn, T(0));
         return 0.0;
     }
-    const int64_t groups = std::min<int64_t>(batch, kGradientGroups);
-    const int nt = resolve_threads(num_threads, groups);
-    std::vector<cplx<T>> mod(static_cast<size_t>(L * nn));
-    s.modulation(phases, resolve_threads(num_threads, L * s.n), mod.data());
-    std::vector<Scratch<T>> scr = s.scratch(nt, true);
-    for (auto& x : scr) x.g.resize(static_cast<size_t>(nn));
-    std::vector<T> acc(static_cast<size_t>(groups * L * nn), T(0));
-    std::vector<double> sq(static_cast<size_t>(groups), 0.0);
+    std::vector<cplx<T>> own;
+    const cplx<T>* mod = s.modulation_table(phases, nullptr, own, num_threads);
     // loss = sum d^2 / count, so dLoss/dI = 2 d / count.
     const double count = static_cast<double>(batch) * static_cast<double>(nn);
     const T grad_scale = static_cast<T>(2.0 / count);
-
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t gi = 0; gi < groups; ++gi) {
-        Scratch<T>& sc = scr[static_cast<size_t>(thread_index())];
-        T* a = acc.data() + gi * L * nn;
-        const int64_t b0 = gi * batch / groups, b1 = (gi + 1) * batch / groups;
-        double part = 0.0;
-        for (int64_t b = b0; b < b1; ++b)
-            part += s.mse_sample(input + b * nn, target + b * nn, grad_scale, mod.data(), a,
-                                 intensity ? intensity + b * nn : nullptr, sc);
-        sq[static_cast<size_t>(gi)] = part;
-    }
-    Impl::reduce_groups(acc, groups, L * nn, grad_phases, num_threads);
-    double total = 0.0;
-    for (double v : sq) total += v;  // group order: the same loss for any thread count
-    return total / count;
+    const double sq = s.over_groups(batch, num_threads, true, grad_phases, [&](int64_t b, T* acc, Scratch<T>& sc) {
+        return s.mse_sample(input + b * nn, target + b * nn, grad_scale, mod, acc,
+                            intensity ? intensity + b * nn : nullptr, sc);
+    });
+    return sq / count;
 }
 
 template class PhaseStack<float>;
