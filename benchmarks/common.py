@@ -169,6 +169,15 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm((a - b).ravel()) / (nb if nb > 0 else 1.0))
 
 
+def output_errors(mode: str, out, I_ref, g_ref, loss_ref, to_numpy=np.asarray) -> dict:
+    """Relative errors of a tool's forward output (I) or training output (I, g, loss)."""
+    if mode == "forward":
+        return {"err_I": rel_err(to_numpy(out), I_ref)}
+    I, g, loss = out
+    return {"err_I": rel_err(to_numpy(I), I_ref), "err_grad": rel_err(to_numpy(g), g_ref),
+            "err_loss": abs(float(loss) - float(loss_ref)) / abs(float(loss_ref))}
+
+
 # --------------------------------------------------------------------------- timing
 
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 0, min_time: float = 0.05,

@@ -17,7 +17,6 @@ share the process with the others.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import random
 import statistics
@@ -28,7 +27,8 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, worker  # noqa: E402
+from benchmarks.run_benchmarks import LABELS  # noqa: E402
 
 if os.path.isdir(common.PYTHON_DIR):
     try:
@@ -36,32 +36,18 @@ if os.path.isdir(common.PYTHON_DIR):
     except ImportError:
         sys.path.insert(0, common.PYTHON_DIR)
 
-MODULES = {"optdiff": "benchmarks.peers_optdiff", "optdiff_tape": "benchmarks.peers_optdiff",
-           "pyfftw": "benchmarks.peers_pyfftw", "numpy": "benchmarks.peers_numpy",
-           "fft_floor": "benchmarks.fft_floor"}
-LABELS = {"optdiff": "optdiff", "optdiff_tape": "optdiff (tape)", "pyfftw": "pyFFTW",
-          "numpy": "NumPy/scipy.fft", "fft_floor": "FFT floor"}
-
-
-def tool_class(name: str):
-    mod = importlib.import_module(MODULES[name])
-    return getattr(mod, "TOOLS", {}).get(name, mod.Tool)
+# (not torch or JAX: see above)
+TOOLS = ["optdiff", "optdiff_tape", "pyfftw", "numpy", "fft_floor"]
 
 
 def check(name, cls, tool, mode, case, ref, tol=1e-3):
     out = tool.forward() if mode == "forward" else tool.train()
     if not getattr(cls, "checked", True):
         return
-    I_ref, g_ref, loss_ref = ref
-    if mode == "forward":
-        errs = [common.rel_err(tool.to_numpy(out), I_ref)]
-    else:
-        I, g, loss = out
-        errs = [common.rel_err(tool.to_numpy(I), I_ref), common.rel_err(tool.to_numpy(g), g_ref),
-                abs(float(loss) - float(loss_ref)) / abs(float(loss_ref))]
-    if max(errs) > tol:
+    err = max(common.output_errors(mode, out, *ref, to_numpy=tool.to_numpy).values())
+    if err > tol:
         raise SystemExit(f"{name} N={case.n} p={case.padding}: {mode} differs from the reference "
-                         f"({max(errs):.2e} > {tol:g}); not timing it")
+                         f"({err:.2e} > {tol:g}); not timing it")
 
 
 def run_case(case: common.Case, tools: list[str], mode: str, rounds: int, seed: int) -> dict:
@@ -69,7 +55,7 @@ def run_case(case: common.Case, tools: list[str], mode: str, rounds: int, seed: 
     ref = common.reference(case)
     objs = {}
     for name in tools:
-        cls = tool_class(name)
+        cls = worker.tool_class(name)
         if mode not in getattr(cls, "modes", (mode,)):
             continue
         tool = cls(case)
@@ -123,7 +109,7 @@ def main(argv=None):
     p.add_argument("--padding", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--mode", choices=["train", "forward"], default="train")
-    p.add_argument("--tools", nargs="+", default=list(MODULES), choices=list(MODULES),
+    p.add_argument("--tools", nargs="+", default=TOOLS, choices=TOOLS,
                    help="fft_floor is always included (the ratios are taken to it)")
     p.add_argument("--rounds", type=int, default=40, help="rounds; each calls every tool once")
     p.add_argument("-B", "--batch", type=int, default=64)

@@ -457,6 +457,12 @@ def _cell_status(r, mode):
     return None
 
 
+def _run_status(d: dict):
+    """A tool's error status in a row (OOM, timeout, MISMATCH...), None when it ran cleanly;
+    "-" (a mode the tool does not run) is not an error."""
+    return next((x for x in (d.get("forward_status"), d.get("train_status")) if x and x != "-"), None)
+
+
 def _fmt_mib(x):
     return "-" if x is None else f"{x:.0f}"
 
@@ -628,7 +634,7 @@ def markdown(a, info, results, summary) -> str:
             if d is None:
                 cells.append("-")
                 continue
-            st = next((x for x in (d.get("forward_status"), d.get("train_status")) if x and x != "-"), None)
+            st = _run_status(d)
             f, tr = d.get("forward_peak_mib"), d.get("train_peak_mib")
             if st and f is None and tr is None:
                 cells.append(st)
@@ -666,8 +672,7 @@ def markdown(a, info, results, summary) -> str:
                 continue
             d = row["tools"].get(t)
             errs = [v for k, v in (d or {}).items() if "_err_" in k and v is not None]
-            st = next((x for x in ((d or {}).get("forward_status"), (d or {}).get("train_status"))
-                       if x and x != "-"), None)  # "-": a mode this tool does not run
+            st = _run_status(d or {})
             cells.append(st if st and st != "MISMATCH" else
                          (f"{max(errs):.1e}" + (" MISMATCH" if st else "") if errs else "-"))
         out.append("| " + " | ".join(cells) + " |")

@@ -12,7 +12,6 @@ idle thread pools would otherwise disturb the others).
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -20,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import common
+from benchmarks import common, worker
 
 
 def _ints(name, default):
@@ -34,13 +33,9 @@ LAYERS = _ints("OPTDIFF_BENCH_L", "4")[0]
 THREADS = _ints("OPTDIFF_BENCH_THREADS", str(min(2, os.cpu_count() or 1)))
 TOOLS = os.environ.get("OPTDIFF_BENCH_TOOLS", "optdiff,optdiff_tape,numpy,pyfftw,fft_floor,torch,jax").split(",")
 
-MODULES = {"optdiff": ("benchmarks.peers_optdiff", "optdiff"),
-           "optdiff_tape": ("benchmarks.peers_optdiff", "optdiff"),
-           "numpy": ("benchmarks.peers_numpy", "scipy"),
-           "pyfftw": ("benchmarks.peers_pyfftw", "pyfftw"),
-           "torch": ("benchmarks.peers_torch", "torch"),
-           "jax": ("benchmarks.peers_jax", "jax"),
-           "fft_floor": ("benchmarks.fft_floor", "pyfftw")}
+# the package each tool needs (skipped when it is missing)
+MODULES = {"optdiff": "optdiff", "optdiff_tape": "optdiff", "numpy": "scipy", "pyfftw": "pyfftw",
+           "torch": "torch", "jax": "jax", "fft_floor": "pyfftw"}
 
 # an in-tree build of optdiff (python/optdiff/_core*.so) when it is not installed
 if importlib.util.find_spec("optdiff") is None and os.path.isdir(common.PYTHON_DIR):
@@ -57,10 +52,8 @@ def _reference(case):
 
 
 def _tool(name, case):
-    modname, dep = MODULES[name]
-    pytest.importorskip(dep)
-    mod = importlib.import_module(modname)
-    cls = getattr(mod, "TOOLS", {}).get(name, mod.Tool)
+    pytest.importorskip(MODULES[name])
+    cls = worker.tool_class(name)
     tool = cls(case)
     tool.setup(*common.make_inputs(case))
     return cls, tool
@@ -85,14 +78,8 @@ def test_stack(benchmark, tool_name, case, mode):
     out = fn()
     if getattr(cls, "checked", True):
         # correctness before timing: the peer must compute the same thing
-        I_ref, g_ref, loss_ref = _reference(case)
-        if mode == "forward":
-            assert common.rel_err(tool.to_numpy(out), I_ref) < 1e-3
-        else:
-            I, g, loss = out
-            assert common.rel_err(tool.to_numpy(I), I_ref) < 1e-3
-            assert common.rel_err(tool.to_numpy(g), g_ref) < 1e-3
-            assert abs(loss - loss_ref) <= 1e-3 * abs(loss_ref)
+        errs = common.output_errors(mode, out, *_reference(case), to_numpy=tool.to_numpy)
+        assert max(errs.values()) < 1e-3, errs
     benchmark.group = f"{mode} {_id(case)}"
     benchmark.extra_info.update({"images": case.batch, "tool": tool_name, **case.to_dict()})
     benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)

@@ -36,6 +36,12 @@ MODULES = {
 }
 
 
+def tool_class(name: str):
+    """The class that implements tool `name` (a module may hold several tools in TOOLS)."""
+    mod = importlib.import_module(MODULES[name])
+    return getattr(mod, "TOOLS", {}).get(name, mod.Tool)
+
+
 def _versions(tool: str) -> dict:
     out = {"python": platform.python_version()}
     import numpy
@@ -74,11 +80,10 @@ def run(spec: dict) -> dict:
         res["seconds"] = time.perf_counter() - t0
         return res
 
-    mod = importlib.import_module(MODULES[tool_name])
     kwargs = {}
     if tool_name in ("pyfftw", "fft_floor"):
         kwargs = {"planner": spec.get("planner", "measure"), "wisdom": spec.get("wisdom")}
-    cls = getattr(mod, "TOOLS", {}).get(tool_name, mod.Tool)  # a module may hold several tools
+    cls = tool_class(tool_name)
     tool = cls(case, **kwargs)
     checked = getattr(cls, "checked", True)
     res["versions"] = _versions(tool_name)
@@ -113,15 +118,9 @@ def run(spec: dict) -> dict:
         m["first_call_seconds"] = time.perf_counter() - t0
         ok = True
         if ref is not None:
-            if mode == "forward":
-                m["err_I"] = common.rel_err(tool.to_numpy(out), ref["I"])
-                ok = m["err_I"] <= tol
-            else:
-                I, g, loss = out
-                m["err_I"] = common.rel_err(tool.to_numpy(I), ref["I"])
-                m["err_grad"] = common.rel_err(tool.to_numpy(g), ref["g"])
-                m["err_loss"] = abs(float(loss) - float(ref["loss"])) / abs(float(ref["loss"]))
-                ok = max(m["err_I"], m["err_grad"], m["err_loss"]) <= tol
+            errs = common.output_errors(mode, out, ref["I"], ref["g"], ref["loss"], tool.to_numpy)
+            m.update(errs)
+            ok = max(errs.values()) <= tol
         m["check"] = "skipped" if ref is None else ("ok" if ok else "MISMATCH")
         del out
         if ok:
