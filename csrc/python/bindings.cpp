@@ -209,7 +209,9 @@ void bind_stack(py::module_& m, const char* name) {
                            std::optional<py::array> saved, std::optional<py::array> camera, int nthreads,
                            std::optional<py::array> modulation) {
                 const int64_t n = s.n(), L = s.layers();
-                const int64_t b = check_batch<C>(x, "field", n, false);
+                // A real field (an amplitude-encoded image) is read as is, no complex copy.
+                const bool real = x.dtype().is(py::dtype::of<T>());
+                const int64_t b = real ? check_batch<T>(x, "field", n, false) : check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
                 check_batch<T>(inten, "intensity", n, true);
                 if (inten.size() != x.size()) value_error("intensity must have the field's shape " + shape_str(x));
@@ -229,8 +231,12 @@ void bind_stack(py::module_& m, const char* name) {
                 cplx<T>* mp = modulation ? modulation_table<T>(*modulation, n, L, true) : nullptr;
                 check_finite<T>(x, "field");
                 py::gil_scoped_release nogil;
-                s.forward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), b,
-                          static_cast<T*>(inten.mutable_data()), sp, cp, nthreads, mp);
+                if (real)
+                    s.forward_real(static_cast<const T*>(x.data()), static_cast<const T*>(ph.data()), b,
+                                   static_cast<T*>(inten.mutable_data()), sp, cp, nthreads, mp);
+                else
+                    s.forward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), b,
+                              static_cast<T*>(inten.mutable_data()), sp, cp, nthreads, mp);
             }, py::arg("field"), py::arg("phases"), py::arg("intensity"), py::arg("saved") = py::none(),
             py::arg("camera_field") = py::none(), py::arg("nthreads") = 0, py::arg("modulation") = py::none())
         .def("backward", [](const S& s, const py::array& x, const py::array& ph, std::optional<py::array> saved,
@@ -298,6 +304,59 @@ void bind_stack(py::module_& m, const char* name) {
             py::arg("intensity") = py::none(), py::arg("nthreads") = 0);
 }
 
+// Noise and the DDPM update over float32 or float64 arrays (the core's
+// sampler.hpp), any shape, C-contiguous.
+template <class T>
+void normal_into(py::array& out, uint64_t seed, uint64_t stream, uint64_t offset, int nthreads) {
+    check_basic<T>(out, "out", true);
+    py::gil_scoped_release nogil;
+    standard_normal<T>(static_cast<T*>(out.mutable_data()), static_cast<int64_t>(out.size()), seed, stream, offset,
+                       nthreads);
+}
+
+template <class T>
+void ddpm_update_into(const py::array& x, const py::array& v, py::array& out, const DdpmStep& st, uint64_t seed,
+                      uint64_t stream, uint64_t offset, int nthreads) {
+    check_basic<T>(x, "x", false);
+    check_basic<T>(v, "eps", false);
+    check_basic<T>(out, "out", true);
+    if (v.size() != x.size() || out.size() != x.size())
+        value_error("x, eps and out must have the same number of elements, got shapes " + shape_str(x) + ", " +
+                    shape_str(v) + " and " + shape_str(out));
+    check_overlap(x, out, "x", "out");
+    check_overlap(v, out, "eps", "out");
+    py::gil_scoped_release nogil;
+    ddpm_update<T>(static_cast<const T*>(x.data()), static_cast<const T*>(v.data()), static_cast<int64_t>(x.size()),
+                   st, seed, stream, offset, static_cast<T*>(out.mutable_data()), nthreads);
+}
+
+bool is_float64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+
+void bind_sampler(py::module_& m) {
+    m.def("standard_normal", [](py::array& out, uint64_t seed, uint64_t stream, uint64_t offset, int nthreads) {
+            if (is_float64(out))
+                normal_into<double>(out, seed, stream, offset, nthreads);
+            else
+                normal_into<float>(out, seed, stream, offset, nthreads);
+        }, py::arg("out"), py::arg("seed"), py::arg("stream"), py::arg("offset"), py::arg("nthreads") = 0);
+    m.def("ddpm_update", [](const py::array& x, const py::array& v, py::array& out, double c1, double c2,
+                            double sigma, double eps_scale, double eps_offset, uint64_t seed, uint64_t stream,
+                            uint64_t offset, int nthreads) {
+            DdpmStep st;
+            st.c1 = c1;
+            st.c2 = c2;
+            st.sigma = sigma;
+            st.eps_scale = eps_scale;
+            st.eps_offset = eps_offset;
+            if (is_float64(x))
+                ddpm_update_into<double>(x, v, out, st, seed, stream, offset, nthreads);
+            else
+                ddpm_update_into<float>(x, v, out, st, seed, stream, offset, nthreads);
+        }, py::arg("x"), py::arg("eps"), py::arg("out"), py::arg("c1"), py::arg("c2"), py::arg("sigma"),
+        py::arg("eps_scale"), py::arg("eps_offset"), py::arg("seed"), py::arg("stream"), py::arg("offset"),
+        py::arg("nthreads") = 0);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -325,6 +384,7 @@ PYBIND11_MODULE(_core, m) {
     bind_propagator<double>(m, "Propagator64");
     bind_stack<float>(m, "PhaseStack32");
     bind_stack<double>(m, "PhaseStack64");
+    bind_sampler(m);
 
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &get_num_threads);

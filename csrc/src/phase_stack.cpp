@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "hop.hpp"
@@ -39,6 +40,7 @@ struct Scratch {
     Workspace<T> ws;             // padded FFT buffer
     std::vector<cplx<T>> field;  // one unpadded field carried between hops
     std::vector<cplx<T>> tape;   // recompute and fused modes: this sample's tape
+    std::vector<cplx<T>> input;  // real-amplitude input widened to complex
 };
 }  // namespace
 
@@ -97,14 +99,49 @@ struct PhaseStack<T>::Impl {
         }
     }
 
-    std::vector<Scratch<T>> scratch(int nt, bool with_tape) const {
+    std::vector<Scratch<T>> scratch(int nt, bool with_tape, bool real_input = false) const {
         std::vector<Scratch<T>> s(static_cast<size_t>(nt));
         for (auto& x : s) {
             x.ws = Workspace<T>(ws_size.buf, ws_size.cols);
             if (!resident) x.field.resize(static_cast<size_t>(nn));  // resident stacks carry it in ws
             if (with_tape) x.tape.resize(static_cast<size_t>((L + 1) * nn));
+            if (real_input) x.input.resize(static_cast<size_t>(nn));
         }
         return s;
+    }
+
+    // Sample b of the input as a complex field: the caller's own, or real
+    // amplitudes widened in the thread's buffer (in cache, no batch copy).
+    const cplx<T>* sample_input(const cplx<T>* in, int64_t b, Scratch<T>&) const { return in + b * nn; }
+    const cplx<T>* sample_input(const T* amplitude, int64_t b, Scratch<T>& s) const {
+        const T* a = amplitude + b * nn;
+        cplx<T>* u = s.input.data();
+        for (int64_t i = 0; i < nn; ++i) u[i] = cplx<T>{a[i], T(0)};
+        return u;
+    }
+
+    // forward for complex fields or real amplitudes (In = cplx<T> or T).
+    template <class In>
+    void forward_batch(const In* input, const T* phases, int64_t batch, T* inten, cplx<T>* saved,
+                       cplx<T>* camera, int num_threads, cplx<T>* modulation_out) const {
+        if (batch < 0) throw std::invalid_argument("batch must be >= 0");
+        if (batch == 0) return;
+        const int nt = resolve_threads(num_threads, batch);
+        std::vector<cplx<T>> own;
+        cplx<T>* mod = modulation_out;
+        if (!mod) {
+            own.resize(static_cast<size_t>(L * nn));
+            mod = own.data();
+        }
+        modulation(phases, resolve_threads(num_threads, L * n), mod);
+        std::vector<Scratch<T>> scr = scratch(nt, false, !std::is_same<In, cplx<T>>::value);
+        const int64_t per = (L + 1) * nn;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int64_t b = 0; b < batch; ++b) {
+            Scratch<T>& sc = scr[static_cast<size_t>(thread_index())];
+            forward_sample(sample_input(input, b, sc), mod, saved ? saved + b * per : nullptr,
+                           inten ? inten + b * nn : nullptr, camera ? camera + b * nn : nullptr, sc);
+        }
     }
 
     // forward_sample for resident stacks: ws.buf holds the field throughout
@@ -323,25 +360,14 @@ template <class T>
 void PhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch, T* inten,
                             cplx<T>* saved, cplx<T>* camera, int num_threads,
                             cplx<T>* modulation) const {
-    if (batch < 0) throw std::invalid_argument("batch must be >= 0");
-    if (batch == 0) return;
-    const Impl& s = *impl_;
-    const int nt = resolve_threads(num_threads, batch);
-    std::vector<cplx<T>> own;
-    if (!modulation) {
-        own.resize(static_cast<size_t>(s.L * s.nn));
-        modulation = own.data();
-    }
-    s.modulation(phases, resolve_threads(num_threads, s.L * s.n), modulation);
-    const cplx<T>* mod = modulation;
-    std::vector<Scratch<T>> scr = s.scratch(nt, false);
-    const int64_t nn = s.nn, per = (s.L + 1) * nn;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t b = 0; b < batch; ++b) {
-        s.forward_sample(input + b * nn, mod, saved ? saved + b * per : nullptr,
-                         inten ? inten + b * nn : nullptr, camera ? camera + b * nn : nullptr,
-                         scr[static_cast<size_t>(thread_index())]);
-    }
+    impl_->forward_batch(input, phases, batch, inten, saved, camera, num_threads, modulation);
+}
+
+template <class T>
+void PhaseStack<T>::forward_real(const T* amplitude, const T* phases, int64_t batch, T* inten,
+                                 cplx<T>* saved, cplx<T>* camera, int num_threads,
+                                 cplx<T>* modulation) const {
+    impl_->forward_batch(amplitude, phases, batch, inten, saved, camera, num_threads, modulation);
 }
 
 template <class T>

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from . import _core
 from .propagation import METHODS, PhaseStack, Propagator, Tape, propagate
+from .sampler_ops import ddpm_update, standard_normal
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Propagator", "PhaseStack", "Tape", "propagate", "METHODS",
+    "Propagator", "PhaseStack", "Tape", "propagate", "METHODS", "standard_normal", "ddpm_update",
     "set_num_threads", "get_num_threads", "set_planner_effort", "available_backends",
     "__version__",
 ]

@@ -69,13 +69,15 @@ class _PhaseStackBase:
     def n(self) -> int: ...
     @property
     def num_layers(self) -> int: ...
-    def forward(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
+    def forward(self, field: npt.NDArray[np.complexfloating] | npt.NDArray[np.floating],
+                phases: npt.NDArray[np.floating],
                 intensity: npt.NDArray[np.floating],
                 saved: Optional[npt.NDArray[np.complexfloating]] = None,
                 camera_field: Optional[npt.NDArray[np.complexfloating]] = None,
                 nthreads: int = 0,
                 modulation: Optional[npt.NDArray[np.complexfloating]] = None) -> None:
-        """intensity[B,n,n] = |E_L|^2; saved[B,L+1,n,n] receives the tape when given;
+        """intensity[B,n,n] = |E_L|^2 (a real field is read with zero imaginary part);
+        saved[B,L+1,n,n] receives the tape when given;
         modulation[L,n,n] receives exp(i phi) * tilt for backward."""
     def backward(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
                  saved: Optional[npt.NDArray[np.complexfloating]],
@@ -87,3 +89,11 @@ class _PhaseStackBase:
 
 class PhaseStack32(_PhaseStackBase): ...
 class PhaseStack64(_PhaseStackBase): ...
+
+def standard_normal(out: npt.NDArray[np.floating], seed: int, stream: int, offset: int,
+                    nthreads: int = 0) -> None:
+    """out[i] = normal number offset + i of the counter-based stream (seed, stream)."""
+def ddpm_update(x: npt.NDArray[np.floating], eps: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+                c1: float, c2: float, sigma: float, eps_scale: float, eps_offset: float,
+                seed: int, stream: int, offset: int, nthreads: int = 0) -> None:
+    """out = c1 (x - c2 (eps_scale eps + eps_offset)) + sigma z, z from (seed, stream, offset)."""

@@ -25,6 +25,7 @@ __all__ = ["Propagator", "PhaseStack", "Tape", "propagate", "METHODS"]
 METHODS = ("as", "bl-as", "fresnel")
 
 _COMPLEX = {np.dtype(np.complex64): np.float32, np.dtype(np.complex128): np.float64}
+_REAL = {np.dtype(np.float32): np.dtype(np.complex64), np.dtype(np.float64): np.dtype(np.complex128)}
 
 
 def _check_backend(backend: str) -> str:
@@ -280,10 +281,17 @@ class PhaseStack:
             self._impl[dtype] = impl
         return impl
 
-    def _prepare(self, field, phases):
-        field = _as_field(field)
+    def _prepare(self, field, phases, allow_real=False):
+        real = allow_real and isinstance(field, np.ndarray) and field.dtype in _REAL
+        if not real:
+            field = _as_field(field)
         if not isinstance(phases, np.ndarray):
             raise TypeError(f"phases must be a NumPy array [L, n, n], got {type(phases).__name__}")
+        if real:
+            want = field.dtype
+            if phases.dtype != want:
+                raise TypeError(f"phases must be {want} to go with a {field.dtype} field, got {phases.dtype}")
+            return field, phases, self._cpu(_REAL[field.dtype])
         want = _COMPLEX[field.dtype]
         if phases.dtype != want:
             raise TypeError(f"phases must be {np.dtype(want)} to go with a {field.dtype} field, got {phases.dtype}")
@@ -291,10 +299,14 @@ class PhaseStack:
 
     def forward(self, field: np.ndarray, phases: np.ndarray, out: Optional[np.ndarray] = None,
                 nthreads: Optional[int] = None) -> np.ndarray:
-        """Camera intensity ``[B, n, n]`` (real, the field's precision) for ``field`` and ``phases``."""
+        """Camera intensity ``[B, n, n]`` (real, the field's precision) for ``field`` and ``phases``.
+
+        ``field`` may also be real (float32 with float32 phases, or float64): an amplitude-encoded
+        image, read as a field with zero imaginary part without widening the batch to complex.
+        """
         if self.backend == "cuda":
             return self._cuda.forward(field, phases, out=out, nthreads=nthreads)
-        field, phases, impl = self._prepare(field, phases)
+        field, phases, impl = self._prepare(field, phases, allow_real=True)
         if out is None:
             out = np.empty(field.shape, dtype=phases.dtype)
         impl.forward(field, phases, out, None, None, _nthreads(nthreads))

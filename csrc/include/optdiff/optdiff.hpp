@@ -16,6 +16,7 @@
 
 #include "optdiff/physics.hpp"
 #include "optdiff/plan.hpp"
+#include "optdiff/sampler.hpp"
 
 namespace optdiff {
 
@@ -96,6 +97,13 @@ public:
                  cplx<T>* saved, cplx<T>* camera_field, int num_threads = 0,
                  cplx<T>* modulation = nullptr) const;
 
+    // forward for a real input field (e.g. an amplitude-encoded image)
+    // [B,n,n]: the same as passing it with zero imaginary part, without the
+    // caller widening the batch to complex first.
+    void forward_real(const T* amplitude, const T* phases, int64_t batch, T* intensity,
+                      cplx<T>* saved, cplx<T>* camera_field, int num_threads = 0,
+                      cplx<T>* modulation = nullptr) const;
+
     // Given dLoss/dIntensity, writes dLoss/dphases [L,n,n] (summed over the
     // batch) and, when grad_input is non-null, dLoss/dinput [B,n,n].
     // `saved` from forward, or nullptr to recompute it per sample (memory
@@ -120,5 +128,23 @@ private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+// ---------------------------------------------------------------------------
+// Sampling step (optdiff/sampler.hpp): noise and update in one threaded pass
+// ---------------------------------------------------------------------------
+
+// out[i] = standard normal number offset + i of the stream (seed, stream);
+// the same numbers for any thread count and on every back end.
+template <class T>
+void standard_normal(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset = 0,
+                     int num_threads = 0);
+
+// One ancestral DDPM step on `count` values: out[i] = c1 (x[i] - c2 eps_i) +
+// sigma z_i with eps_i = eps_scale v[i] + eps_offset (v: the read-out, e.g.
+// a camera intensity) and z_i = standard_normal number offset + i of (seed,
+// stream). `out` may be `x` or `v`. sigma == 0 draws no noise.
+template <class T>
+void ddpm_update(const T* x, const T* v, int64_t count, const DdpmStep& step, uint64_t seed,
+                 uint64_t stream, uint64_t offset, T* out, int num_threads = 0);
 
 }  // namespace optdiff
