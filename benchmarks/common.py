@@ -149,6 +149,19 @@ def ddpm_numpy_update(x: np.ndarray, intensity: np.ndarray, step: DDPMStep,
     return out
 
 
+def ddpm_input(case: Case) -> np.ndarray:
+    """x_t of the DDPM step timing: float32 [B, n, n] standard normal (the same in every tool)."""
+    rng = np.random.default_rng(case.seed + 1)
+    return rng.standard_normal((case.batch, case.n, case.n), dtype=np.float32)
+
+
+def ddpm_noise_errors(out, mean_ref: np.ndarray, sigma: float) -> dict:
+    """A DDPM step's output against the reference mean c1 (x - c2 eps): what is left, divided
+    by sigma, must be the fresh standard normal noise (its mean 0 and standard deviation 1)."""
+    z = (np.asarray(out, dtype=np.float64) - mean_ref) / sigma
+    return {"err_noise_mean": abs(float(z.mean())), "err_noise_std": abs(float(z.std()) - 1.0)}
+
+
 # --------------------------------------------------------------------------- float64 reference
 
 def reference(case: Case, workers: int | None = None):
@@ -160,6 +173,18 @@ def reference(case: Case, workers: int | None = None):
     I, g, loss = st.train(field.astype(np.complex128), phases.astype(np.float64),
                           target.astype(np.float64))
     return I, g, loss
+
+
+def ddpm_reference_mean(case: Case, workers: int | None = None) -> np.ndarray:
+    """c1 (x - c2 (a I + b)) in complex128/float64 for ddpm_input(case): the step without noise."""
+    from benchmarks.peers_numpy import NumpyStack
+
+    _, phases, _ = make_inputs(case, np.complex64)
+    x = ddpm_input(case).astype(np.float64)
+    st = NumpyStack(case, dtype=np.complex128, workers=workers or case.threads)
+    I = st.forward(x.astype(np.complex128), phases.astype(np.float64))
+    s = DDPMStep.at(500)
+    return s.c1 * (x - s.c2 * (s.a * I + s.b))
 
 
 def rel_err(a, b) -> float:

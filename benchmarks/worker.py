@@ -12,7 +12,9 @@ reference file.  Steps:
    peak RSS above the baseline = training memory;
 5. timing (median over repeats, timeit-style) of every mode whose check passed; a mode whose
    check failed is reported as a mismatch and not timed;
-6. optionally the DDPM sampling step (amplitude-encoded x_t -> ODU -> eps -> x_{t-1}).
+6. optionally the DDPM sampling step (amplitude-encoded x_t -> ODU -> eps -> x_{t-1}), checked
+   against the reference's noise-free step: output minus it, over sigma, must be standard
+   normal noise (mean and standard deviation within 0.02 of 0 and 1).
 """
 from __future__ import annotations
 
@@ -76,7 +78,8 @@ def run(spec: dict) -> dict:
     if tool_name == "reference":
         t0 = time.perf_counter()
         I, g, loss = common.reference(case, workers=os.cpu_count())
-        np.savez(spec["ref"], I=I, g=g, loss=np.float64(loss))
+        ddpm_mean = common.ddpm_reference_mean(case, workers=os.cpu_count())
+        np.savez(spec["ref"], I=I, g=g, loss=np.float64(loss), ddpm_mean=ddpm_mean)
         res["seconds"] = time.perf_counter() - t0
         return res
 
@@ -131,16 +134,21 @@ def run(spec: dict) -> dict:
 
     if "ddpm" in modes:
         step = common.DDPMStep.at(500)
-        rng = np.random.default_rng(case.seed + 1)
-        x = rng.standard_normal((case.batch, case.n, case.n), dtype=np.float32)
-        tool.setup_ddpm(x, step)
+        tool.setup_ddpm(common.ddpm_input(case), step)
         out = tool.ddpm_step()
         m = {}
+        ok = True
         if checked:
             xo = tool.to_numpy(out)
             m["finite"] = bool(np.isfinite(xo).all())
+            ok = m["finite"]
+            if ref is not None and "ddpm_mean" in ref:
+                m.update(common.ddpm_noise_errors(xo, ref["ddpm_mean"], step.sigma))
+                ok = ok and max(m["err_noise_mean"], m["err_noise_std"]) <= spec.get("noise_tol", 0.02)
+            m["check"] = "ok" if ok else "MISMATCH"
         del out
-        m["time"] = common.time_call(tool.ddpm_step, **timing)
+        if ok:
+            m["time"] = common.time_call(tool.ddpm_step, **timing)
         res["modes"]["ddpm"] = m
     return res
 

@@ -238,6 +238,22 @@ void bind_precision(py::module_& m, const char* suffix) {
             py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0, Release(),
             "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted).")
         .def(
+            "forward_real",
+            [](const S& self, Addr amplitude, Addr phases, int64_t batch, Addr intensity, Addr saved,
+               Addr camera_field, Addr stream) {
+                const int d = self.device();
+                const bool used = batch > 0;
+                self.forward_real(required<const T>(amplitude, d, "amplitude", used),
+                                  required<const T>(phases, d, "phases", used),
+                                  batch, optional_ptr<T>(intensity, d, "intensity", used),
+                                  optional_ptr<C>(saved, d, "saved", used),
+                                  optional_ptr<C>(camera_field, d, "camera_field", used),
+                                  as_stream(stream));
+            },
+            py::arg("amplitude"), py::arg("phases"), py::arg("batch"), py::arg("intensity") = 0,
+            py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0, Release(),
+            "forward for a real input field [B,n,n] (read as amplitude + 0i); outputs as forward.")
+        .def(
             "backward",
             [](const S& self, Addr input, Addr phases, Addr saved, Addr grad_intensity,
                int64_t batch, Addr grad_phases, Addr grad_input, Addr stream) {
@@ -307,6 +323,45 @@ void bind_precision(py::module_& m, const char* suffix) {
         py::arg("grad_output"), py::arg("grad_input"), py::arg("batch"), py::arg("n"),
         py::arg("h"), py::arg("w"), py::arg("k"), py::arg("stream") = 0, py::arg("device") = -1,
         Release(), "Adjoint of the binning: [B,h,w] -> [B,n,n].");
+
+    const std::string normal_name = std::string("standard_normal") + suffix;
+    const std::string ddpm_name = std::string("ddpm_update") + suffix;
+    m.def(
+        normal_name.c_str(),
+        [](Addr out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset, Addr cuda_stream,
+           int device) {
+            const int d = resolve_device(device);
+            DeviceGuard guard(d);
+            standard_normal_async<T>(required<T>(out, d, "out", count > 0), count, seed, stream, offset,
+                                     as_stream(cuda_stream));
+        },
+        py::arg("out"), py::arg("count"), py::arg("seed"), py::arg("stream"), py::arg("offset"),
+        py::arg("cuda_stream") = 0, py::arg("device") = -1, Release(),
+        "out[i] = normal number offset + i of the noise stream (seed, stream), i < count; "
+        "asynchronous on cuda_stream.");
+    m.def(
+        ddpm_name.c_str(),
+        [](Addr x, Addr eps, Addr out, int64_t count, double c1, double c2, double sigma,
+           double eps_scale, double eps_offset, uint64_t seed, uint64_t stream, uint64_t offset,
+           Addr cuda_stream, int device) {
+            const int d = resolve_device(device);
+            DeviceGuard guard(d);
+            const bool used = count > 0;
+            DdpmStep step;
+            step.c1 = c1;
+            step.c2 = c2;
+            step.sigma = sigma;
+            step.eps_scale = eps_scale;
+            step.eps_offset = eps_offset;
+            ddpm_update_async<T>(required<const T>(x, d, "x", used), required<const T>(eps, d, "eps", used),
+                                 count, step, seed, stream, offset, required<T>(out, d, "out", used),
+                                 as_stream(cuda_stream));
+        },
+        py::arg("x"), py::arg("eps"), py::arg("out"), py::arg("count"), py::arg("c1"), py::arg("c2"),
+        py::arg("sigma"), py::arg("eps_scale"), py::arg("eps_offset"), py::arg("seed"), py::arg("stream"),
+        py::arg("offset"), py::arg("cuda_stream") = 0, py::arg("device") = -1, Release(),
+        "out = c1 (x - c2 (eps_scale eps + eps_offset)) + sigma z, z = noise numbers offset.. of "
+        "(seed, stream); out may be x or eps; sigma = 0 draws no noise.");
 
     const std::string finite_name = std::string("all_finite") + suffix;
     m.def(

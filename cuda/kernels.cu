@@ -4,7 +4,8 @@
 // image and one "lane" of the batch: the thread loops over samples
 // b = lane, lane + lanes, ... so that per-pixel tables (transfer function,
 // modulation, tilt) are loaded once per thread. Grid: x over pixels, y over
-// lanes. Compiled by nvcc; the same file also compiles as plain C++ (then
+// lanes. The sampling kernels, which have no images, use a 1-D grid-stride
+// loop over a 64-bit index instead (`launch_flat`). Compiled by nvcc; the same file also compiles as plain C++ (then
 // `launch` is a host loop), which is how the orchestration is tested on
 // machines without a GPU.
 #include "kernels.hpp"
@@ -23,6 +24,9 @@ constexpr int kThreads = 256;
 constexpr int64_t kTargetBlocks = 8192;
 constexpr int64_t kMaxLanes = 65535;      // gridDim.y limit
 constexpr int64_t kMaxReduceGroups = 512; // bounds the partial-sum buffer
+// Grid-stride kernels: 2M threads keep any GPU busy; each thread then takes
+// every (gridDim.x * kThreads)-th index, so counts beyond 2^31 work.
+constexpr int64_t kMaxFlatBlocks = kTargetBlocks;
 
 int64_t lanes_for(int64_t npix, int64_t batch, int64_t cap) {
     const int64_t blocks_x = std::max<int64_t>(1, (npix + kThreads - 1) / kThreads);
@@ -51,12 +55,35 @@ void launch(const F& f, int64_t npix, int64_t lanes, Stream stream, const char* 
     check_launch(name);
 }
 
+template <class F>
+__global__ void __launch_bounds__(kThreads) flat_kernel(const F f, int64_t total) {
+    const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + static_cast<int64_t>(threadIdx.x);
+         i < total; i += step)
+        f(i);
+}
+
+// f(i) for i in [0, total).
+template <class F>
+void launch_flat(const F& f, int64_t total, Stream stream, const char* name) {
+    if (total <= 0) return;
+    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxFlatBlocks);
+    flat_kernel<F><<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        f, total);
+    check_launch(name);
+}
+
 #else  // host emulation: the same functors, run by a loop
 
 template <class F>
 void launch(const F& f, int64_t npix, int64_t lanes, Stream, const char*) {
     for (int64_t lane = 0; lane < lanes; ++lane)
         for (int64_t p = 0; p < npix; ++p) f(p, lane, lanes);
+}
+
+template <class F>
+void launch_flat(const F& f, int64_t total, Stream, const char*) {
+    for (int64_t i = 0; i < total; ++i) f(i);
 }
 
 #endif
@@ -66,6 +93,16 @@ OPTDIFF_HD cplx<T> apply_table(cplx<T> v, cplx<T> t, TableOp op) {
     if (op == TableOp::Multiply) return cmul(v, t);
     if (op == TableOp::ConjMultiply) return modulation_backward(v, t);
     return v;
+}
+
+// A source value as a field: complex as is, a real amplitude a as a + 0i.
+template <class T>
+OPTDIFF_HD cplx<T> as_field(cplx<T> v) {
+    return v;
+}
+template <class T>
+OPTDIFF_HD cplx<T> as_field(T a) {
+    return cplx<T>{a, T(0)};
 }
 
 // ---------------------------------------------------------------------------
@@ -81,9 +118,10 @@ struct LayerModulationFn {
     }
 };
 
-template <class T>
+// S: cplx<T> (fields) or T (real amplitudes).
+template <class T, class S>
 struct PadLoadFn {
-    Strided<const cplx<T>> src;
+    Strided<const S> src;
     const cplx<T>* table;
     TableOp op;
     Strided<cplx<T>> save;
@@ -95,7 +133,7 @@ struct PadLoadFn {
         if (r < n && c < n) {
             const cplx<T> t = (op != TableOp::None) ? table[r * n + c] : cplx<T>{T(1), T(0)};
             for (int64_t b = lane; b < batch; b += lanes) {
-                const cplx<T> v = apply_table(src.at(b, r, c), t, op);
+                const cplx<T> v = apply_table(as_field<T>(src.at(b, r, c)), t, op);
                 if (save.ptr) save.at(b, r, c) = v;
                 dst.at(b, r, c) = v;
             }
@@ -271,6 +309,60 @@ struct BinBackwardFn {
     }
 };
 
+// Noise number e of a stream lies in Philox counter e / 4, lane e % 4.
+// Calls op(i, z) for the elements i of [0, count) (noise numbers offset + i)
+// that counter j0 + k produces. Unsigned arithmetic: offset + count may reach
+// 2^64, and 4j + 3 < 2^64 for every counter.
+template <class Op>
+struct NoiseCounterFn {
+    Op op;
+    uint64_t seed, stream, offset, count, j0;
+    OPTDIFF_HD void operator()(int64_t k) const {
+        const uint64_t j = j0 + static_cast<uint64_t>(k);
+        float z[4];
+        normal4(seed, stream, j, z);
+        for (uint64_t l = 0; l < 4; ++l) {
+            const uint64_t e = 4 * j + l;
+            if (e >= offset && e - offset < count) op(static_cast<int64_t>(e - offset), z[l]);
+        }
+    }
+};
+
+// The same op per element with z = 0 (sigma == 0: no noise evaluated).
+template <class Op>
+struct NoNoiseFn {
+    Op op;
+    OPTDIFF_HD void operator()(int64_t i) const { op(i, 0.0f); }
+};
+
+template <class T>
+struct StoreNormalOp {
+    T* out;
+    OPTDIFF_HD void operator()(int64_t i, float z) const { out[i] = static_cast<T>(z); }
+};
+
+// Reads x[i] and v[i] before writing out[i]: out may be x or v.
+template <class T>
+struct DdpmOp {
+    const T* x;
+    const T* v;
+    T* out;
+    T c1, c2, sigma, eps_scale, eps_offset;
+    OPTDIFF_HD void operator()(int64_t i, float z) const {
+        out[i] = ddpm_update_value(x[i], v[i], static_cast<T>(z), c1, c2, sigma, eps_scale, eps_offset);
+    }
+};
+
+template <class Op>
+void launch_noise(const Op& op, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+                  Stream cuda_stream, const char* name) {
+    if (count <= 0) return;
+    const uint64_t j0 = offset / 4;
+    const uint64_t j1 = (offset + static_cast<uint64_t>(count) - 1) / 4;  // mod 2^64: exact
+    launch_flat(NoiseCounterFn<Op>{op, seed, stream, offset, static_cast<uint64_t>(count), j0},
+                static_cast<int64_t>(j1 - j0 + 1), cuda_stream, name);
+}
+
 template <class T>
 struct FiniteFn {
     const T* data;
@@ -298,8 +390,17 @@ void launch_pad_load(Strided<const cplx<T>> src, const cplx<T>* table, TableOp o
                      Strided<cplx<T>> save, Strided<cplx<T>> dst, int64_t n, int64_t np,
                      int64_t batch, Stream stream) {
     const int64_t npix = np * np;
-    launch(PadLoadFn<T>{src, table, op, save, dst, n, np, batch}, npix,
+    launch(PadLoadFn<T, cplx<T>>{src, table, op, save, dst, n, np, batch}, npix,
            lanes_for(npix, batch, kMaxLanes), stream, "pad_load");
+}
+
+template <class T>
+void launch_pad_load(Strided<const T> src, const cplx<T>* table, TableOp op,
+                     Strided<cplx<T>> save, Strided<cplx<T>> dst, int64_t n, int64_t np,
+                     int64_t batch, Stream stream) {
+    const int64_t npix = np * np;
+    launch(PadLoadFn<T, T>{src, table, op, save, dst, n, np, batch}, npix,
+           lanes_for(npix, batch, kMaxLanes), stream, "pad_load_real");
 }
 
 template <class T>
@@ -380,6 +481,25 @@ void launch_bin_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t n
 }
 
 template <class T>
+void launch_standard_normal(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+                            Stream cuda_stream) {
+    launch_noise(StoreNormalOp<T>{out}, count, seed, stream, offset, cuda_stream, "standard_normal");
+}
+
+template <class T>
+void launch_ddpm_update(const T* x, const T* v, T* out, int64_t count, const DdpmStep& step,
+                        uint64_t seed, uint64_t stream, uint64_t offset, Stream cuda_stream) {
+    const DdpmOp<T> op{x, v, out, static_cast<T>(step.c1), static_cast<T>(step.c2),
+                       static_cast<T>(step.sigma), static_cast<T>(step.eps_scale),
+                       static_cast<T>(step.eps_offset)};
+    if (step.sigma == 0.0) {  // the last step: the CPU draws no noise either
+        launch_flat(NoNoiseFn<DdpmOp<T>>{op}, count, cuda_stream, "ddpm_update");
+        return;
+    }
+    launch_noise(op, count, seed, stream, offset, cuda_stream, "ddpm_update");
+}
+
+template <class T>
 bool all_finite(const T* data, int64_t count, Stream stream) {
     if (count <= 0) return true;
     Workspace<int> flag(1, stream);
@@ -398,6 +518,8 @@ bool all_finite(const T* data, int64_t count, Stream stream) {
     template void launch_pad_load<T>(Strided<const cplx<T>>, const cplx<T>*, TableOp,              \
                                      Strided<cplx<T>>, Strided<cplx<T>>, int64_t, int64_t,         \
                                      int64_t, Stream);                                             \
+    template void launch_pad_load<T>(Strided<const T>, const cplx<T>*, TableOp, Strided<cplx<T>>,  \
+                                     Strided<cplx<T>>, int64_t, int64_t, int64_t, Stream);         \
     template void launch_intensity_backward_pad<T>(Strided<const cplx<T>>, const T*,               \
                                                    Strided<cplx<T>>, int64_t, int64_t, int64_t,    \
                                                    Stream);                                        \
@@ -417,6 +539,9 @@ bool all_finite(const T* data, int64_t count, Stream stream) {
                                         Stream);                                                   \
     template void launch_bin_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t,         \
                                          int64_t, Stream);                                         \
+    template void launch_standard_normal<T>(T*, int64_t, uint64_t, uint64_t, uint64_t, Stream);   \
+    template void launch_ddpm_update<T>(const T*, const T*, T*, int64_t, const DdpmStep&,          \
+                                        uint64_t, uint64_t, uint64_t, Stream);                     \
     template bool all_finite<T>(const T*, int64_t, Stream);
 
 OPTDIFF_INSTANTIATE(float)

@@ -15,6 +15,7 @@
 
 #include "device.hpp"
 #include "optdiff/physics.hpp"
+#include "optdiff/sampler.hpp"
 
 namespace optdiff {
 namespace gpu {
@@ -51,6 +52,11 @@ void launch_layer_modulation(const T* phi, const cplx<T>* tilt, cplx<T>* m, int6
 // dst may alias src when both have the same layout (same element addresses).
 template <class T>
 void launch_pad_load(Strided<const cplx<T>> src, const cplx<T>* table, TableOp op,
+                     Strided<cplx<T>> save, Strided<cplx<T>> dst, int64_t n, int64_t np,
+                     int64_t batch, Stream stream);
+// The same for a real source (amplitudes): read as src + 0i.
+template <class T>
+void launch_pad_load(Strided<const T> src, const cplx<T>* table, TableOp op,
                      Strided<cplx<T>> save, Strided<cplx<T>> dst, int64_t n, int64_t np,
                      int64_t batch, Stream stream);
 
@@ -117,6 +123,20 @@ void launch_bin_forward(const T* in, T* out, int64_t batch, int64_t n, int64_t h
 template <class T>
 void launch_bin_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t n, int64_t h,
                          int64_t w, int64_t k, Stream stream);
+
+// Sampling step (optdiff/sampler.hpp, the CPU's standard_normal and
+// ddpm_update): element i of the output gets noise number offset + i of the
+// stream (seed, stream). One thread per Philox counter j writes the elements
+// 4j .. 4j+3 that fall in [offset, offset + count); grid-stride, so any count.
+// offset + count must not exceed 2^64.
+template <class T>
+void launch_standard_normal(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+                            Stream cuda_stream);
+// out[i] = ddpm_update_value(x[i], v[i], z_i, step...); out may be x or v
+// (element-wise). step.sigma == 0: no noise is evaluated.
+template <class T>
+void launch_ddpm_update(const T* x, const T* v, T* out, int64_t count, const DdpmStep& step,
+                        uint64_t seed, uint64_t stream, uint64_t offset, Stream cuda_stream);
 
 // True when all `count` values are finite (synchronises `stream`).
 template <class T>

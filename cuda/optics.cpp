@@ -257,7 +257,7 @@ void CudaPhaseStack<T>::make_modulation(const T* phases, cplx<T>* m, Stream stre
 }
 
 template <class T>
-void CudaPhaseStack<T>::forward_chunk(Call& call, const cplx<T>* input, int64_t bc, T* intensity,
+void CudaPhaseStack<T>::forward_chunk(Call& call, Input input, int64_t bc, T* intensity,
                                       cplx<T>* saved, cplx<T>* camera_field) const {
     using C = cplx<T>;
     const Stream s = call.stream;
@@ -266,16 +266,24 @@ void CudaPhaseStack<T>::forward_chunk(Call& call, const cplx<T>* input, int64_t 
     const int64_t L = layers();
     const int64_t S = (L + 1) * nn;  // saved fields per sample
 
-    Strided<const C> src = dense_view(input, n);
+    Strided<const C> src = dense_view(input.field, n);
     int which = -1;  // work buffer holding the current field (-1: user input)
     int64_t cur_np = n;
+    // The first pad kernel reads the user's input, which may be real.
+    auto pad_load = [&](const C* table, TableOp op, Strided<C> save, Strided<C> dst, int64_t np) {
+        if (which < 0 && input.amplitude) {
+            launch_pad_load(dense_view(input.amplitude, n), table, op, save, dst, n, np, bc, s);
+        } else {
+            launch_pad_load(src, table, op, save, dst, n, np, bc, s);
+        }
+    };
 
     if (input_hop_) {
         const DeviceHop<T>& hop = *input_hop_;
         const Layout lay = work_layout(n, hop.np, bc);
         const C* tilt = hop.tilt_or_null();
-        launch_pad_load(src, tilt, tilt ? TableOp::Multiply : TableOp::None, Strided<C>{},
-                        view(call.work[0], lay), n, hop.np, bc, s);
+        pad_load(tilt, tilt ? TableOp::Multiply : TableOp::None, Strided<C>{},
+                 view(call.work[0], lay), hop.np);
         hop_transform(hop, call.work[0], bc, false, s);
         src = cview(static_cast<const C*>(call.work[0]), lay);
         which = 0;
@@ -287,8 +295,7 @@ void CudaPhaseStack<T>::forward_chunk(Call& call, const cplx<T>* input, int64_t 
         const int w = which < 0 ? 0 : (hop.np == cur_np ? which : 1 - which);
         const Layout lay = work_layout(n, hop.np, bc);
         const Strided<C> save = saved ? Strided<C>{saved + l * nn, S, n} : Strided<C>{};
-        launch_pad_load(src, call.m + l * nn, TableOp::Multiply, save, view(call.work[w], lay), n,
-                        hop.np, bc, s);
+        pad_load(call.m + l * nn, TableOp::Multiply, save, view(call.work[w], lay), hop.np);
         hop_transform(hop, call.work[w], bc, false, s);
         src = cview(static_cast<const C*>(call.work[w]), lay);
         which = w;
@@ -362,10 +369,23 @@ template <class T>
 void CudaPhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch,
                                 T* intensity, cplx<T>* saved, cplx<T>* camera_field,
                                 Stream stream) const {
+    forward_impl(Input{input, nullptr}, phases, batch, intensity, saved, camera_field, stream);
+}
+
+template <class T>
+void CudaPhaseStack<T>::forward_real(const T* amplitude, const T* phases, int64_t batch,
+                                     T* intensity, cplx<T>* saved, cplx<T>* camera_field,
+                                     Stream stream) const {
+    forward_impl(Input{nullptr, amplitude}, phases, batch, intensity, saved, camera_field, stream);
+}
+
+template <class T>
+void CudaPhaseStack<T>::forward_impl(Input input, const T* phases, int64_t batch, T* intensity,
+                                     cplx<T>* saved, cplx<T>* camera_field, Stream stream) const {
     using C = cplx<T>;
     require(batch >= 0, "batch must be >= 0, got " + std::to_string(batch));
     if (batch == 0) return;
-    require(input != nullptr, "input must not be null");
+    require(input.field != nullptr || input.amplitude != nullptr, "input must not be null");
     require(phases != nullptr, "phases must not be null");
     require(intensity != nullptr || saved != nullptr || camera_field != nullptr,
             "forward needs at least one output (intensity, saved or camera_field)");
@@ -387,7 +407,7 @@ void CudaPhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t b
     Call call(stream, m.get(), w0.get(), w1.get());
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
         const int64_t nb = std::min(bc, batch - b0);
-        forward_chunk(call, input + b0 * nn, nb, intensity ? intensity + b0 * nn : nullptr,
+        forward_chunk(call, input.skip(b0 * nn), nb, intensity ? intensity + b0 * nn : nullptr,
                       saved ? saved + b0 * S : nullptr,
                       camera_field ? camera_field + b0 * nn : nullptr);
     }
@@ -434,7 +454,7 @@ void CudaPhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cp
         if (saved) {
             chunk_saved = saved + b0 * S;
         } else {
-            forward_chunk(call, input + b0 * nn, nb, nullptr, tape.get(), nullptr);
+            forward_chunk(call, Input{input + b0 * nn, nullptr}, nb, nullptr, tape.get(), nullptr);
             chunk_saved = tape.get();
         }
         backward_chunk(call, chunk_saved, grad_intensity + b0 * nn, nb, grad_phases, b0 > 0,
@@ -477,7 +497,7 @@ void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases,
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
         const int64_t nb = std::min(bc, batch - b0);
         T* I = intensity ? intensity + b0 * nn : inten_chunk.get();
-        forward_chunk(call, input + b0 * nn, nb, I, tape.get(), nullptr);
+        forward_chunk(call, Input{input + b0 * nn, nullptr}, nb, I, tape.get(), nullptr);
         launch_mse_residual(I, target + b0 * nn, grad_scale, g.get(), partial.get(),
                             backward_groups(n, n, nb), nn, nb, stream);
         launch_reduce_groups(partial.get(), backward_groups(n, n, nb), nn, sq_sum, b0 > 0, stream);
@@ -515,6 +535,53 @@ void bin_readout_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t 
     launch_bin_backward(grad_out, grad_in, batch, n, h, w, k, stream);
 }
 
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// Rejects counts whose noise numbers would run past the end of the stream.
+void check_noise_range(int64_t count, uint64_t offset) {
+    require(count >= 0, "count must be >= 0, got " + std::to_string(count));
+    require(count == 0 || static_cast<uint64_t>(count) - 1 <= UINT64_MAX - offset,
+            "offset + count must not exceed 2**64 (offset " + std::to_string(offset) + ", count " +
+                std::to_string(count) + ")");
+}
+
+// out must be the input itself (element-wise in place) or not overlap it.
+template <class T>
+void check_elementwise_alias(const T* in, const T* out, int64_t count, const char* in_name) {
+    if (in == out) return;
+    const auto pi = reinterpret_cast<std::uintptr_t>(in);
+    const auto po = reinterpret_cast<std::uintptr_t>(out);
+    const auto bytes = static_cast<std::uintptr_t>(count) * sizeof(T);
+    require(pi + bytes <= po || po + bytes <= pi,
+            std::string("out overlaps ") + in_name + " without being the same array; pass " +
+                in_name + " itself for an in-place update or a separate array");
+}
+
+}  // namespace
+
+template <class T>
+void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream,
+                           uint64_t offset, Stream cuda_stream) {
+    check_noise_range(count, offset);
+    if (count == 0) return;
+    require(out != nullptr, "out must not be null");
+    launch_standard_normal(out, count, seed, stream, offset, cuda_stream);
+}
+
+template <class T>
+void ddpm_update_async(const T* x, const T* v, int64_t count, const DdpmStep& step, uint64_t seed,
+                       uint64_t stream, uint64_t offset, T* out, Stream cuda_stream) {
+    check_noise_range(count, offset);
+    require(step.sigma >= 0.0, "sigma must be >= 0, got " + std::to_string(step.sigma));
+    if (count == 0) return;
+    require(x != nullptr && v != nullptr && out != nullptr, "x, eps and out must not be null");
+    check_elementwise_alias(x, out, count, "x");
+    check_elementwise_alias(v, out, count, "eps");
+    launch_ddpm_update(x, v, out, count, step, seed, stream, offset, cuda_stream);
+}
+
 template struct DeviceHop<float>;
 template struct DeviceHop<double>;
 template class CudaPropagator<float>;
@@ -529,6 +596,12 @@ template void bin_readout_backward<float>(const float*, float*, int64_t, int64_t
                                           int64_t, Stream);
 template void bin_readout_backward<double>(const double*, double*, int64_t, int64_t, int64_t,
                                            int64_t, int64_t, Stream);
+template void standard_normal_async<float>(float*, int64_t, uint64_t, uint64_t, uint64_t, Stream);
+template void standard_normal_async<double>(double*, int64_t, uint64_t, uint64_t, uint64_t, Stream);
+template void ddpm_update_async<float>(const float*, const float*, int64_t, const DdpmStep&,
+                                       uint64_t, uint64_t, uint64_t, float*, Stream);
+template void ddpm_update_async<double>(const double*, const double*, int64_t, const DdpmStep&,
+                                        uint64_t, uint64_t, uint64_t, double*, Stream);
 
 }  // namespace gpu
 }  // namespace optdiff

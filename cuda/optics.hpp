@@ -84,6 +84,10 @@ public:
     // the layout of the CPU back end; camera_field (nullable) [B, n, n].
     void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
                  cplx<T>* saved, cplx<T>* camera_field, Stream stream) const;
+    // forward for a real input field [B, n, n] (amplitudes): the same as the
+    // complex field amplitude + 0i; the first pad kernel reads it directly.
+    void forward_real(const T* amplitude, const T* phases, int64_t batch, T* intensity,
+                      cplx<T>* saved, cplx<T>* camera_field, Stream stream) const;
 
     // grad_phases [L, n, n] (summed over the batch, overwritten) and, when
     // grad_input is non-null, grad_input [B, n, n]. saved from forward, or
@@ -104,8 +108,18 @@ public:
 
 private:
     struct Call;  // per-call scratch
-    void forward_chunk(Call& call, const cplx<T>* input, int64_t bc, T* intensity,
-                       cplx<T>* saved, cplx<T>* camera_field) const;
+    // The caller's input field: complex, or (amplitude non-null) real.
+    struct Input {
+        const cplx<T>* field = nullptr;
+        const T* amplitude = nullptr;
+        Input skip(int64_t elements) const {  // the input from element `elements` on
+            return Input{field ? field + elements : nullptr, amplitude ? amplitude + elements : nullptr};
+        }
+    };
+    void forward_impl(Input input, const T* phases, int64_t batch, T* intensity, cplx<T>* saved,
+                      cplx<T>* camera_field, Stream stream) const;
+    void forward_chunk(Call& call, Input input, int64_t bc, T* intensity, cplx<T>* saved,
+                       cplx<T>* camera_field) const;
     void backward_chunk(Call& call, const cplx<T>* saved, const T* grad_intensity, int64_t bc,
                         T* grad_phases, bool accumulate, cplx<T>* grad_input) const;
     void make_modulation(const T* phases, cplx<T>* m, Stream stream) const;
@@ -129,6 +143,17 @@ template <class T>
 void bin_readout_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t n, int64_t h,
                           int64_t w, int64_t k, Stream stream);
 void validate_binning(int64_t n, int64_t h, int64_t w, int64_t k);
+
+// Sampling step on device memory (kernels.hpp launch_standard_normal /
+// launch_ddpm_update, the CPU's optdiff::standard_normal / ddpm_update):
+// argument checks (count >= 0, offset + count <= 2^64, sigma >= 0, out
+// either exactly x / v or disjoint from them), then the launch.
+template <class T>
+void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream,
+                           uint64_t offset, Stream cuda_stream);
+template <class T>
+void ddpm_update_async(const T* x, const T* v, int64_t count, const DdpmStep& step, uint64_t seed,
+                       uint64_t stream, uint64_t offset, T* out, Stream cuda_stream);
 
 }  // namespace gpu
 }  // namespace optdiff

@@ -459,3 +459,222 @@ def test_stack_mse_loss_and_grad_chunked_and_checked(backend):
         gpu.mse_loss_and_grad(x, ph, bad)
     with pytest.raises(ValueError, match="no samples"):
         gpu.mse_loss_and_grad(x[:0], ph, target[:0])
+
+
+# ---------------------------------------------------------------------------
+# Sampling step: standard_normal, ddpm_update (against the CPU's)
+# ---------------------------------------------------------------------------
+
+NOISE_ATOL = 1e-6  # float32-accurate normals; a GPU may contract a*b+c to an FMA
+SEED, STREAM = 2**63 + 5, 2**33 + 7  # both 32-bit words of key and stream in use
+
+
+def _nan_filled(shape, dtype, kind, backend):
+    """An output array of `kind` whose every element must be overwritten (NaN until then)."""
+    return _to_kind(np.full(shape, np.nan, dtype), kind, backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,offset", [((1,), 0), ((3,), 1), ((6,), 3), ((7, 11), 6), ((2, 3, 167), 2),
+                                          ((37,), 2**40 + 3), ((5,), 2**63 + 1)])
+def test_standard_normal_matches_cpu(backend, kind, dtype, shape, offset):
+    ref = optdiff.standard_normal(shape, seed=SEED, stream=STREAM, offset=offset, dtype=dtype)
+    out = _nan_filled(shape, dtype, kind, backend)
+    assert cb.standard_normal(out, seed=SEED, stream=STREAM, offset=offset) is out
+    got = _to_numpy(out)
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    np.testing.assert_allclose(got, ref, rtol=0, atol=NOISE_ATOL)
+    # Another stream gives other numbers (the stream reaches the counter).
+    other = cb.standard_normal(np.empty(shape, dtype), seed=SEED, stream=STREAM + 1, offset=offset)
+    assert not np.allclose(other, ref, rtol=0, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_standard_normal_pieces_and_end_of_stream(backend, kind):
+    """Pieces drawn with their own offsets are the whole array; offset + size may reach 2**64."""
+    whole = optdiff.standard_normal(1003, seed=7, stream=3, offset=5)
+    parts = [_nan_filled((k,), np.float32, kind, backend) for k in (1, 6, 9, 987)]
+    start = 5
+    for p in parts:
+        cb.standard_normal(p, seed=7, stream=3, offset=start)
+        start += _to_numpy(p).size
+    np.testing.assert_allclose(np.concatenate([_to_numpy(p) for p in parts]), whole, rtol=0, atol=NOISE_ATOL)
+
+    # The last counter of a stream (2**62 - 1) holds numbers 2**64 - 4 .. 2**64 - 1.
+    end = _nan_filled((9,), np.float32, kind, backend)
+    cb.standard_normal(end, seed=7, stream=3, offset=2**64 - 9)
+    ref = optdiff.standard_normal(9, seed=7, stream=3, offset=2**64 - 9)
+    np.testing.assert_allclose(_to_numpy(end), ref, rtol=0, atol=NOISE_ATOL)
+    assert len(set(ref.tolist())) == 9
+
+
+def _ddpm_args(sigma):
+    return dict(c1=1.013, c2=0.37, sigma=sigma, eps_scale=0.8, eps_offset=-0.15, seed=SEED, stream=STREAM,
+                offset=6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sigma", [0.0, 0.3])
+def test_ddpm_update_matches_cpu(backend, kind, dtype, sigma):
+    rng = np.random.default_rng(11)
+    shape = (3, 7, 5)  # 105 values: the last Philox counter is partly used
+    x = rng.standard_normal(shape).astype(dtype)
+    v = rng.uniform(0, 1, shape).astype(dtype)
+    kw = _ddpm_args(sigma)
+    ref = optdiff.ddpm_update(x, v, **kw)
+    # Independent of both implementations: the formula with the CPU's noise.
+    z = optdiff.standard_normal(shape, seed=SEED, stream=STREAM, offset=6, dtype=dtype)
+    formula = kw["c1"] * (x - kw["c2"] * (kw["eps_scale"] * v + kw["eps_offset"])) + sigma * z
+    np.testing.assert_allclose(ref, formula, rtol=1e-5, atol=1e-5)
+    if dtype == np.float32:
+        tol = dict(rtol=2e-6, atol=NOISE_ATOL)
+    else:
+        tol = dict(rtol=1e-12, atol=NOISE_ATOL if sigma else 1e-12)
+
+    got = cb.ddpm_update(_to_kind(x, kind, backend), _to_kind(v, kind, backend), **kw)
+    assert _to_numpy(got).dtype == dtype
+    np.testing.assert_allclose(_to_numpy(got), ref, **tol)
+
+    out = _nan_filled(shape, dtype, kind, backend)
+    assert cb.ddpm_update(_to_kind(x, kind, backend), _to_kind(v, kind, backend), out, **kw) is out
+    np.testing.assert_allclose(_to_numpy(out), ref, **tol)
+
+    X, V = _to_kind(x, kind, backend), _to_kind(v, kind, backend)
+    assert cb.ddpm_update(X, V, X, **kw) is X  # in place over x
+    np.testing.assert_allclose(_to_numpy(X), ref, **tol)
+    np.testing.assert_array_equal(_to_numpy(V), v)
+    X, V = _to_kind(x, kind, backend), _to_kind(v, kind, backend)
+    assert cb.ddpm_update(X, V, out=V, **kw) is V  # in place over eps
+    np.testing.assert_allclose(_to_numpy(V), ref, **tol)
+    np.testing.assert_array_equal(_to_numpy(X), x)
+
+
+@pytest.mark.gpu
+def test_ddpm_update_empty_and_offsets(backend):
+    """Empty arrays are fine; the noise follows the offset (a step split in two equals the whole)."""
+    e = np.zeros((0, 4), np.float32)
+    assert cb.ddpm_update(e, e, c1=1, c2=0, sigma=1, seed=0, stream=0).shape == (0, 4)
+    assert cb.standard_normal(e.copy(), seed=0).shape == (0, 4)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(50).astype(np.float32)
+    v = rng.standard_normal(50).astype(np.float32)
+    kw = dict(c1=1.0, c2=0.5, sigma=0.7, seed=4, stream=1)
+    whole = cb.ddpm_update(x, v, offset=3, **kw)
+    a = cb.ddpm_update(x[:21], v[:21], offset=3, **kw)
+    b = cb.ddpm_update(x[21:], v[21:], offset=24, **kw)
+    np.testing.assert_array_equal(np.concatenate([a, b]), whole)
+    shifted = cb.ddpm_update(x, v, offset=4, **kw)
+    assert np.abs(shifted - whole).max() > 0.1
+
+
+# ---------------------------------------------------------------------------
+# Real input fields (amplitudes) in the stack's forward pass
+# ---------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("padding", [1, 2])
+@pytest.mark.parametrize("with_input", [False, True])  # the real field feeds the input hop or layer 0
+def test_stack_forward_real_field(backend, kind, dtype, padding, with_input):
+    rng = np.random.default_rng(13)
+    n, B, L = 16, 3, 3
+    real = np.float32 if dtype == np.complex64 else np.float64
+    kw = _stack_kwargs(padding, with_input, True, L)
+    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
+    gpu = cb.CudaPhaseStack(n, **kw)
+    amp = rng.uniform(0, 1, (B, n, n)).astype(real)
+    ph = rng.uniform(-np.pi, np.pi, (L, n, n)).astype(real)
+    ref = cpu.forward(amp.astype(dtype), ph)  # the complex field with zero imaginary part
+    A, P = _to_kind(amp, kind, backend), _to_kind(ph, kind, backend)
+    _close(gpu.forward(A, P), ref, real, "real-field intensity")
+    _close(gpu.forward(_to_kind(amp.astype(dtype), kind, backend), P), ref, real, "complex-field intensity")
+    out = _nan_filled((B, n, n), real, kind, backend)
+    assert gpu.forward(A, P, out=out) is out
+    _close(out, ref, real, "real-field intensity into out")
+    _close(gpu.forward(_to_kind(amp[1], kind, backend), P), ref[1], real, "single real field")
+    np.testing.assert_array_equal(_to_numpy(A), amp)  # the input is only read
+
+
+@pytest.mark.gpu
+def test_stack_forward_real_field_chunked_and_dispatch(backend):
+    """Chunks of a real batch start at their own samples; PhaseStack(backend="cuda") takes real fields."""
+    rng = np.random.default_rng(14)
+    n, B = 16, 150
+    kw = _stack_kwargs(2, True, False, 2)
+    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
+    amp = rng.uniform(0, 1, (B, n, n)).astype(np.float32)
+    ph = rng.uniform(-np.pi, np.pi, (2, n, n)).astype(np.float32)
+    ref = cpu.forward(amp.astype(np.complex64), ph)
+    gpu = optdiff.PhaseStack(n, backend="cuda", **kw)
+    mod = cb._backend()
+    old = mod.get_workspace_limit()
+    mod.set_workspace_limit(1 << 20)
+    try:
+        _close(gpu.forward(amp, ph), ref, np.float32, "chunked real-field intensity")
+    finally:
+        mod.set_workspace_limit(old)
+
+
+# ---------------------------------------------------------------------------
+# Errors of the new entry points
+# ---------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_sampler_and_real_field_errors(backend):
+    f32 = np.zeros(10, np.float32)
+    dev = _to_kind(f32, "cai", backend)
+    with pytest.raises(TypeError, match="out must be float32 or float64, got int32"):
+        cb.standard_normal(np.zeros(10, np.int32), seed=0)
+    with pytest.raises(TypeError, match="must be a NumPy array or a CUDA device array"):
+        cb.standard_normal([0.0, 1.0], seed=0)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        cb.standard_normal(f32.copy(), seed=-1)
+    with pytest.raises(ValueError, match="stream must be an integer"):
+        cb.standard_normal(f32.copy(), seed=0, stream=2**64)
+    with pytest.raises(ValueError, match="must not exceed 2\\*\\*64"):
+        cb.standard_normal(f32.copy(), seed=0, offset=2**64 - 9)
+    with pytest.raises(ValueError, match="contiguous"):
+        cb.standard_normal(np.zeros(20, np.float32)[::2], seed=0)
+    ro = f32.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        cb.standard_normal(ro, seed=0)
+
+    kw = _ddpm_args(0.3)
+    with pytest.raises(TypeError, match="eps must have x's dtype float32, got float64"):
+        cb.ddpm_update(f32, f32.astype(np.float64), **kw)
+    with pytest.raises(ValueError, match="eps must have x's shape"):
+        cb.ddpm_update(f32, f32[:9].copy(), **kw)
+    with pytest.raises(ValueError, match="out must match x"):
+        cb.ddpm_update(f32, f32, np.zeros(10, np.float64), **kw)
+    with pytest.raises(TypeError, match="eps is a device array but x is a NumPy array"):
+        cb.ddpm_update(f32, dev, **kw)
+    with pytest.raises(TypeError, match="out is a NumPy \\(host\\) array but x is on the GPU"):
+        cb.ddpm_update(dev, _to_kind(f32, "cai", backend), f32.copy(), **kw)
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        cb.ddpm_update(f32, f32, **_ddpm_args(-0.1))
+    with pytest.raises(ValueError, match="must be finite"):
+        cb.ddpm_update(f32, f32, **dict(kw, c1=np.nan))
+    buf = np.zeros(12, np.float32)
+    with pytest.raises(ValueError, match="out overlaps x"):
+        cb.ddpm_update(buf[:10], f32, buf[2:], **kw)
+    if backend == "emulated":  # views of one block of "device" memory
+        dbuf = np.zeros(12, np.float32)
+        with pytest.raises(ValueError, match="out overlaps eps"):
+            cb.ddpm_update(dev, _HostCAI(dbuf[1:11]), _HostCAI(dbuf[:10]), **kw)
+
+    n = 8
+    s = cb.CudaPhaseStack(n, wavelength=WL, pitch=PITCH, distances=[1e-3, 2e-3])
+    amp = np.ones((2, n, n), np.float32)
+    with pytest.raises(TypeError, match="phases must be float32 to go with a float32 field, got float64"):
+        s.forward(amp, np.zeros((2, n, n), np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        s.forward(np.ones((2, n, n + 1), np.float32), np.zeros((2, n, n), np.float32))
+    with pytest.raises(TypeError, match="real float32/float64 amplitudes"):
+        s.forward(np.ones((2, n, n), np.int64), np.zeros((2, n, n), np.float32))
+    with pytest.raises(TypeError, match="field must be complex64 or complex128, got float32"):
+        s.camera_field(amp, np.zeros((2, n, n), np.float32))  # only forward reads amplitudes
+    with pytest.raises(TypeError, match="host"):
+        s.forward(_to_kind(amp, "cai", backend), np.zeros((2, n, n), np.float32))

@@ -186,6 +186,10 @@ def test_sampler_ops_reject_bad_input():
         optdiff.standard_normal(3, seed=0, dtype=np.int32)
     with pytest.raises(ValueError, match="shape"):
         optdiff.standard_normal((2, 2), seed=0, out=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="past the end"):
+        optdiff.standard_normal(8, seed=0, offset=2**64 - 4)
+    np.testing.assert_array_equal(optdiff.standard_normal(4, seed=0, offset=2**64 - 4),
+                                  optdiff.standard_normal(5, seed=0, offset=2**64 - 5)[1:])
     assert optdiff.standard_normal((0, 3), seed=0).shape == (0, 3)
 
 

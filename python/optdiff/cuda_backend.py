@@ -35,6 +35,11 @@ error name; nothing aborts the interpreter.
 
 Tapes from :meth:`CudaPhaseStack.forward_train` keep their saved fields on
 the GPU (also for NumPy inputs), laid out ``[B, L+1, n, n]`` like the CPU's.
+
+:func:`standard_normal` and :func:`ddpm_update` are the device versions of
+:func:`optdiff.standard_normal` and :func:`optdiff.ddpm_update`: the same noise
+numbers (Philox counters of ``csrc/include/optdiff/sampler.hpp``) for the same
+``(seed, stream, offset)``, up to float32 rounding (a GPU may fuse multiply-adds).
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ __all__ = [
     "DeviceArray",
     "bin_readout",
     "bin_readout_backward",
+    "standard_normal",
+    "ddpm_update",
     "set_finite_checks",
     "set_workspace_limit",
     "clear_plan_cache",
@@ -62,6 +69,7 @@ __all__ = [
 
 _METHODS = {"as": 0, "bl-as": 1, "fresnel": 2}
 _REAL_OF = {np.dtype(np.complex64): np.dtype(np.float32), np.dtype(np.complex128): np.dtype(np.float64)}
+_COMPLEX_OF = {r: c for c, r in _REAL_OF.items()}
 _SUFFIX = {np.dtype(np.float32): "32", np.dtype(np.float64): "64",
            np.dtype(np.complex64): "32", np.dtype(np.complex128): "64"}
 
@@ -487,10 +495,11 @@ class _Session:
         raise AssertionError("no staging buffer for this output")  # pragma: no cover
 
 
-def _field(a: _Arr, name: str, n: int) -> int:
-    """Validates a complex field [B, n, n] or [n, n]; returns B."""
-    if a.dtype not in _REAL_OF:
-        raise TypeError(f"{name} must be complex64 or complex128, got {a.dtype}")
+def _field(a: _Arr, name: str, n: int, allow_real: bool = False) -> int:
+    """Validates a complex (or, with allow_real, real) field [B, n, n] or [n, n]; returns B."""
+    if a.dtype not in _REAL_OF and not (allow_real and a.dtype in _COMPLEX_OF):
+        kinds = "complex64 or complex128" + (" (or real float32/float64 amplitudes)" if allow_real else "")
+        raise TypeError(f"{name} must be {kinds}, got {a.dtype}")
     if a.shape[-2:] != (n, n) or len(a.shape) not in (2, 3):
         raise ValueError(f"{name} must have shape [B, {n}, {n}] or [{n}, {n}], got {list(a.shape)}")
     return 1 if len(a.shape) == 2 else a.shape[0]
@@ -674,12 +683,12 @@ class CudaPhaseStack:
                 self._impl[key] = impl
             return impl
 
-    def _prepare(self, field, phases):
+    def _prepare(self, field, phases, allow_real=False):
         f = _wrap(field, "field")
-        batch = _field(f, "field", self.n)
+        batch = _field(f, "field", self.n, allow_real)
         s = _Session(self._mod, f, "field")
         p = s.same_side(_wrap(phases, "phases"), "phases")
-        want = _REAL_OF[f.dtype]
+        want = _REAL_OF.get(f.dtype, f.dtype)  # a real field: phases of its own dtype
         if p.dtype != want:
             raise TypeError(f"phases must be {want} to go with a {f.dtype} field, got {p.dtype}")
         L = self.num_layers
@@ -689,10 +698,13 @@ class CudaPhaseStack:
         s.check_finite(p, "phases")
         return f, p, batch, s
 
-    def _run_forward(self, field, phases, *, want_intensity, want_camera, save, out=None):
-        f, p, batch, s = self._prepare(field, phases)
-        impl = self._get(f.dtype, s.device)
-        real = _REAL_OF[f.dtype]
+    def _run_forward(self, field, phases, *, want_intensity, want_camera, save, out=None,
+                     allow_real=False):
+        f, p, batch, s = self._prepare(field, phases, allow_real)
+        amplitude = f.dtype in _COMPLEX_OF  # a real input field
+        cdtype = _COMPLEX_OF[f.dtype] if amplitude else f.dtype
+        impl = self._get(cdtype, s.device)
+        real = _REAL_OF[cdtype]
         fptr, pptr = s.device_ptr(f), s.device_ptr(p)
         inten = cam = saved = None
         iptr = cptr = sptr = 0
@@ -712,15 +724,16 @@ class CudaPhaseStack:
             else:
                 inten, iptr = s.output(f.shape, real)
         if want_camera:
-            cam, cptr = s.output(f.shape, f.dtype)
+            cam, cptr = s.output(f.shape, cdtype)
         if save:
             shape = (batch, self.num_layers + 1, self.n, self.n)
             if s.host:  # the tape stays on the device
-                saved = self._mod.DeviceBuffer(int(np.prod(shape)) * f.dtype.itemsize, s.device)
+                saved = self._mod.DeviceBuffer(int(np.prod(shape)) * cdtype.itemsize, s.device)
                 sptr = int(saved.ptr)
             else:
-                saved, sptr = _empty(f, shape, f.dtype, self._mod)
-        impl.forward(fptr, pptr, batch, iptr, sptr, cptr, s.stream)
+                saved, sptr = _empty(f, shape, cdtype, self._mod)
+        run = impl.forward_real if amplitude else impl.forward  # real: read in the first kernel
+        run(fptr, pptr, batch, iptr, sptr, cptr, s.stream)
         if s.host:
             if inten is not None:
                 s.fetch(inten, iptr)
@@ -729,10 +742,14 @@ class CudaPhaseStack:
         return f, p, batch, s, fptr, pptr, inten, cam, saved, sptr
 
     def forward(self, field, phases, out=None, nthreads: Optional[int] = None):
-        """Camera intensity ``[B, n, n]`` (real, the field's precision)."""
+        """Camera intensity ``[B, n, n]`` (real, the field's precision).
+
+        ``field`` may also be real (float32 with float32 phases, or float64): amplitudes read
+        as a field with zero imaginary part by the first kernel, without a complex copy.
+        """
         _check_nthreads(nthreads)
         return self._run_forward(field, phases, want_intensity=True, want_camera=False,
-                                 save=False, out=out)[6]
+                                 save=False, out=out, allow_real=True)[6]
 
     __call__ = forward
 
@@ -903,3 +920,116 @@ def bin_readout_backward(grad_out, n: int, k: int):
         return batch, shape, tuple(shape[:-2]) + (n, n)
 
     return _bin_call(grad_out, shapes, "bin_readout_backward", n, h, w, k, "grad_out")
+
+
+# ---------------------------------------------------------------------------
+# Sampling step: counter-based noise and the DDPM update
+# ---------------------------------------------------------------------------
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_U64 = 1 << 64
+
+
+def _u64(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < _U64:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
+    return int(value)
+
+
+def _float_arg(a: _Arr, name: str, writeable: bool = False) -> None:
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}; convert it first "
+                        f"(e.g. {name}.astype(np.float32))")
+    if writeable and a.host and not a.obj.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+
+
+def _check_noise_range(offset: int, size: int) -> None:
+    if offset + size > _U64:
+        raise ValueError(f"offset + size must not exceed 2**64 (offset {offset}, size {size})")
+
+
+def _host_address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def standard_normal(out, *, seed: int, stream: int = 0, offset: int = 0):
+    """Fill ``out`` with the standard normal numbers ``offset .. offset + out.size - 1`` of the
+    noise stream ``(seed, stream)``; returns ``out``.
+
+    ``out``: float32 or float64, any shape, C-contiguous; a NumPy array (filled on the GPU, then
+    copied back) or a device array (filled asynchronously on its stream). Equals
+    ``optdiff.standard_normal(out.shape, seed=seed, stream=stream, offset=offset, dtype=out.dtype)``.
+    """
+    seed, stream, offset = _u64(seed, "seed"), _u64(stream, "stream"), _u64(offset, "offset")
+    o = _wrap(out, "out")
+    _float_arg(o, "out", writeable=True)
+    _check_noise_range(offset, o.size)
+    mod = _backend()
+    s = _Session(mod, o, "out")
+    fn = getattr(mod, "standard_normal" + _SUFFIX[o.dtype])
+    if s.host:
+        buf = mod.DeviceBuffer(out.nbytes, s.device)
+        fn(int(buf.ptr), o.size, seed, stream, offset, 0, s.device)
+        buf.download(out, 0)
+    else:
+        fn(o.ptr, o.size, seed, stream, offset, s.stream, s.device)
+    return out
+
+
+def ddpm_update(x, eps, out=None, *, c1: float, c2: float, sigma: float, eps_scale: float = 1.0,
+                eps_offset: float = 0.0, seed: int, stream: int, offset: int = 0):
+    """One ancestral DDPM step on the GPU: ``c1 (x - c2 (eps_scale eps + eps_offset)) + sigma z``.
+
+    ``z`` is ``standard_normal(x.shape, seed=seed, stream=stream, offset=offset)``; ``sigma = 0``
+    draws none. ``x``, ``eps`` and ``out`` (None: a new array of x's kind) are float32 or float64
+    arrays of one shape and dtype, all NumPy or all on one device; ``out`` may be ``x`` or ``eps``
+    (in place). Same result as :func:`optdiff.ddpm_update`; like it, no NaN/Inf check (no
+    stream synchronisation).
+    """
+    seed, stream, offset = _u64(seed, "seed"), _u64(stream, "stream"), _u64(offset, "offset")
+    coeffs = [float(c1), float(c2), float(sigma), float(eps_scale), float(eps_offset)]
+    if not all(np.isfinite(coeffs)):
+        raise ValueError(f"c1, c2, sigma, eps_scale and eps_offset must be finite, got {coeffs}")
+    if coeffs[2] < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    a = _wrap(x, "x")
+    _float_arg(a, "x")
+    mod = _backend()
+    s = _Session(mod, a, "x")
+    e = s.same_side(_wrap(eps, "eps"), "eps")
+    if e.dtype != a.dtype:
+        raise TypeError(f"eps must have x's dtype {a.dtype}, got {e.dtype}")
+    if e.shape != a.shape:
+        raise ValueError(f"eps must have x's shape {list(a.shape)}, got {list(e.shape)}")
+    o = None
+    if out is not None:
+        o = s.same_side(_wrap(out, "out"), "out")
+        _float_arg(o, "out", writeable=True)
+        if o.dtype != a.dtype or o.shape != a.shape:
+            raise ValueError(f"out must match x ({list(a.shape)}, {a.dtype}), got {list(o.shape)}, {o.dtype}")
+    _check_noise_range(offset, a.size)
+    fn = getattr(mod, "ddpm_update" + _SUFFIX[a.dtype])
+    if not s.host:  # device addresses as they are; the module rejects partial overlaps
+        result, optr = (out, o.ptr) if o is not None else _empty(a, a.shape, a.dtype, mod)
+        fn(a.ptr, e.ptr, optr, a.size, *coeffs, seed, stream, offset, s.stream, s.device)
+        return result
+    # NumPy: staged copies; out is written in place of x's or eps's copy when it is that array.
+    xptr = s.device_ptr(a)
+    eptr = s.device_ptr(e)
+    optr = 0
+    if out is not None and a.size:
+        for src, ptr, name in ((x, xptr, "x"), (eps, eptr, "eps")):
+            if _host_address(out) == _host_address(src):
+                optr = ptr
+            elif np.may_share_memory(out, src):
+                raise ValueError(f"out overlaps {name} without being the same array; pass {name} itself "
+                                 "for an in-place update or a separate array")
+    result = out if out is not None else np.empty_like(x)
+    if not optr:
+        buf = mod.DeviceBuffer(result.nbytes, s.device)
+        s.buffers.append(buf)
+        optr = int(buf.ptr)
+    fn(xptr, eptr, optr, a.size, *coeffs, seed, stream, offset, 0, s.device)
+    s.fetch(result, optr)
+    return result

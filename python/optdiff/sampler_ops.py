@@ -35,6 +35,17 @@ def _u64(value, name: str) -> int:
     return int(value)
 
 
+def _check_range(offset: int, size: int) -> None:
+    if offset + size > _U64:
+        raise ValueError(f"offset + size = {offset + size} runs past the end of the stream (2**64 numbers); "
+                         "use a smaller offset or another stream")
+
+
+def _on_device(a) -> bool:
+    """A GPU array (CuPy, PyTorch, Numba, optdiff.cuda_backend.DeviceArray): the CUDA back end's job."""
+    return not isinstance(a, np.ndarray) and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__"))
+
+
 def _float_array(a, name: str, writeable: bool = False) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array (float32 or float64), got {type(a).__name__}")
@@ -53,8 +64,13 @@ def standard_normal(shape: Union[int, Sequence[int]], *, seed: int, stream: int 
                     nthreads: Optional[int] = None) -> np.ndarray:
     """Standard normal numbers ``offset .. offset + size - 1`` of the stream ``(seed, stream)``.
 
-    ``out`` (float32/float64, C-contiguous, of ``shape``) is filled instead of a new array.
+    ``out`` (float32/float64, C-contiguous, of ``shape``) is filled instead of a new array; a GPU
+    array there is filled on the device (``optdiff.cuda_backend.standard_normal``).
     """
+    if out is not None and _on_device(out):
+        from . import cuda_backend
+
+        return cuda_backend.standard_normal(out, seed=seed, stream=stream, offset=offset)
     seed, stream, offset = _u64(seed, "seed"), _u64(stream, "stream"), _u64(offset, "offset")
     shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
@@ -67,6 +83,7 @@ def standard_normal(shape: Union[int, Sequence[int]], *, seed: int, stream: int 
         _float_array(out, "out", writeable=True)
         if out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    _check_range(offset, out.size)
     _core.standard_normal(out, seed, stream, offset, _nthreads(nthreads))
     return out
 
@@ -81,7 +98,13 @@ def ddpm_update(x: np.ndarray, eps: np.ndarray, *, c1: float, c2: float, sigma: 
     ``standard_normal(x.shape, seed=seed, stream=stream, offset=offset)``; ``sigma = 0`` draws
     none. For the standard step at timestep ``t``: ``c1 = 1 / sqrt(alpha_t)``,
     ``c2 = beta_t / sqrt(1 - alpha_bar_t)``. ``out`` may be ``x`` or ``eps`` (in place).
+    GPU arrays go to ``optdiff.cuda_backend.ddpm_update`` (the same numbers).
     """
+    if _on_device(x) or _on_device(eps):
+        from . import cuda_backend
+
+        return cuda_backend.ddpm_update(x, eps, out, c1=c1, c2=c2, sigma=sigma, eps_scale=eps_scale,
+                                        eps_offset=eps_offset, seed=seed, stream=stream, offset=offset)
     x = _float_array(x, "x")
     eps = _float_array(eps, "eps")
     if eps.dtype != x.dtype or eps.shape != x.shape:
@@ -98,6 +121,8 @@ def ddpm_update(x: np.ndarray, eps: np.ndarray, *, c1: float, c2: float, sigma: 
         raise ValueError(f"c1, c2, sigma, eps_scale and eps_offset must be finite, got {coeffs}")
     if coeffs[2] < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
-    _core.ddpm_update(x, eps, out, *coeffs, _u64(seed, "seed"), _u64(stream, "stream"), _u64(offset, "offset"),
+    offset = _u64(offset, "offset")
+    _check_range(offset, x.size)
+    _core.ddpm_update(x, eps, out, *coeffs, _u64(seed, "seed"), _u64(stream, "stream"), offset,
                       _nthreads(nthreads))
     return out
