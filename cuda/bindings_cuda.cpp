@@ -161,6 +161,19 @@ py::array_t<std::complex<T>> transfer_function_array(int64_t n, const Propagatio
     return out;
 }
 
+// CudaPhaseStack::forward (In = cplx<T>, complex fields) and forward_real
+// (In = T, real amplitudes): the same arguments and outputs.
+template <class T, class In,
+          void (CudaPhaseStack<T>::*Method)(const In*, const T*, int64_t, T*, cplx<T>*, cplx<T>*, Stream) const>
+void stack_forward(const CudaPhaseStack<T>& self, Addr input, Addr phases, int64_t batch, Addr intensity,
+                   Addr saved, Addr camera_field, Addr stream) {
+    const int d = self.device();
+    const bool used = batch > 0;
+    (self.*Method)(required<const In>(input, d, "input", used), required<const T>(phases, d, "phases", used), batch,
+                   optional_ptr<T>(intensity, d, "intensity", used), optional_ptr<cplx<T>>(saved, d, "saved", used),
+                   optional_ptr<cplx<T>>(camera_field, d, "camera_field", used), as_stream(stream));
+}
+
 template <class T>
 void bind_precision(py::module_& m, const char* suffix) {
     using C = cplx<T>;
@@ -221,38 +234,13 @@ void bind_precision(py::module_& m, const char* suffix) {
              py::arg("device") = -1, Release(),
              "hops and input_hop: tuples (wavelength, pitch, distance, method, padding, tilt_x, "
              "tilt_y).")
-        .def(
-            "forward",
-            [](const S& self, Addr input, Addr phases, int64_t batch, Addr intensity, Addr saved,
-               Addr camera_field, Addr stream) {
-                const int d = self.device();
-                const bool used = batch > 0;
-                self.forward(required<const C>(input, d, "input", used),
-                             required<const T>(phases, d, "phases", used),
-                             batch, optional_ptr<T>(intensity, d, "intensity", used),
-                             optional_ptr<C>(saved, d, "saved", used),
-                             optional_ptr<C>(camera_field, d, "camera_field", used),
-                             as_stream(stream));
-            },
-            py::arg("input"), py::arg("phases"), py::arg("batch"), py::arg("intensity") = 0,
-            py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0, Release(),
-            "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted).")
-        .def(
-            "forward_real",
-            [](const S& self, Addr amplitude, Addr phases, int64_t batch, Addr intensity, Addr saved,
-               Addr camera_field, Addr stream) {
-                const int d = self.device();
-                const bool used = batch > 0;
-                self.forward_real(required<const T>(amplitude, d, "amplitude", used),
-                                  required<const T>(phases, d, "phases", used),
-                                  batch, optional_ptr<T>(intensity, d, "intensity", used),
-                                  optional_ptr<C>(saved, d, "saved", used),
-                                  optional_ptr<C>(camera_field, d, "camera_field", used),
-                                  as_stream(stream));
-            },
-            py::arg("amplitude"), py::arg("phases"), py::arg("batch"), py::arg("intensity") = 0,
-            py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0, Release(),
-            "forward for a real input field [B,n,n] (read as amplitude + 0i); outputs as forward.")
+        .def("forward", &stack_forward<T, C, &S::forward>, py::arg("input"), py::arg("phases"), py::arg("batch"),
+             py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0,
+             Release(), "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted).")
+        .def("forward_real", &stack_forward<T, T, &S::forward_real>, py::arg("amplitude"), py::arg("phases"),
+             py::arg("batch"), py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0,
+             py::arg("stream") = 0, Release(),
+             "forward for a real input field [B,n,n] (read as amplitude + 0i); outputs as forward.")
         .def(
             "backward",
             [](const S& self, Addr input, Addr phases, Addr saved, Addr grad_intensity,

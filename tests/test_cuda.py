@@ -633,7 +633,7 @@ def test_sampler_and_real_field_errors(backend):
         cb.standard_normal(f32.copy(), seed=-1)
     with pytest.raises(ValueError, match="stream must be an integer"):
         cb.standard_normal(f32.copy(), seed=0, stream=2**64)
-    with pytest.raises(ValueError, match="must not exceed 2\\*\\*64"):
+    with pytest.raises(ValueError, match="past the end of the stream"):
         cb.standard_normal(f32.copy(), seed=0, offset=2**64 - 9)
     with pytest.raises(ValueError, match="contiguous"):
         cb.standard_normal(np.zeros(20, np.float32)[::2], seed=0)

@@ -342,12 +342,7 @@ void bind_sampler(py::module_& m) {
     m.def("ddpm_update", [](const py::array& x, const py::array& v, py::array& out, double c1, double c2,
                             double sigma, double eps_scale, double eps_offset, uint64_t seed, uint64_t stream,
                             uint64_t offset, int nthreads) {
-            DdpmStep st;
-            st.c1 = c1;
-            st.c2 = c2;
-            st.sigma = sigma;
-            st.eps_scale = eps_scale;
-            st.eps_offset = eps_offset;
+            const DdpmStep st{c1, c2, sigma, eps_scale, eps_offset};
             if (is_float64(x))
                 ddpm_update_into<double>(x, v, out, st, seed, stream, offset, nthreads);
             else

@@ -51,6 +51,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+# Argument checks shared with the CPU functions (optdiff.standard_normal / ddpm_update).
+from .sampler_ops import _FLOATS, _ddpm_coefficients, _u64
+from .sampler_ops import _check_range as _check_noise_range
+
 __all__ = [
     "cuda_device_count",
     "cuda_unavailable_reason",
@@ -926,27 +930,12 @@ def bin_readout_backward(grad_out, n: int, k: int):
 # Sampling step: counter-based noise and the DDPM update
 # ---------------------------------------------------------------------------
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_U64 = 1 << 64
-
-
-def _u64(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < _U64:
-        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
-    return int(value)
-
-
 def _float_arg(a: _Arr, name: str, writeable: bool = False) -> None:
     if a.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float32 or float64, got {a.dtype}; convert it first "
                         f"(e.g. {name}.astype(np.float32))")
     if writeable and a.host and not a.obj.flags.writeable:
         raise ValueError(f"{name} must be writeable")
-
-
-def _check_noise_range(offset: int, size: int) -> None:
-    if offset + size > _U64:
-        raise ValueError(f"offset + size must not exceed 2**64 (offset {offset}, size {size})")
 
 
 def _host_address(a: np.ndarray) -> int:
@@ -988,11 +977,7 @@ def ddpm_update(x, eps, out=None, *, c1: float, c2: float, sigma: float, eps_sca
     stream synchronisation).
     """
     seed, stream, offset = _u64(seed, "seed"), _u64(stream, "stream"), _u64(offset, "offset")
-    coeffs = [float(c1), float(c2), float(sigma), float(eps_scale), float(eps_offset)]
-    if not all(np.isfinite(coeffs)):
-        raise ValueError(f"c1, c2, sigma, eps_scale and eps_offset must be finite, got {coeffs}")
-    if coeffs[2] < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    coeffs = _ddpm_coefficients(c1, c2, sigma, eps_scale, eps_offset)
     a = _wrap(x, "x")
     _float_arg(a, "x")
     mod = _backend()

@@ -41,6 +41,15 @@ def _check_range(offset: int, size: int) -> None:
                          "use a smaller offset or another stream")
 
 
+def _ddpm_coefficients(c1, c2, sigma, eps_scale, eps_offset) -> list:
+    coeffs = [float(c1), float(c2), float(sigma), float(eps_scale), float(eps_offset)]
+    if not all(np.isfinite(coeffs)):
+        raise ValueError(f"c1, c2, sigma, eps_scale and eps_offset must be finite, got {coeffs}")
+    if coeffs[2] < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    return coeffs
+
+
 def _on_device(a) -> bool:
     """A GPU array (CuPy, PyTorch, Numba, optdiff.cuda_backend.DeviceArray): the CUDA back end's job."""
     return not isinstance(a, np.ndarray) and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__"))
@@ -116,11 +125,7 @@ def ddpm_update(x: np.ndarray, eps: np.ndarray, *, c1: float, c2: float, sigma: 
         if out.dtype != x.dtype or out.shape != x.shape:
             raise ValueError(f"out must match x in shape and dtype: x {x.shape} {x.dtype}, "
                              f"out {out.shape} {out.dtype}")
-    coeffs = [float(c1), float(c2), float(sigma), float(eps_scale), float(eps_offset)]
-    if not all(np.isfinite(coeffs)):
-        raise ValueError(f"c1, c2, sigma, eps_scale and eps_offset must be finite, got {coeffs}")
-    if coeffs[2] < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    coeffs = _ddpm_coefficients(c1, c2, sigma, eps_scale, eps_offset)
     offset = _u64(offset, "offset")
     _check_range(offset, x.size)
     _core.ddpm_update(x, eps, out, *coeffs, _u64(seed, "seed"), _u64(stream, "stream"), offset,
