@@ -13,6 +13,11 @@ Tools: optdiff (fused training step), optdiff_tape (forward_train + NumPy loss +
 pyfftw (hand adjoint, MEASURE plans), numpy, fft_floor; every one is checked against the
 complex128 reference before it is timed. Torch and JAX are left out: their thread pools would
 share the process with the others.
+
+``--mode ddpm`` times the DDPM sampling step instead (the floor: the forward pass's FFTs), with
+optdiff_npstep, optdiff's step with the read-out, update and noise in NumPy, as the comparison:
+
+    python benchmarks/interleaved.py --mode ddpm --threads 2 --tools optdiff optdiff_npstep pyfftw
 """
 from __future__ import annotations
 
@@ -37,14 +42,24 @@ if os.path.isdir(common.PYTHON_DIR):
         sys.path.insert(0, common.PYTHON_DIR)
 
 # (not torch or JAX: see above)
-TOOLS = ["optdiff", "optdiff_tape", "pyfftw", "numpy", "fft_floor"]
+TOOLS = ["optdiff", "optdiff_tape", "optdiff_npstep", "pyfftw", "numpy", "fft_floor"]
+# The column that compares optdiff with its other path, per mode.
+VERSUS = {"train": "optdiff_tape", "forward": "optdiff_tape", "ddpm": "optdiff_npstep"}
 
 
 def check(name, cls, tool, mode, case, ref, tol=1e-3):
-    out = tool.forward() if mode == "forward" else tool.train()
+    if mode == "ddpm":  # ref: the noise-free step; what is left over sigma must be N(0, 1)
+        step = common.DDPMStep.at(500)
+        tool.setup_ddpm(common.ddpm_input(case), step)
+        out, tol = tool.ddpm_step(), 0.02
+    else:
+        out = tool.forward() if mode == "forward" else tool.train()
     if not getattr(cls, "checked", True):
         return
-    err = max(common.output_errors(mode, out, *ref, to_numpy=tool.to_numpy).values())
+    if mode == "ddpm":
+        err = max(common.ddpm_noise_errors(tool.to_numpy(out), ref, step.sigma).values())
+    else:
+        err = max(common.output_errors(mode, out, *ref, to_numpy=tool.to_numpy).values())
     if err > tol:
         raise SystemExit(f"{name} N={case.n} p={case.padding}: {mode} differs from the reference "
                          f"({err:.2e} > {tol:g}); not timing it")
@@ -52,7 +67,7 @@ def check(name, cls, tool, mode, case, ref, tol=1e-3):
 
 def run_case(case: common.Case, tools: list[str], mode: str, rounds: int, seed: int) -> dict:
     field, phases, target = common.make_inputs(case)
-    ref = common.reference(case)
+    ref = common.ddpm_reference_mean(case) if mode == "ddpm" else common.reference(case)
     objs = {}
     for name in tools:
         cls = worker.tool_class(name)
@@ -61,7 +76,7 @@ def run_case(case: common.Case, tools: list[str], mode: str, rounds: int, seed: 
         tool = cls(case)
         tool.setup(field, phases, target)
         check(name, cls, tool, mode, case, ref)
-        objs[name] = getattr(tool, mode)
+        objs[name] = tool.ddpm_step if mode == "ddpm" else getattr(tool, mode)
     for fn in objs.values():  # warm-up (plans, caches, buffers)
         fn()
     times = {name: [] for name in objs}
@@ -94,8 +109,9 @@ def row_for(a, tools, n, pad, thr) -> str:
         ips = a.batch / statistics.median(times[t])
         cells.append(f"{med:.2f} [{q1:.2f}-{q3:.2f}] ({ips:.0f}/s)")
     cells.append(f"{a.batch / statistics.median(floor):.0f}")
-    if "optdiff" in times and "optdiff_tape" in times:
-        q1, med, q3 = quartiles([x / y for x, y in zip(times["optdiff"], times["optdiff_tape"])])
+    other = VERSUS[a.mode]
+    if "optdiff" in times and other in times:
+        q1, med, q3 = quartiles([x / y for x, y in zip(times["optdiff"], times[other])])
         cells.append(f"{med:.2f} [{q1:.2f}-{q3:.2f}]")
     else:
         cells.append("-")
@@ -108,7 +124,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, nargs="+", default=[64, 128], help="field sizes N")
     p.add_argument("--padding", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--mode", choices=["train", "forward"], default="train")
+    p.add_argument("--mode", choices=["train", "forward", "ddpm"], default="train")
     p.add_argument("--tools", nargs="+", default=TOOLS, choices=TOOLS,
                    help="fft_floor is always included (the ratios are taken to it)")
     p.add_argument("--rounds", type=int, default=40, help="rounds; each calls every tool once")
@@ -133,7 +149,8 @@ def main(argv=None):
              f"images/s from the median time. OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')} "
              f"(idle OpenMP threads sleep at once instead of spinning into the next tool's time).", ""]
     shown = [t for t in tools if t != "fft_floor"]
-    hdr = ["N", "pad", "thr"] + [LABELS[t] for t in shown] + ["FFT floor img/s", "optdiff / tape"]
+    hdr = ["N", "pad", "thr"] + [LABELS[t] for t in shown] + ["FFT floor img/s",
+                                                             f"optdiff / {LABELS[VERSUS[a.mode]]}"]
     lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     print("\n".join(lines), flush=True)
     # Each thread count runs in its own process: CPU affinity is per thread on Linux and a

@@ -10,7 +10,7 @@ import numpy as np
 
 import optdiff
 
-from benchmarks.common import Case, DDPMStep, loss_grad_scale
+from benchmarks.common import Case, DDPMStep, ddpm_numpy_update, loss_grad_scale
 
 
 def make_stack(case: Case):
@@ -68,4 +68,18 @@ class TapeTool(Tool):
         return I, gphi, loss
 
 
-TOOLS = {"optdiff_tape": TapeTool}
+class NumpyUpdateTool(Tool):
+    """The DDPM step as it was before optdiff.ddpm_update: the image widened to a complex copy,
+    read-out, update and noise in NumPy (for the in-process comparison in interleaved.py)."""
+    name = "optdiff_npstep"
+    modes = ("ddpm",)
+
+    def setup_ddpm(self, x, step: DDPMStep):
+        self.x, self.step, self.rng = x, step, np.random.default_rng(0)
+
+    def ddpm_step(self):
+        I = self.stack.forward(self.x.astype(np.complex64), self.phases)
+        return ddpm_numpy_update(self.x, I, self.step, self.rng)
+
+
+TOOLS = {"optdiff_tape": TapeTool, "optdiff_npstep": NumpyUpdateTool}

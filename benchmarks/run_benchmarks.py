@@ -34,7 +34,8 @@ from benchmarks.fft_floor import fft_counts  # noqa: E402
 
 ALL_TOOLS = ["optdiff", "optdiff_tape", "numpy", "torch", "torch_thp", "pyfftw", "jax", "fft_floor"]
 PEERS = ["numpy", "torch", "torch_thp", "pyfftw", "jax"]
-LABELS = {"optdiff": "optdiff", "optdiff_tape": "optdiff (tape)", "numpy": "NumPy/scipy.fft", "torch": "PyTorch",
+LABELS = {"optdiff": "optdiff", "optdiff_tape": "optdiff (tape)", "optdiff_npstep": "optdiff, NumPy update",
+          "numpy": "NumPy/scipy.fft", "torch": "PyTorch",
           "torch_thp": "PyTorch THP", "pyfftw": "pyFFTW", "jax": "JAX jit",
           "fft_floor": "FFT floor"}
 REQUIRES = {"optdiff": "optdiff", "optdiff_tape": "optdiff", "numpy": "scipy", "torch": "torch", "torch_thp": "torch",

@@ -29,6 +29,7 @@ import traceback
 MODULES = {
     "optdiff": "benchmarks.peers_optdiff",
     "optdiff_tape": "benchmarks.peers_optdiff",
+    "optdiff_npstep": "benchmarks.peers_optdiff",
     "numpy": "benchmarks.peers_numpy",
     "torch": "benchmarks.peers_torch",
     "torch_thp": "benchmarks.peers_torch",
