@@ -86,6 +86,11 @@ class _PhaseStackBase:
                  nthreads: int = 0,
                  modulation: Optional[npt.NDArray[np.complexfloating]] = None) -> None:
         """grad_phases[L,n,n] (batch sum) and grad_field[B,n,n]; saved=None recomputes."""
+    def mse_loss_and_grad(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
+                          target: npt.NDArray[np.floating], grad_phases: npt.NDArray[np.floating],
+                          intensity: Optional[npt.NDArray[np.floating]] = None,
+                          nthreads: int = 0) -> float:
+        """loss = mean((|E_L|^2 - target)^2); writes grad_phases[L,n,n] and, when given, intensity."""
 
 class PhaseStack32(_PhaseStackBase): ...
 class PhaseStack64(_PhaseStackBase): ...
