@@ -95,16 +95,6 @@ OPTDIFF_HD cplx<T> apply_table(cplx<T> v, cplx<T> t, TableOp op) {
     return v;
 }
 
-// A source value as a field: complex as is, a real amplitude a as a + 0i.
-template <class T>
-OPTDIFF_HD cplx<T> as_field(cplx<T> v) {
-    return v;
-}
-template <class T>
-OPTDIFF_HD cplx<T> as_field(T a) {
-    return cplx<T>{a, T(0)};
-}
-
 // ---------------------------------------------------------------------------
 
 template <class T>

@@ -224,6 +224,12 @@ def _stack_kwargs(padding, with_input, with_tilts, L=3):
                 input_tilt=(0.01, 0.005) if with_input else (0.0, 0.0))
 
 
+def _stack_pair(n, L, padding, with_input, with_tilts):
+    """The same stack on the CPU and as a CudaPhaseStack."""
+    kw = _stack_kwargs(padding, with_input, with_tilts, L)
+    return optdiff.PhaseStack(n, backend="cpu", **kw), cb.CudaPhaseStack(n, **kw)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
 @pytest.mark.parametrize("padding", [1, 2])
@@ -232,9 +238,7 @@ def test_stack_matches_cpu(backend, kind, dtype, padding, with_input, with_tilts
     rng = np.random.default_rng(5)
     n, B, L = 16, 3, 3
     real = np.float32 if dtype == np.complex64 else np.float64
-    kw = _stack_kwargs(padding, with_input, with_tilts, L)
-    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
-    gpu = cb.CudaPhaseStack(n, **kw)
+    cpu, gpu = _stack_pair(n, L, padding, with_input, with_tilts)
     assert gpu.num_layers == L and gpu.n == n
     x = _field(rng, (B, n, n), dtype)
     ph = rng.uniform(-np.pi, np.pi, (L, n, n)).astype(real)
@@ -581,9 +585,7 @@ def test_stack_forward_real_field(backend, kind, dtype, padding, with_input):
     rng = np.random.default_rng(13)
     n, B, L = 16, 3, 3
     real = np.float32 if dtype == np.complex64 else np.float64
-    kw = _stack_kwargs(padding, with_input, True, L)
-    cpu = optdiff.PhaseStack(n, backend="cpu", **kw)
-    gpu = cb.CudaPhaseStack(n, **kw)
+    cpu, gpu = _stack_pair(n, L, padding, with_input, True)
     amp = rng.uniform(0, 1, (B, n, n)).astype(real)
     ph = rng.uniform(-np.pi, np.pi, (L, n, n)).astype(real)
     ref = cpu.forward(amp.astype(dtype), ph)  # the complex field with zero imaginary part

@@ -197,12 +197,14 @@ def test_sampler_ops_reject_bad_input():
 # Real-input forward
 # ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("input_distance", [3e-3, None])  # the real field feeds the input hop or mask 0
 @pytest.mark.parametrize("padding", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_forward_of_a_real_field_equals_the_complex_one(padding, dtype):
+def test_forward_of_a_real_field_equals_the_complex_one(padding, dtype, input_distance):
     n = 24
     stack = optdiff.PhaseStack(n, wavelength=850e-9, pitch=9.2e-6, distances=[5e-3, 4e-3, 6e-3],
-                               input_distance=3e-3, padding=padding, tilts=[(0.0, 0.0), (1e-3, -2e-3), (0.0, 5e-4)])
+                               input_distance=input_distance, padding=padding,
+                               tilts=[(0.0, 0.0), (1e-3, -2e-3), (0.0, 5e-4)])
     rng = np.random.default_rng(3)
     amp = rng.random((5, n, n)).astype(dtype)
     phases = rng.uniform(-np.pi, np.pi, (3, n, n)).astype(dtype)

@@ -1,11 +1,6 @@
 #include "passes.hpp"
 
-// One AVX2 copy and one baseline copy of each pass, chosen at load time.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(OPTDIFF_NO_CLONES)
-#define OPTDIFF_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define OPTDIFF_SIMD_CLONES
-#endif
+#include "simd_clones.hpp"  // one AVX2 copy and one baseline copy of each pass
 
 namespace optdiff {
 namespace pass {
@@ -58,6 +53,18 @@ __attribute__((always_inline)) inline void intensity_adjoint_t(cplx<T>* __restri
 // reassociating anything), added in a fixed order at the end.
 constexpr int64_t kLanes = 8;
 
+// One camera pixel of the fused MSE step; returns d = I - target.
+template <class T>
+__attribute__((always_inline)) inline T mse_pixel(cplx<T>* __restrict b, const T* __restrict t, T grad_scale,
+                                                  T* __restrict inten, int64_t i) {
+    const cplx<T> e = b[i];
+    const T v = intensity(e);
+    const T d = intensity_residual(v, t[i]);
+    if (inten) inten[i] = v;
+    b[i] = intensity_backward(e, grad_scale * d);
+    return d;
+}
+
 template <class T>
 __attribute__((always_inline)) inline double mse_camera_t(cplx<T>* __restrict b, const T* __restrict t,
                                                           T grad_scale, T* __restrict inten, int64_t n) {
@@ -65,20 +72,12 @@ __attribute__((always_inline)) inline double mse_camera_t(cplx<T>* __restrict b,
     int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes)
         for (int64_t j = 0; j < kLanes; ++j) {
-            const cplx<T> e = b[i + j];
-            const T v = intensity(e);
-            const T d = intensity_residual(v, t[i + j]);
-            if (inten) inten[i + j] = v;
-            lane[j] += static_cast<double>(d) * static_cast<double>(d);
-            b[i + j] = intensity_backward(e, grad_scale * d);
+            const double d = mse_pixel(b, t, grad_scale, inten, i + j);
+            lane[j] += d * d;
         }
     for (; i < n; ++i) {
-        const cplx<T> e = b[i];
-        const T v = intensity(e);
-        const T d = intensity_residual(v, t[i]);
-        if (inten) inten[i] = v;
-        lane[i % kLanes] += static_cast<double>(d) * static_cast<double>(d);
-        b[i] = intensity_backward(e, grad_scale * d);
+        const double d = mse_pixel(b, t, grad_scale, inten, i);
+        lane[i % kLanes] += d * d;
     }
     double s = 0.0;
     for (int64_t j = 0; j < kLanes; ++j) s += lane[j];

@@ -40,7 +40,6 @@ struct Scratch {
     Workspace<T> ws;             // padded FFT buffer
     std::vector<cplx<T>> field;  // one unpadded field carried between hops
     std::vector<cplx<T>> tape;   // recompute and fused modes: this sample's tape
-    std::vector<cplx<T>> input;  // real-amplitude input widened to complex
 };
 }  // namespace
 
@@ -99,25 +98,14 @@ struct PhaseStack<T>::Impl {
         }
     }
 
-    std::vector<Scratch<T>> scratch(int nt, bool with_tape, bool real_input = false) const {
+    std::vector<Scratch<T>> scratch(int nt, bool with_tape) const {
         std::vector<Scratch<T>> s(static_cast<size_t>(nt));
         for (auto& x : s) {
             x.ws = Workspace<T>(ws_size.buf, ws_size.cols);
             if (!resident) x.field.resize(static_cast<size_t>(nn));  // resident stacks carry it in ws
             if (with_tape) x.tape.resize(static_cast<size_t>((L + 1) * nn));
-            if (real_input) x.input.resize(static_cast<size_t>(nn));
         }
         return s;
-    }
-
-    // Sample b of the input as a complex field: the caller's own, or real
-    // amplitudes widened in the thread's buffer (in cache, no batch copy).
-    const cplx<T>* sample_input(const cplx<T>* in, int64_t b, Scratch<T>&) const { return in + b * nn; }
-    const cplx<T>* sample_input(const T* amplitude, int64_t b, Scratch<T>& s) const {
-        const T* a = amplitude + b * nn;
-        cplx<T>* u = s.input.data();
-        for (int64_t i = 0; i < nn; ++i) u[i] = cplx<T>{a[i], T(0)};
-        return u;
     }
 
     // forward for complex fields or real amplitudes (In = cplx<T> or T).
@@ -134,25 +122,26 @@ struct PhaseStack<T>::Impl {
             mod = own.data();
         }
         modulation(phases, resolve_threads(num_threads, L * n), mod);
-        std::vector<Scratch<T>> scr = scratch(nt, false, !std::is_same<In, cplx<T>>::value);
+        std::vector<Scratch<T>> scr = scratch(nt, false);
         const int64_t per = (L + 1) * nn;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int64_t b = 0; b < batch; ++b) {
-            Scratch<T>& sc = scr[static_cast<size_t>(thread_index())];
-            forward_sample(sample_input(input, b, sc), mod, saved ? saved + b * per : nullptr,
-                           inten ? inten + b * nn : nullptr, camera ? camera + b * nn : nullptr, sc);
+            forward_sample(input + b * nn, mod, saved ? saved + b * per : nullptr, inten ? inten + b * nn : nullptr,
+                           camera ? camera + b * nn : nullptr, scr[static_cast<size_t>(thread_index())]);
         }
     }
 
     // forward_sample for resident stacks: ws.buf holds the field throughout
     // and ends holding the camera field E_L (not yet stored anywhere).
-    void propagate_resident(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, Scratch<T>& s) const {
+    // In: cplx<T> (fields) or T (real amplitudes, widened as they are loaded).
+    template <class In>
+    void propagate_resident(const In* u, const cplx<T>* mod, cplx<T>* tape, Scratch<T>& s) const {
         cplx<T>* b = s.ws.buf;
         const cplx<T>* tin = input_tilt();
         if (tin)
-            for (int64_t i = 0; i < nn; ++i) b[i] = cmul(u[i], tin[i]);
+            for (int64_t i = 0; i < nn; ++i) b[i] = cmul(as_field<T>(u[i]), tin[i]);
         else
-            std::copy(u, u + nn, b);
+            for (int64_t i = 0; i < nn; ++i) b[i] = as_field<T>(u[i]);
         if (input_hop) input_hop->run_resident(s.ws, false);
         for (int64_t l = 0; l < L; ++l) {
             pass::modulate(b, mod + l * nn, tape ? tape + l * nn : nullptr, nn);
@@ -182,9 +171,11 @@ struct PhaseStack<T>::Impl {
         return input_hop && !input_hop->tilt.empty() ? input_hop->tilt.data() : nullptr;
     }
 
-    // One sample forward. `tape` (nullable) receives [w_0..w_{L-1}, E_L];
-    // `inten` and `camera` (nullable) receive |E_L|^2 and E_L.
-    void forward_sample(const cplx<T>* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
+    // One sample forward (In as in propagate_resident). `tape` (nullable)
+    // receives [w_0..w_{L-1}, E_L]; `inten` and `camera` (nullable) receive
+    // |E_L|^2 and E_L.
+    template <class In>
+    void forward_sample(const In* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
                         cplx<T>* camera, Scratch<T>& s) const {
         if (resident) {
             propagate_resident(u, mod, tape, s);
@@ -192,16 +183,19 @@ struct PhaseStack<T>::Impl {
             return;
         }
         cplx<T>* a = s.field.data();
-        const cplx<T>* src = u;
+        const cplx<T>* src = a;
         if (input_hop) {
             const cplx<T>* tin = input_tilt();
             if (tin)
-                input_hop->run(s.ws, false, [&](int64_t i) { return cmul(u[i], tin[i]); },
+                input_hop->run(s.ws, false, [&](int64_t i) { return cmul(as_field<T>(u[i]), tin[i]); },
                                [&](int64_t i, cplx<T> v) { a[i] = v; });
             else
-                input_hop->run(s.ws, false, [&](int64_t i) { return u[i]; },
+                input_hop->run(s.ws, false, [&](int64_t i) { return as_field<T>(u[i]); },
                                [&](int64_t i, cplx<T> v) { a[i] = v; });
-            src = a;
+        } else if constexpr (std::is_same<In, cplx<T>>::value) {
+            src = u;
+        } else {  // a real field meets mask 0 directly: widen it into the carry buffer
+            for (int64_t i = 0; i < nn; ++i) a[i] = as_field<T>(u[i]);
         }
         for (int64_t l = 0; l < L; ++l) {
             const cplx<T>* m = mod + l * nn;

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "optdiff/optdiff.hpp"
+#include "simd_clones.hpp"
 #include "threads.hpp"
 
 namespace optdiff {
@@ -16,15 +17,8 @@ constexpr int64_t kBlockCounters = 64;
 // Below this many elements per thread, waking threads costs more than it saves.
 constexpr int64_t kElementsPerThread = 1 << 15;
 
-// Runtime SIMD dispatch without -march: the generator is compiled twice and
-// the loader picks the AVX2 copy on CPUs that have it (10-20% faster than the
-// SSE2 copy on the Xeon VM; the 32x32->64-bit products need lane shuffles
-// either way).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define OPTDIFF_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define OPTDIFF_SIMD_CLONES
-#endif
+// The generator's AVX2 copy (simd_clones.hpp) is 10-20% faster than the SSE2
+// one on the Xeon VM: the 32x32->64-bit products need lane shuffles either way.
 
 // Normals of counters jb .. jb+m-1 (m <= kBlockCounters), lane l into zl.
 // The loop vectorises because sampler.hpp has no branches and this file is

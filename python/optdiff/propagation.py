@@ -282,20 +282,16 @@ class PhaseStack:
         return impl
 
     def _prepare(self, field, phases, allow_real=False):
-        real = allow_real and isinstance(field, np.ndarray) and field.dtype in _REAL
-        if not real:
+        if allow_real and isinstance(field, np.ndarray) and field.dtype in _REAL:
+            cdtype, want = _REAL[field.dtype], field.dtype  # a real field: phases of its own dtype
+        else:
             field = _as_field(field)
+            cdtype, want = field.dtype, np.dtype(_COMPLEX[field.dtype])
         if not isinstance(phases, np.ndarray):
             raise TypeError(f"phases must be a NumPy array [L, n, n], got {type(phases).__name__}")
-        if real:
-            want = field.dtype
-            if phases.dtype != want:
-                raise TypeError(f"phases must be {want} to go with a {field.dtype} field, got {phases.dtype}")
-            return field, phases, self._cpu(_REAL[field.dtype])
-        want = _COMPLEX[field.dtype]
         if phases.dtype != want:
-            raise TypeError(f"phases must be {np.dtype(want)} to go with a {field.dtype} field, got {phases.dtype}")
-        return field, phases, self._cpu(field.dtype)
+            raise TypeError(f"phases must be {want} to go with a {field.dtype} field, got {phases.dtype}")
+        return field, phases, self._cpu(cdtype)
 
     def forward(self, field: np.ndarray, phases: np.ndarray, out: Optional[np.ndarray] = None,
                 nthreads: Optional[int] = None) -> np.ndarray:

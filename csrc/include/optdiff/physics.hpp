@@ -155,6 +155,17 @@ OPTDIFF_HD cplx<T> layer_modulation(T phi, cplx<T> tilt) {
     return cmul(cexpi(phi), tilt);
 }
 
+// An input value as a field: complex as is, a real amplitude a as a + 0i, so
+// amplitude-encoded images go in without a complex copy of the batch.
+template <class T>
+OPTDIFF_HD cplx<T> as_field(cplx<T> v) {
+    return v;
+}
+template <class T>
+OPTDIFF_HD cplx<T> as_field(T a) {
+    return {a, T(0)};
+}
+
 // Camera intensity |E|^2.
 template <class T>
 OPTDIFF_HD T intensity(cplx<T> e) {
