@@ -135,7 +135,9 @@ def main(argv=None):
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    tools = [t for t in a.tools if t != "fft_floor"] + ["fft_floor"]
+    # only the tools that time this mode (optdiff_npstep: ddpm only; optdiff_tape: not ddpm)
+    runs_mode = [t for t in a.tools if a.mode in getattr(worker.tool_class(t), "modes", (a.mode,))]
+    tools = [t for t in runs_mode if t != "fft_floor"] + ["fft_floor"]
     if a.child:  # one thread count, pinned once before any thread pool exists
         common.pin_cores(a.threads[0])
         for n in a.n:
