@@ -64,6 +64,8 @@ def stack_camera_field(u, phases, pitch, wavelength, distances, method="as", pad
     e = np.asarray(u, dtype=np.complex128)
     if input_distance is not None:
         e = propagate(e, pitch, wavelength, input_distance, method, padding, input_tilt)
+    else:  # a tilted input beam needs no hop: the tilt is a linear phase on the input
+        e = e * tilt_phase(u.shape[-1], pitch, wavelength, *input_tilt)
     for l in range(L):
         e = e * np.exp(1j * phases[l])
         e = propagate(e, pitch, wavelength, distances[l], method, padding, tuple(tilts[l]))

@@ -1,13 +1,13 @@
-"""Tests for optdiff.baselines and optdiff.metrics (small data, a few seconds in total)."""
+"""Tests for optdiff.evaluation.baselines and optdiff.evaluation.metrics (small data, a few seconds in total)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from optdiff.baselines import LinearDenoiser, ZeroPredictor, normalize_sets, per_set_mse
+from optdiff.evaluation.baselines import LinearDenoiser, ZeroPredictor, normalize_sets, per_set_mse
 from optdiff.data import load_dataset
-from optdiff.metrics import (
+from optdiff.evaluation.metrics import (
     METRICS_NOTE,
     FeatureNet,
     fid_report,
@@ -15,7 +15,7 @@ from optdiff.metrics import (
     inception_score,
     kid,
 )
-from optdiff.schedule import NoiseSchedule, timestep_sets
+from optdiff.diffusion.schedule import NoiseSchedule, timestep_sets
 
 SCHED = NoiseSchedule()
 

@@ -1,4 +1,4 @@
-"""Tests for optdiff.checkpoint: bit-exact round trip, atomic writes, clear errors."""
+"""Tests for optdiff.diffusion.checkpoint: bit-exact round trip, atomic writes, clear errors."""
 
 import json
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from optdiff import checkpoint
-from optdiff.checkpoint import (
+from optdiff.diffusion import checkpoint
+from optdiff.diffusion.checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
     HEADER_KEY,

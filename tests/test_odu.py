@@ -7,7 +7,7 @@ import pytest
 
 import optdiff
 from optdiff.config import Config, ConfigError, OpticsConfig
-from optdiff.model import TimeAwareODU
+from optdiff.diffusion.model import TimeAwareODU
 from optdiff.odu import ODU, LightLossWarning, image_inverted, init_phases, lens_phase, resolve_init
 
 

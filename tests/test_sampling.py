@@ -1,12 +1,12 @@
-"""Tests for optdiff.sampling with exact (oracle) noise predictors."""
+"""Tests for optdiff.diffusion.samplers with exact (oracle) noise predictors."""
 
 import math
 
 import numpy as np
 import pytest
 
-from optdiff.sampling import ddim_sample, ddim_timesteps, ddpm_sample
-from optdiff.schedule import NoiseSchedule
+from optdiff.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample
+from optdiff.diffusion.schedule import NoiseSchedule
 
 SCHED = NoiseSchedule()  # T = 1000, linear
 SMALL = NoiseSchedule(T=40, beta_start=1e-3, beta_end=0.3)

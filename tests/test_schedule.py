@@ -1,11 +1,11 @@
-"""Tests for optdiff.schedule: schedule arrays, q(x_t | x_0) statistics, time sets."""
+"""Tests for optdiff.diffusion.schedule: schedule arrays, q(x_t | x_0) statistics, time sets."""
 
 import math
 
 import numpy as np
 import pytest
 
-from optdiff.schedule import NoiseSchedule, q_sample, set_index, timestep_sets
+from optdiff.diffusion.schedule import NoiseSchedule, q_sample, set_index, timestep_sets
 
 
 def test_linear_defaults():

@@ -113,7 +113,7 @@ def test_bad_targets_say_what_to_do(rng):
     ph = np.zeros((L, n, n), np.float32)
     with pytest.raises(TypeError, match="astype"):
         s.mse_loss_and_grad(x, ph, np.zeros((2, n, n)))  # float64 target for a complex64 field
-    with pytest.raises(ValueError, match="intensity's shape"):
+    with pytest.raises(ValueError, match="target must have the field's shape"):
         s.mse_loss_and_grad(x, ph, np.zeros((3, n, n), np.float32))
     with pytest.raises(TypeError, match="NumPy array"):
         s.mse_loss_and_grad(x, ph, [[0.0]])

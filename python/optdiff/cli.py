@@ -80,7 +80,7 @@ def _add_sample_flags(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = argparse.ArgumentParser(
         prog="optdiff",
@@ -201,7 +201,7 @@ def _build_config(args, base: Optional[dict] = None):
 def _model_from_checkpoint(args, allowed_sections=("sample", "data")):
     """Load a model; ``--set`` / flags may change only sampling and data settings."""
     from .config import Config, ConfigError, apply_overrides
-    from .trainer import load_model
+    from .diffusion.trainer import load_model
 
     model, _, meta = load_model(args.checkpoint, nthreads=getattr(args, "threads", None))
     overrides = list(getattr(args, "overrides", [])) + _flag_overrides(args)
@@ -218,7 +218,7 @@ def _model_from_checkpoint(args, allowed_sections=("sample", "data")):
 
 
 def _threads(args, cfg=None):
-    from . import set_num_threads
+    from .optics import set_num_threads
 
     n = getattr(args, "threads", None) or (cfg.train.threads if cfg is not None else None)
     if n:
@@ -228,7 +228,7 @@ def _threads(args, cfg=None):
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args, base: Optional[dict] = None, out: Optional[Path] = None) -> dict:
     from .plots import plot_training
-    from .trainer import Trainer
+    from .diffusion.trainer import Trainer
 
     cfg = _build_config(args, base)
     out = Path(out or args.out)
@@ -264,7 +264,7 @@ def _mse_table(cols: dict, set_ranges) -> str:
 
 
 def cmd_sample(args) -> Path:
-    from .model import generate
+    from .diffusion.model import generate
     from .plots import save_grid
 
     model, _ = _model_from_checkpoint(args)
@@ -293,8 +293,8 @@ def _save_npy(path: Path, x: np.ndarray) -> None:
 
 
 def cmd_denoise(args) -> dict:
-    from .baselines import LinearDenoiser, ZeroPredictor, per_set_mse
-    from .trainer import load_images, split_train_val
+    from .evaluation.baselines import LinearDenoiser, ZeroPredictor, per_set_mse
+    from .diffusion.trainer import load_images, split_train_val
 
     model, _ = _model_from_checkpoint(args, allowed_sections=("data", "sample"))
     _threads(args, model.cfg)
@@ -317,7 +317,7 @@ def cmd_denoise(args) -> dict:
     res["set_ranges"] = [list(s) for s in model.set_ranges]
     res["held_out_images"] = int(held.shape[0])
     if args.json_out:
-        from .trainer import write_json_atomic
+        from .diffusion.trainer import write_json_atomic
 
         write_json_atomic(args.json_out, res)
     return res
@@ -333,7 +333,7 @@ def _lens_reference(model):
 
 
 def cmd_show(args) -> Path:
-    from .model import generate
+    from .diffusion.model import generate
     from .plots import plot_phases, plot_trajectory, plot_training
 
     model, meta = _model_from_checkpoint(args)
@@ -356,13 +356,13 @@ def cmd_show(args) -> Path:
 
 
 def cmd_demo(args) -> Path:
-    from .model import generate
+    from .diffusion.model import generate
     from .plots import plot_phases, plot_set_mse, plot_trajectory, save_grid
 
     out = Path(args.out)
     t0 = time.perf_counter()
     summary = cmd_train(args, base=DEMO_CONFIG, out=out)
-    from .trainer import load_model
+    from .diffusion.trainer import load_model
 
     model, _, _ = load_model(out / "checkpoint.npz")
     sc = model.cfg.sample
@@ -385,9 +385,9 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "denoise": cmd_denoise, "s
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .checkpoint import CheckpointError
+    from .diffusion.checkpoint import CheckpointError
     from .config import ConfigError
-    from .trainer import TrainingError
+    from .diffusion.trainer import TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)

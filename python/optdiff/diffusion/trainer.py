@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from .config import Config
+from ..config import Config
 from .model import MODEL_VERSION, TimeAwareODU
 from .optim import Adam, lr_at
 
@@ -72,7 +72,7 @@ def load_images(cfg: Config) -> np.ndarray:
         if d.limit:
             x = x[: d.limit]
     else:
-        from .data import load_dataset
+        from ..data import load_dataset
 
         x, _ = load_dataset(d.dataset, data_dir=d.data_dir or None, split=d.split, classes=d.classes,
                             size=H, limit=d.limit or None, seed=cfg.train.seed)
@@ -225,7 +225,7 @@ class Trainer:
             val_images = check_images(val_images, H, "validation images")
         self.images, self.val_images = images, val_images
         self.log = log
-        from . import set_num_threads
+        from ..optics import set_num_threads
 
         set_num_threads(cfg.train.threads)
         self.model = TimeAwareODU(cfg, nthreads=cfg.train.threads)

@@ -42,8 +42,8 @@ from typing import Optional
 
 import numpy as np
 
-from .config import OpticsConfig
-from .propagation import PhaseStack, Tape
+from ..config import OpticsConfig
+from ..optics import PhaseStack, Tape
 
 __all__ = ["ODU", "LightLossWarning", "lens_phase", "init_phases", "resolve_init", "image_inverted",
            "LOW_LIGHT_FRACTION"]

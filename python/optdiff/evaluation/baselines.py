@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .schedule import NoiseSchedule, timestep_sets
+from ..diffusion.schedule import NoiseSchedule, timestep_sets
 
 __all__ = ["ZeroPredictor", "LinearDenoiser", "per_set_mse", "normalize_sets"]
 

@@ -28,8 +28,8 @@ from typing import Optional
 
 import numpy as np
 
-from .config import Config
-from .odu import ODU, init_phases
+from ..config import Config
+from ..odu import ODU, init_phases
 from .schedule import NoiseSchedule, set_index, timestep_sets
 
 __all__ = ["TimeAwareODU", "MODEL_VERSION", "generate"]
@@ -258,7 +258,7 @@ def generate(predict_eps, schedule: NoiseSchedule, sample_cfg, count: int, image
     number of chunks already drawn. With ``trajectory`` also returns the first chunk's
     trajectory dict (see :func:`optdiff.sampling.ddpm_sample`).
     """
-    from .sampling import ddim_sample, ddpm_sample
+    from .samplers import ddim_sample, ddpm_sample
 
     count = int(count)
     if count < 1:
