@@ -9,12 +9,12 @@ from helpers import GEOM, random_field
 N, L = 12, 2
 
 
-def prop():
-    return optdiff.Propagator(N, distance=1e-3, padding=2, **GEOM)
+def prop(backend="cpu"):
+    return optdiff.Propagator(N, distance=1e-3, padding=2, backend=backend, **GEOM)
 
 
-def stack():
-    return optdiff.PhaseStack(N, distances=[1e-3] * L, padding=2, **GEOM)
+def stack(backend="cpu"):
+    return optdiff.PhaseStack(N, distances=[1e-3] * L, padding=2, backend=backend, **GEOM)
 
 
 @pytest.mark.parametrize("kw,needle", [
@@ -25,26 +25,26 @@ def stack():
     (dict(padding=0), "padding"), (dict(padding=True), "padding"), (dict(method="rayleigh"), "method"),
     (dict(tilt=(2.0, 0.0)), "tilt"), (dict(tilt=(0.1,)), "tilt"), (dict(tilt="ab"), "tilt"),
 ])
-def test_bad_physics_parameters(kw, needle):
+def test_bad_physics_parameters(kw, needle, backend):
     args = dict(wavelength=850e-9, pitch=9.2e-6, distance=1e-3, padding=2)
     args.update(kw)
     with pytest.raises(ValueError, match=needle):
-        optdiff.Propagator(N, **args)
+        optdiff.Propagator(N, backend=backend, **args)
 
 
 @pytest.mark.parametrize("n", [0, 1, -5, 2.5, "8", None, True])
-def test_bad_grid_size(n):
+def test_bad_grid_size(n, backend):
     with pytest.raises(ValueError, match="n must"):
-        optdiff.Propagator(n, distance=1e-3, **GEOM)
+        optdiff.Propagator(n, distance=1e-3, backend=backend, **GEOM)
 
 
-def test_bad_stack_parameters():
+def test_bad_stack_parameters(backend):
     with pytest.raises(ValueError, match="distances"):
-        optdiff.PhaseStack(N, distances=[], **GEOM)
+        optdiff.PhaseStack(N, distances=[], backend=backend, **GEOM)
     with pytest.raises(ValueError, match="tilts"):
-        optdiff.PhaseStack(N, distances=[1e-3, 1e-3], tilts=np.zeros((3, 2)), **GEOM)
+        optdiff.PhaseStack(N, distances=[1e-3, 1e-3], tilts=np.zeros((3, 2)), backend=backend, **GEOM)
     with pytest.raises(ValueError, match="distance"):
-        optdiff.PhaseStack(N, distances=[1e-3, float("nan")], **GEOM)
+        optdiff.PhaseStack(N, distances=[1e-3, float("nan")], backend=backend, **GEOM)
     with pytest.raises(ValueError, match="backend"):
         optdiff.PhaseStack(N, distances=[1e-3], backend="tpu", **GEOM)
 
@@ -74,16 +74,16 @@ def bad_fields(rng):
     ]
 
 
-def test_propagator_rejects_bad_fields(rng):
-    p = prop()
+def test_propagator_rejects_bad_fields(rng, backend):
+    p = prop(backend)
     for arr, exc, word in bad_fields(rng):
         for fn in (p.forward, p.adjoint):
             with pytest.raises(exc, match=word):
                 fn(arr)
 
 
-def test_propagator_rejects_bad_out(rng):
-    p = prop()
+def test_propagator_rejects_bad_out(rng, backend):
+    p = prop(backend)
     x = random_field(rng, (2, N, N), np.complex64)
     with pytest.raises(TypeError, match="out"):
         p.forward(x, out=np.empty((2, N, N), np.complex128))
@@ -98,8 +98,8 @@ def test_propagator_rejects_bad_out(rng):
         p.forward(big[:2], out=big[1:])
 
 
-def test_stack_rejects_bad_inputs(rng):
-    s = stack()
+def test_stack_rejects_bad_inputs(rng, backend):
+    s = stack(backend)
     x = random_field(rng, (2, N, N), np.complex64)
     ph = np.zeros((L, N, N), np.float32)
     for arr, exc, word in bad_fields(rng):
@@ -142,8 +142,8 @@ def test_stack_rejects_bad_inputs(rng):
         s.backward("not a tape", np.zeros((2, N, N), np.float32))
 
 
-def test_nthreads_validation(rng):
-    p = prop()
+def test_nthreads_validation(rng, backend):
+    p = prop(backend)
     x = random_field(rng, (1, N, N), np.complex64)
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(ValueError, match="nthreads"):

@@ -15,10 +15,10 @@ DTYPES = [np.complex64, np.complex128]
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("padding", [1, 2])
 @pytest.mark.parametrize("n", [15, 16, 30])
-def test_forward_matches_reference(rng, dtype, method, padding, n):
+def test_forward_matches_reference(rng, dtype, method, padding, n, backend):
     z = 17.1e-3
     tilt = (2e-3, -1e-3)
-    p = optdiff.Propagator(n, distance=z, method=method, padding=padding, tilt=tilt, **GEOM)
+    p = optdiff.Propagator(n, backend=backend, distance=z, method=method, padding=padding, tilt=tilt, **GEOM)
     x = random_field(rng, (3, n, n), dtype)
     y = p.forward(x)
     assert y.dtype == dtype and y.shape == x.shape
@@ -52,9 +52,9 @@ def test_evanescent_waves_are_cut(rng, method):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("padding", [1, 2])
-def test_adjointness(rng, dtype, method, padding):
+def test_adjointness(rng, dtype, method, padding, backend):
     n = 24
-    p = optdiff.Propagator(n, distance=30e-3, method=method, padding=padding, tilt=(1e-3, 3e-3), **GEOM)
+    p = optdiff.Propagator(n, backend=backend, distance=30e-3, method=method, padding=padding, tilt=(1e-3, 3e-3), **GEOM)
     x = random_field(rng, (4, n, n), dtype)
     y = random_field(rng, (4, n, n), dtype)
     ax, ahy = p.forward(x), p.adjoint(y)
@@ -75,9 +75,9 @@ def test_transfer_function_matches_reference():
         assert p.transfer_function(np.complex64).dtype == np.complex64
 
 
-def test_in_place_and_out_argument(rng):
+def test_in_place_and_out_argument(rng, backend):
     n = 20
-    p = optdiff.Propagator(n, distance=10e-3, padding=2, **GEOM)
+    p = optdiff.Propagator(n, backend=backend, distance=10e-3, padding=2, **GEOM)
     x = random_field(rng, (2, n, n), np.complex64)
     want = p.forward(x)
     out = np.empty_like(x)
@@ -89,9 +89,9 @@ def test_in_place_and_out_argument(rng):
     np.testing.assert_array_equal(y, want)
 
 
-def test_single_field_and_batch_agree(rng):
+def test_single_field_and_batch_agree(rng, backend):
     n = 18
-    p = optdiff.Propagator(n, distance=10e-3, padding=2, **GEOM)
+    p = optdiff.Propagator(n, backend=backend, distance=10e-3, padding=2, **GEOM)
     x = random_field(rng, (3, n, n))
     batch = p.forward(x)
     for b in range(3):

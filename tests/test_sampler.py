@@ -133,12 +133,12 @@ def test_normal_statistics():
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_ddpm_update_matches_numpy(dtype):
+def test_ddpm_update_matches_numpy(dtype, backend):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 37, 41)).astype(dtype)
     inten = rng.random((4, 37, 41)).astype(dtype)
     k = dict(c1=1.0101, c2=0.137, sigma=0.09, eps_scale=0.5, eps_offset=-0.25, seed=9, stream=499, offset=6)
-    got = optdiff.ddpm_update(x, inten, **k)
+    got = optdiff.ddpm_update(x, inten, **k, backend=backend)
     z = optdiff.standard_normal(x.shape, seed=9, stream=499, offset=6, dtype=np.float64)
     want = k["c1"] * (x - k["c2"] * (k["eps_scale"] * inten.astype(np.float64) + k["eps_offset"])) + k["sigma"] * z
     tol = 1e-6 if dtype == np.float32 else 1e-13
@@ -146,8 +146,8 @@ def test_ddpm_update_matches_numpy(dtype):
     assert got.dtype == dtype
     # In place over x and over eps give the same numbers.
     x2, e2 = x.copy(), inten.copy()
-    assert optdiff.ddpm_update(x2, inten, **k, out=x2) is x2
-    assert optdiff.ddpm_update(x, e2, **k, out=e2) is e2
+    assert optdiff.ddpm_update(x2, inten, **k, backend=backend, out=x2) is x2
+    assert optdiff.ddpm_update(x, e2, **k, backend=backend, out=e2) is e2
     np.testing.assert_array_equal(x2, got)
     np.testing.assert_array_equal(e2, got)
 
@@ -163,34 +163,34 @@ def test_ddpm_update_without_noise_and_thread_invariance():
     np.testing.assert_array_equal(a, b)
 
 
-def test_sampler_ops_reject_bad_input():
+def test_sampler_ops_reject_bad_input(backend):
     x = np.zeros((4, 4), np.float32)
     k = dict(c1=1.0, c2=0.1, sigma=0.1, seed=0, stream=0)
-    with pytest.raises(ValueError, match="match x"):
-        optdiff.ddpm_update(x, np.zeros((4, 5), np.float32), **k)
-    with pytest.raises(ValueError, match="match x"):
-        optdiff.ddpm_update(x, np.zeros((4, 4), np.float64), **k)
+    with pytest.raises(ValueError, match="eps must have the shape of x"):
+        optdiff.ddpm_update(x, np.zeros((4, 5), np.float32), **k, backend=backend)
+    with pytest.raises(TypeError, match="eps must have dtype float32"):
+        optdiff.ddpm_update(x, np.zeros((4, 4), np.float64), **k, backend=backend)
     with pytest.raises(TypeError, match="float32 or float64"):
-        optdiff.ddpm_update(x.astype(np.complex64), x.astype(np.complex64), **k)
+        optdiff.ddpm_update(x.astype(np.complex64), x.astype(np.complex64), **k, backend=backend)
     with pytest.raises(ValueError, match="C-contiguous"):
-        optdiff.ddpm_update(np.zeros((4, 8), np.float32)[:, ::2], x, **k)
+        optdiff.ddpm_update(np.zeros((4, 8), np.float32)[:, ::2], x, **k, backend=backend)
     with pytest.raises(ValueError, match="sigma must be >= 0"):
-        optdiff.ddpm_update(x, x, **{**k, "sigma": -1.0})
+        optdiff.ddpm_update(x, x, **{**k, "sigma": -1.0}, backend=backend)
     with pytest.raises(ValueError, match="finite"):
-        optdiff.ddpm_update(x, x, **{**k, "c1": float("nan")})
+        optdiff.ddpm_update(x, x, **{**k, "c1": float("nan")}, backend=backend)
     with pytest.raises(ValueError, match="seed"):
-        optdiff.standard_normal(3, seed=-1)
+        optdiff.standard_normal(3, seed=-1, backend=backend)
     with pytest.raises(ValueError, match="stream"):
-        optdiff.standard_normal(3, seed=0, stream=2**64)
+        optdiff.standard_normal(3, seed=0, stream=2**64, backend=backend)
     with pytest.raises(TypeError, match="dtype"):
-        optdiff.standard_normal(3, seed=0, dtype=np.int32)
+        optdiff.standard_normal(3, seed=0, dtype=np.int32, backend=backend)
     with pytest.raises(ValueError, match="shape"):
-        optdiff.standard_normal((2, 2), seed=0, out=np.zeros(4, np.float32))
+        optdiff.standard_normal((2, 2), seed=0, out=np.zeros(4, np.float32), backend=backend)
     with pytest.raises(ValueError, match="past the end"):
-        optdiff.standard_normal(8, seed=0, offset=2**64 - 4)
-    np.testing.assert_array_equal(optdiff.standard_normal(4, seed=0, offset=2**64 - 4),
-                                  optdiff.standard_normal(5, seed=0, offset=2**64 - 5)[1:])
-    assert optdiff.standard_normal((0, 3), seed=0).shape == (0, 3)
+        optdiff.standard_normal(8, seed=0, offset=2**64 - 4, backend=backend)
+    np.testing.assert_array_equal(optdiff.standard_normal(4, seed=0, offset=2**64 - 4, backend=backend),
+                                  optdiff.standard_normal(5, seed=0, offset=2**64 - 5, backend=backend)[1:])
+    assert optdiff.standard_normal((0, 3), seed=0, backend=backend).shape == (0, 3)
 
 
 # ---------------------------------------------------------------------------
@@ -200,11 +200,11 @@ def test_sampler_ops_reject_bad_input():
 @pytest.mark.parametrize("input_distance", [3e-3, None])  # the real field feeds the input hop or mask 0
 @pytest.mark.parametrize("padding", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_forward_of_a_real_field_equals_the_complex_one(padding, dtype, input_distance):
+def test_forward_of_a_real_field_equals_the_complex_one(padding, dtype, input_distance, backend):
     n = 24
     stack = optdiff.PhaseStack(n, wavelength=850e-9, pitch=9.2e-6, distances=[5e-3, 4e-3, 6e-3],
                                input_distance=input_distance, padding=padding,
-                               tilts=[(0.0, 0.0), (1e-3, -2e-3), (0.0, 5e-4)])
+                               tilts=[(0.0, 0.0), (1e-3, -2e-3), (0.0, 5e-4)], backend=backend)
     rng = np.random.default_rng(3)
     amp = rng.random((5, n, n)).astype(dtype)
     phases = rng.uniform(-np.pi, np.pi, (3, n, n)).astype(dtype)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ... import _core
 from .. import _args
+from .. import _array_rules as rules
 from ..specs import HopSpec, StackSpec
 
 __all__ = ["CpuBackend", "Tape", "set_num_threads", "get_num_threads", "set_planner_effort"]
@@ -188,8 +189,6 @@ class CpuPhaseStack:
     def mse_loss_and_grad(self, field, phases, target, return_intensity, nthreads):
         field, phases, impl = self._prepare(field, phases)
         target = _numpy(target, "target", f"{phases.dtype}, shaped like the intensity {field.shape}")
-        if field.ndim == 3 and field.shape[0] == 0:
-            raise ValueError("the batch has no samples: the mean squared error is undefined")
         gph = np.empty_like(phases)
         inten = np.empty(field.shape, dtype=phases.dtype) if return_intensity else None
         loss = impl.mse_loss_and_grad(field, phases, target, gph, inten, _args.nthreads(nthreads))
@@ -237,16 +236,14 @@ class CpuBackend:
     def ddpm_update(self, x, eps, out, coeffs, seed, stream, offset, nthreads):
         x = _float_array(x, "x")
         eps = _float_array(eps, "eps")
-        if eps.dtype != x.dtype or eps.shape != x.shape:
-            raise ValueError(f"eps must match x in shape and dtype: x {x.shape} {x.dtype}, "
-                             f"eps {eps.shape} {eps.dtype}")
+        rules.dtype("eps", eps.dtype, x.dtype)
+        rules.same_shape("eps", eps.shape, "x", x.shape)
         if out is None:
             out = np.empty_like(x)
         else:
             _float_array(out, "out", writeable=True)
-            if out.dtype != x.dtype or out.shape != x.shape:
-                raise ValueError(f"out must match x in shape and dtype: x {x.shape} {x.dtype}, "
-                                 f"out {out.shape} {out.dtype}")
+            rules.dtype("out", out.dtype, x.dtype)
+            rules.same_shape("out", out.shape, "x", x.shape)
         _core.ddpm_update(x, eps, out, *coeffs, seed, stream, offset, _args.nthreads(nthreads))
         return out
 

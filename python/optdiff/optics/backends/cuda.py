@@ -37,6 +37,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _array_rules as rules
 from ..specs import HopSpec, StackSpec
 from .cuda_arrays import SUFFIX, DeviceArray, Session, empty, float_arg, host_address, set_finite_checks, wrap
 from .cuda_stack import CudaPhaseStack, CudaPropagator, CudaTape
@@ -185,16 +186,14 @@ class CudaBackend:
         float_arg(a, "x")
         s = Session(self.mod, a, "x", self)
         e = s.same_side(self._wrap(eps, "eps"), "eps")
-        if e.dtype != a.dtype:
-            raise TypeError(f"eps must have x's dtype {a.dtype}, got {e.dtype}")
-        if e.shape != a.shape:
-            raise ValueError(f"eps must have x's shape {list(a.shape)}, got {list(e.shape)}")
+        rules.dtype("eps", e.dtype, a.dtype)
+        rules.same_shape("eps", e.shape, "x", a.shape)
         o = None
         if out is not None:
             o = s.same_side(self._wrap(out, "out"), "out")
             float_arg(o, "out", writeable=True)
-            if o.dtype != a.dtype or o.shape != a.shape:
-                raise ValueError(f"out must match x ({list(a.shape)}, {a.dtype}), got {list(o.shape)}, {o.dtype}")
+            rules.dtype("out", o.dtype, a.dtype)
+            rules.same_shape("out", o.shape, "x", a.shape)
         fn = getattr(self.mod, "ddpm_update" + SUFFIX[a.dtype])
         if not s.host:  # device addresses as they are; the module rejects partial overlaps
             result, optr = (out, o.ptr) if o is not None else empty(a, a.shape, a.dtype, self.mod, self)

@@ -11,6 +11,7 @@ import ctypes
 
 import numpy as np
 
+from .. import _array_rules as rules
 from .._args import COMPLEX_OF as _COMPLEX_OF
 from .._args import FLOATS as _FLOATS
 from .._args import REAL_OF as _REAL_OF
@@ -252,7 +253,7 @@ class Session:
     def check_finite(self, a: Arr, name: str) -> None:
         if a.host:
             if not np.isfinite(a.obj).all():
-                raise ValueError(f"{name} contains NaN or Inf values")
+                raise ValueError(rules.finite_message(name))
             return
         if not _finite_checks["enabled"] or a.size == 0:
             return
@@ -260,7 +261,7 @@ class Session:
         count = a.size * (2 if a.dtype.kind == "c" else 1)
         fn = getattr(self.mod, "all_finite" + SUFFIX[real])
         if not fn(a.ptr, count, self.stream, self.device):
-            raise ValueError(f"{name} contains NaN or Inf values")
+            raise ValueError(rules.finite_message(name))
 
     def device_ptr(self, a: Arr) -> int:
         """Device address of `a`, uploading NumPy data into a scratch buffer."""
@@ -292,11 +293,8 @@ def field_batch(a: Arr, name: str, n: int, allow_real: bool = False) -> int:
     """Validates a complex (or, with allow_real, real) field [B, n, n] or [n, n]; returns B."""
     if a.dtype not in _REAL_OF and not (allow_real and a.dtype in _COMPLEX_OF):
         kinds = "complex64 or complex128" + (" (or real float32/float64 amplitudes)" if allow_real else "")
-        raise TypeError(f"{name} must be {kinds}, got {a.dtype}")
-    if a.shape[-2:] != (n, n) or len(a.shape) not in (2, 3):
-        raise ValueError(f"{name} must have shape [B, {n}, {n}] or [{n}, {n}], got {list(a.shape)}")
-    return 1 if len(a.shape) == 2 else a.shape[0]
-
+        raise TypeError(f"{name} must be {kinds}, got {a.dtype}; convert with {name}.astype(np.complex64) first")
+    return rules.batch(name, a.shape, n)
 
 
 def float_arg(a: Arr, name: str, writeable: bool = False) -> None:

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .. import _args
+from .. import _array_rules as rules
 from .._args import COMPLEX_OF as _COMPLEX_OF
 from .._args import REAL_OF as _REAL_OF
 from ..specs import HopSpec, StackSpec
@@ -57,9 +58,10 @@ class CudaPropagator:
         s = _Session(self._mod, f, "field", self._backend)
         if out is not None:
             o = s.same_side(wrap(out, "out", self._mod, self._backend), "out")
-            if o.dtype != f.dtype or o.shape != f.shape:
-                raise ValueError(f"out must match field ({list(f.shape)}, {f.dtype}), "
-                                 f"got {list(o.shape)}, {o.dtype}")
+            rules.dtype("out", o.dtype, f.dtype)
+            rules.same_shape("out", o.shape, "field", f.shape)
+            rules.writeable("out", out)
+            rules.overlap(field, out, "field", "out")
         s.check_finite(f, "field")
         impl = self._get(f.dtype, s.device)
         run = impl.adjoint if adjoint else impl.forward
@@ -150,7 +152,7 @@ class CudaPhaseStack:
                 self._impl[key] = impl
             return impl
 
-    def _prepare(self, field, phases, allow_real=False):
+    def _prepare(self, field, phases, allow_real=False, check_field=True):
         f = wrap(field, "field", self._mod, self._backend)
         batch = _field(f, "field", self.n, allow_real)
         s = _Session(self._mod, f, "field", self._backend)
@@ -158,10 +160,9 @@ class CudaPhaseStack:
         want = _REAL_OF.get(f.dtype, f.dtype)  # a real field: phases of its own dtype
         if p.dtype != want:
             raise TypeError(f"phases must be {want} to go with a {f.dtype} field, got {p.dtype}")
-        L = self.num_layers
-        if p.shape != (L, self.n, self.n):
-            raise ValueError(f"phases must have shape [{L}, {self.n}, {self.n}], got {list(p.shape)}")
-        s.check_finite(f, "field")
+        rules.phases(p.shape, self.n, self.num_layers)
+        if check_field:
+            s.check_finite(f, "field")
         s.check_finite(p, "phases")
         return f, p, batch, s
 
@@ -178,9 +179,11 @@ class CudaPhaseStack:
         if want_intensity:
             if out is not None:
                 o = s.same_side(wrap(out, "out", self._mod, self._backend), "out")
-                if o.shape != f.shape or o.dtype != real:
-                    raise ValueError(f"out must have shape {list(f.shape)} and dtype {real}, "
-                                     f"got {list(o.shape)}, {o.dtype}")
+                rules.dtype("out", o.dtype, real)
+                rules.same_shape("out", o.shape, "field", f.shape)
+                rules.writeable("out", out)
+                rules.overlap(field, out, "field", "out")
+                rules.overlap(phases, out, "phases", "out")
                 if s.host:
                     inten = out
                     buf = self._mod.DeviceBuffer(out.nbytes, s.device)
@@ -261,16 +264,11 @@ class CudaPhaseStack:
         loss is summed per pixel in float64 on the device, then over pixels here.
         """
         _args.nthreads(nthreads)
-        f, p, batch, s = self._prepare(field, phases)
-        if batch == 0:
-            raise ValueError("the batch has no samples: the mean squared error is undefined")
+        f, p, batch, s = self._prepare(field, phases, check_field=False)  # the loss tells
         t = s.same_side(wrap(target, "target", self._mod, self._backend), "target")
         real = _REAL_OF[f.dtype]
-        if t.dtype != real:
-            raise TypeError(f"target must be {real} (the intensity's dtype), got {t.dtype}")
-        if t.shape != f.shape:
-            raise ValueError(f"target must have the intensity's shape {list(f.shape)}, got {list(t.shape)}")
-        s.check_finite(t, "target")
+        rules.dtype("target", t.dtype, real)
+        rules.same_shape("target", t.shape, "field", f.shape)
         impl = self._get(f.dtype, s.device)
         fptr, pptr, tptr = s.device_ptr(f), s.device_ptr(p), s.device_ptr(t)
         gph, gph_ptr = s.output((self.num_layers, self.n, self.n), real)
@@ -280,6 +278,8 @@ class CudaPhaseStack:
         sums = np.empty(self.n * self.n, np.float64)
         sq.download(sums, s.stream)  # returns when the stream has got there
         loss = float(sums.sum() / (batch * self.n * self.n))
+        if not np.isfinite(loss):  # one test here instead of two passes over the inputs (as on the CPU)
+            raise ValueError(rules.loss_not_finite(real))
         if s.host:
             s.fetch(gph, gph_ptr)
             if inten is not None:
@@ -303,11 +303,8 @@ class CudaPhaseStack:
         if not g.host and g.device != tape.device:
             raise ValueError(f"grad_intensity is on device {g.device}, the tape on device {tape.device}")
         real = _REAL_OF[tape.dtype]
-        if g.dtype != real:
-            raise TypeError(f"grad_intensity must be {real}, got {g.dtype}")
-        if g.shape != tape.shape:
-            raise ValueError(f"grad_intensity must have the intensity's shape {list(tape.shape)}, "
-                             f"got {list(g.shape)}")
+        rules.dtype("grad_intensity", g.dtype, real)
+        rules.same_shape("grad_intensity", g.shape, "field", tape.shape)
         impl = self._get(tape.dtype, tape.device)
         L = self.num_layers
         if host_tape:
