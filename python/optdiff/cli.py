@@ -58,6 +58,8 @@ def _add_config_flags(p: argparse.ArgumentParser, model_flags: bool = True) -> N
     _add_data_flags(p)
     p.add_argument("--seed", type=int, help="random seed (train.seed and sample.seed)")
     p.add_argument("--threads", type=int, help="CPU threads (train.threads)")
+    p.add_argument("--backend", choices=("cpu", "cuda", "cuda-emu"),
+                   help="where the optics run: cpu (train.backend, default cpu), cuda (a GPU) or cuda-emu (tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -104,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_flags(s)
     s.add_argument("--seed", type=int, help="sampling seed (sample.seed)")
     s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument("--backend", choices=("cpu", "cuda", "cuda-emu"),
+                   help="where the optics run: cpu (default), cuda (a GPU) or cuda-emu (tests)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.KEY=VALUE",
                    help="override a [sample] value")
     s.add_argument("--no-progress", action="store_true")
@@ -119,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", dest="json_out", help="write the results to this JSON file")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int)
+    d.add_argument("--backend", choices=("cpu", "cuda", "cuda-emu"),
+                   help="where the optics run: cpu (default), cuda (a GPU) or cuda-emu (tests)")
 
     w = sub.add_parser("show", help="figures: generation trajectory and phase masks",
                        description="Write trajectory.png (r_T ... r_0 for a few samples, like figure 3 "
@@ -130,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_flags(w)
     w.add_argument("--seed", type=int)
     w.add_argument("--threads", type=int)
+    w.add_argument("--backend", choices=("cpu", "cuda", "cuda-emu"),
+                   help="where the optics run: cpu (default), cuda (a GPU) or cuda-emu (tests)")
     w.add_argument("--set", dest="overrides", action="append", default=[])
 
     m = sub.add_parser("demo", help="train a small model on the default data and write samples and figures",
@@ -157,7 +165,7 @@ def _flag_overrides(args) -> list[str]:
             out.append(f"{key}={v!r}")
     for attr, key in (("encoding", "optics.encoding"), ("init", "optics.init"), ("skip", "model.skip"),
                       ("order", "train.order"), ("dataset", "data.dataset"), ("data_dir", "data.data_dir"),
-                      ("split", "data.split"), ("sampler", "sample.sampler")):
+                      ("split", "data.split"), ("sampler", "sample.sampler"), ("backend", "train.backend")):
         v = getattr(args, attr, None)
         if v is not None:
             out.append(f"{key}={json.dumps(v)}")
@@ -203,11 +211,12 @@ def _model_from_checkpoint(args, allowed_sections=("sample", "data")):
     from .config import Config, ConfigError, apply_overrides
     from .diffusion.trainer import load_model
 
-    model, _, meta = load_model(args.checkpoint, nthreads=getattr(args, "threads", None))
+    model, _, meta = load_model(args.checkpoint, nthreads=getattr(args, "threads", None),
+                                backend=getattr(args, "backend", None))
     overrides = list(getattr(args, "overrides", [])) + _flag_overrides(args)
     for o in overrides:
         sec = o.split(".", 1)[0]
-        if o.startswith("train.threads"):
+        if o.startswith(("train.threads", "train.backend")):
             continue
         if sec not in allowed_sections:
             raise ConfigError(f"{o!r}: only {', '.join(allowed_sections)} settings can change for a trained model")

@@ -262,6 +262,8 @@ class TrainConfig:
     ``order``: ``interleaved`` (round robin over the sets) or ``sequential`` (set 0 .. M-1).
     ``lr_schedule``: ``cosine`` (decay to ``lr_min_factor * lr`` over each set's steps after
     ``warmup`` steps) or ``constant``. ``set_weights``: per-set loss weights (empty = all 1).
+    ``threads`` and ``backend`` say where the work runs, not what is computed: a checkpoint made
+    on one backend loads on any other.
     """
 
     steps: int = 1000
@@ -282,6 +284,7 @@ class TrainConfig:
     set_weights: list = field(default_factory=list)
     threads: int = 2
     progress: bool = True
+    backend: str = "cpu"  # where the optics run: "cpu", "cuda" (a GPU), "cuda-emu" (tests)
 
     def validate(self, sets: int) -> None:
         s = "train"
@@ -312,6 +315,7 @@ class TrainConfig:
         _check_int(s, "threads", self.threads, 1, 1024)
         if not isinstance(self.progress, bool):
             raise _err(s, "progress", self.progress, "must be true or false")
+        _check_choice(s, "backend", self.backend, ("cpu", "cuda", "cuda-emu"))
 
 
 @dataclass

@@ -50,15 +50,18 @@ class TimeAwareODU:
     precision : "single" (float32 phases, complex64 fields) or "double" (for gradient checks).
     seed : int or None
         Seed of the initial phase noise (default ``cfg.train.seed``).
+    backend : str or None
+        Where the optics run (default ``cfg.train.backend``): "cpu", "cuda" or "cuda-emu".
     """
 
     def __init__(self, cfg: Config, nthreads: Optional[int] = None, precision: str = "single",
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, backend: Optional[str] = None):
         cfg.validate()
         self.cfg = cfg
         self.M = cfg.model.sets
         self.H = self.W = cfg.model.image_size
-        self.odu = ODU(cfg.optics, self.H, nthreads=nthreads, precision=precision)
+        self.odu = ODU(cfg.optics, self.H, nthreads=nthreads, precision=precision,
+                       backend=cfg.train.backend if backend is None else backend)
         d = cfg.diffusion
         self.schedule = NoiseSchedule(d.T, d.schedule, d.beta_start, d.beta_end)
         self.set_ranges = timestep_sets(d.T, self.M)

@@ -135,12 +135,14 @@ def save_model(path, model: TimeAwareODU, optimizer: Optional[Adam] = None, meta
     return save_checkpoint(path, checkpoint_config(model.cfg), arrays, meta or {})
 
 
-def load_model(path, cfg: Optional[Config] = None, nthreads: Optional[int] = None):
+def load_model(path, cfg: Optional[Config] = None, nthreads: Optional[int] = None,
+               backend: Optional[str] = None):
     """Load a trained model from a checkpoint; returns ``(model, arrays, meta)``.
 
     Without ``cfg`` the run configuration stored in the checkpoint is used; with ``cfg``
     the checkpoint must match its signature (n, layers, sets, image size, physics, read-out,
     version), otherwise :class:`~optdiff.checkpoint.CheckpointError` says what differs.
+    ``backend`` (default: the stored ``train.backend``) is where the loaded model's optics run.
     """
     if cfg is None:
         ccfg, arrays, meta = load_checkpoint(path)
@@ -159,6 +161,9 @@ def load_model(path, cfg: Optional[Config] = None, nthreads: Optional[int] = Non
             raise CheckpointError(f"{path}: header disagrees with its stored run configuration on {diffs}")
     else:
         ccfg, arrays, meta = load_checkpoint(path, expect=expected_signature(cfg))
+    if backend is not None:
+        cfg.train.backend = backend
+        cfg.validate()
     model = TimeAwareODU(cfg, nthreads=nthreads)
     try:
         model.load_arrays(arrays)

@@ -187,10 +187,14 @@ class ODU:
         Threads for the optical core (None: the global default).
     precision : "single" or "double"
         complex64 / float32 phases (training) or complex128 / float64 (gradient checks).
+    backend : "cpu", "cuda" or "cuda-emu"
+        Where the phase stack runs (see :mod:`optdiff.optics.backends`). Images, phases and
+        read-outs stay NumPy arrays; on "cuda" each optical call moves its batch to the GPU
+        and the camera image back.
     """
 
     def __init__(self, optics: OpticsConfig, image_size: int, nthreads: Optional[int] = None,
-                 precision: str = "single"):
+                 precision: str = "single", backend="cpu"):
         optics.validate(image_size)
         self.optics = optics
         self.H = self.W = int(image_size)
@@ -208,7 +212,7 @@ class ODU:
         self.stack = PhaseStack(
             optics.n, wavelength=optics.wavelength, pitch=optics.pitch, distances=hops,
             method=optics.method, padding=optics.padding,
-            input_distance=optics.input_distance if optics.input_distance > 0 else None)
+            input_distance=optics.input_distance if optics.input_distance > 0 else None, backend=backend)
         # Binning as two small matrix products, b = A I A^T with A [H, kH] holding 1/k on each
         # pixel's block (rows reversed for camera_flip): BLAS does it ~9x faster than a strided
         # mean over k x k blocks, which was the largest non-optical cost of a sampling step.
