@@ -6,7 +6,7 @@ read-out calibrated by least squares, then Adam with warm-up + the configured sc
 ``TimeAwareODU.loss_and_grads``. Validation: eps-MSE on fixed held-out images, timesteps and
 noise; the linear denoiser is fitted on the training images and scored on the same batch.
 
-    python benchmarks/one_set.py --set 4 --steps 1000 --o train.lr=0.1
+    python studies/one_set.py --set 4 --steps 1000 --o train.lr=0.1
 
 prints one JSON line (validation MSE at 5 checkpoints, linear, zero); ``--out F`` appends it.
 """
@@ -20,11 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from optdiff.baselines import LinearDenoiser
-from optdiff.config import Config, apply_overrides
-from optdiff.data import load_dataset
-from optdiff.model import TimeAwareODU
-from optdiff.optim import Adam, lr_at
+if __package__ in (None, ""):  # run as a script: make the studies package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# studies.common first: it puts the in-tree optdiff on the path when none is installed
+import studies.common  # noqa: E402, F401
+
+# isort: split
+from optdiff.baselines import LinearDenoiser  # noqa: E402
+from optdiff.config import Config, apply_overrides  # noqa: E402
+from optdiff.data import load_dataset  # noqa: E402
+from optdiff.model import TimeAwareODU  # noqa: E402
+from optdiff.optim import Adam, lr_at  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Quality benchmark of optical diffusion models (not a test; minutes to an hour on 2 cores).
+"""Quality study of optical diffusion models (not a test; minutes to hours on 2 cores).
 
 For each data set (Fashion-MNIST first 3 classes at 20x20, MNIST at 20x20):
 
@@ -14,9 +14,9 @@ For each data set (Fashion-MNIST first 3 classes at 20x20, MNIST at 20x20):
 
 Examples::
 
-    python benchmarks/quality.py --datasets fashion-mnist --out runs/quality
-    python benchmarks/quality.py --datasets mnist --mnist-dir /path/to/mnist --out runs/quality
-    python benchmarks/quality.py --set optics.n=300 --set train.steps=1000 --out runs/quality300
+    python studies/quality.py --datasets fashion-mnist --out runs/quality
+    python studies/quality.py --datasets mnist --mnist-dir /path/to/mnist --out runs/quality
+    python studies/quality.py --set optics.n=300 --set train.steps=1000 --out runs/quality300
 
 MNIST: only the t10k files may be present: then the model trains on the test split minus
 the held-out images (``--mnist-dir`` is passed to the loader as ``data_dir``).
@@ -25,46 +25,26 @@ the held-out images (``--mnist-dir`` is passed to the loader as ``data_dir``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "python"))
+if __package__ in (None, ""):  # run as a script: make the studies package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# studies.common first: it puts the in-tree optdiff on the path when none is installed
+from studies.common import SETUPS, load_split  # noqa: E402
+
+# isort: split
 import optdiff  # noqa: E402
 from optdiff.baselines import LinearDenoiser, ZeroPredictor, per_set_mse  # noqa: E402
 from optdiff.config import Config, apply_overrides  # noqa: E402
-from optdiff.data import load_dataset  # noqa: E402
 from optdiff.metrics import FeatureNet, frechet_distance  # noqa: E402
 from optdiff.model import generate  # noqa: E402
 from optdiff.plots import plot_phases, plot_set_mse, plot_training, plot_trajectory, save_grid  # noqa: E402
 from optdiff.trainer import Trainer, load_model, write_json_atomic  # noqa: E402
-
-SETUPS = {
-    "fashion-mnist": {"classes": [0, 1, 2]},
-    "mnist": {"classes": None},
-}
-
-
-def load_split(name: str, data_dir, held_out: int, seed: int):
-    """(train images, train labels, held-out images, held-out labels) at 20x20."""
-    classes = SETUPS[name]["classes"]
-    try:
-        xtr, ytr = load_dataset(name, data_dir=data_dir, split="train", classes=classes, size=20)
-        xte, yte = load_dataset(name, data_dir=data_dir, split="test", classes=classes, size=20)
-        rng = np.random.default_rng(seed)
-        pick = rng.permutation(xte.shape[0])[:held_out]
-        return xtr, ytr, xte[pick], yte[pick]
-    except FileNotFoundError:
-        # only the test split is on disk (e.g. MNIST t10k): hold out part of it
-        x, y = load_dataset(name, data_dir=data_dir, split="test", classes=classes, size=20)
-        perm = np.random.default_rng(seed).permutation(x.shape[0])
-        ho, tr = perm[:held_out], perm[held_out:]
-        return x[tr], y[tr], x[ho], y[ho]
 
 
 def run_dataset(name: str, args, out: Path) -> dict:
@@ -177,7 +157,7 @@ def table(mse: dict, sets) -> str:
 
 
 def markdown(results: list[dict], args) -> str:
-    out = ["# optdiff quality benchmark", "", f"command: `python benchmarks/quality.py {' '.join(args.argv)}`", ""]
+    out = ["# optdiff quality study", "", f"command: `python studies/quality.py {' '.join(args.argv)}`", ""]
     for r in results:
         out += [f"## {r['dataset']}", "",
                 f"{r['train_images']} training images, {r['held_out']} held out; "

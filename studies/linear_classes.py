@@ -11,27 +11,34 @@ This script fits, by least squares on noised images of one time set, the best me
 
     diag:       eps ~ c(x) r(x) + o(x)                        (the digital skip alone)
     conv+diag:  as above (alternating least squares over s and (g, c, o))
-    full:       eps ~ W r + c                                 (the linear baseline of quality.py)
+    full:       eps ~ W r + c                                 (the linear baseline of studies/quality.py)
 
 and reports their eps-MSE on held-out images: the gap between conv+diag and full is what a
 shift-invariant optical filter cannot reach, however long it trains.
 
-    python benchmarks/linear_classes.py --dataset fashion-mnist --set 4
-    python benchmarks/linear_classes.py --dataset mnist --data-dir <MNIST folder> --set 4
+    python studies/linear_classes.py --dataset fashion-mnist --set 4
+    python studies/linear_classes.py --dataset mnist --data-dir <MNIST folder> --set 4
 
 Memory: ~3 x samples x H^2 x (2R+1)^2 x 8 bytes (2000 samples, R = 8: ~5.5 GB).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from quality import load_split  # the same training / held-out split as the quality benchmark (puts python/ on the path)
-from optdiff.baselines import LinearDenoiser
-from optdiff.data import load_dataset
-from optdiff.schedule import NoiseSchedule, timestep_sets
+if __package__ in (None, ""):  # run as a script: make the studies package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# the same training / held-out split as the quality study (and optdiff on the path if needed)
+from studies.common import load_split  # noqa: E402
+
+# isort: split
+from optdiff.baselines import LinearDenoiser  # noqa: E402
+from optdiff.schedule import NoiseSchedule, timestep_sets  # noqa: E402
 
 
 def noised(x0, count, t_range, schedule, seed):
@@ -95,7 +102,10 @@ def main(argv=None) -> int:
     t_range = timestep_sets(1000, 10)[args.set]
     rtr, etr = noised(xtr, args.samples, t_range, schedule, 1)
     rte, ete = noised(xte, args.test, t_range, schedule, 2)
-    mse = lambda p: float(np.mean((p - ete) ** 2))
+
+    def mse(pred):
+        return float(np.mean((pred - ete) ** 2))
+
     t0 = time.perf_counter()
     out = {"zero": mse(np.zeros_like(ete))}
     cd = per_pixel_lstsq(np.stack([rtr, np.ones_like(rtr)], -1), etr)

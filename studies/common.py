@@ -1,0 +1,53 @@
+"""What the studies share: finding optdiff, and the data sets with their held-out split.
+
+Importing this module makes ``import optdiff`` work: an installed optdiff is used as it is;
+without one, the in-tree package (``python/``, after ``./dev build``) is put on the path.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON_DIR = REPO / "python"
+
+
+def _find_optdiff() -> None:
+    try:
+        import optdiff  # noqa: F401
+    except ImportError:
+        if PYTHON_DIR.is_dir() and str(PYTHON_DIR) not in sys.path:
+            sys.path.insert(0, str(PYTHON_DIR))
+
+
+_find_optdiff()
+
+from optdiff.data import load_dataset  # noqa: E402
+
+# The data sets of the studies: Fashion-MNIST's first three classes, all of MNIST, both at 20x20.
+SETUPS = {
+    "fashion-mnist": {"classes": [0, 1, 2]},
+    "mnist": {"classes": None},
+}
+
+
+def load_split(name: str, data_dir, held_out: int, seed: int):
+    """(train images, train labels, held-out images, held-out labels) at 20x20.
+
+    The held-out images are ``held_out`` test images picked with ``seed``; when only the test
+    split is on disk (e.g. MNIST's t10k files) they are taken from it and the rest is trained on.
+    """
+    classes = SETUPS[name]["classes"]
+    try:
+        xtr, ytr = load_dataset(name, data_dir=data_dir, split="train", classes=classes, size=20)
+        xte, yte = load_dataset(name, data_dir=data_dir, split="test", classes=classes, size=20)
+        rng = np.random.default_rng(seed)
+        pick = rng.permutation(xte.shape[0])[:held_out]
+        return xtr, ytr, xte[pick], yte[pick]
+    except FileNotFoundError:
+        x, y = load_dataset(name, data_dir=data_dir, split="test", classes=classes, size=20)
+        perm = np.random.default_rng(seed).permutation(x.shape[0])
+        ho, tr = perm[:held_out], perm[held_out:]
+        return x[tr], y[tr], x[ho], y[ho]
