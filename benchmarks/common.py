@@ -21,7 +21,7 @@ import math
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class Case:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Case":
+    def from_dict(cls, d: dict) -> Case:
         return cls(**d)
 
 
@@ -126,7 +126,7 @@ class DDPMStep:
     b: float = -0.5
 
     @classmethod
-    def at(cls, t: int = 500, T: int = 1000) -> "DDPMStep":
+    def at(cls, t: int = 500, T: int = 1000) -> DDPMStep:
         betas = np.linspace(1e-4, 0.02, T)
         alphas = 1.0 - betas
         abar = np.cumprod(alphas)

@@ -7,9 +7,9 @@ case's cores before JAX is imported.
 """
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from benchmarks.common import Case, DDPMStep, transfer_function
 

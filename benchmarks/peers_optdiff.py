@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 import optdiff
-
 from benchmarks.common import Case, DDPMStep, ddpm_numpy_update, loss_grad_scale
 
 

@@ -29,7 +29,7 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import REPO, PYTHON_DIR, Case, thread_env  # noqa: E402
+from benchmarks.common import PYTHON_DIR, REPO, Case, thread_env  # noqa: E402
 from benchmarks.fft_floor import fft_counts  # noqa: E402
 
 ALL_TOOLS = ["optdiff", "optdiff_tape", "numpy", "torch", "torch_thp", "pyfftw", "jax", "fft_floor"]
