@@ -84,7 +84,8 @@ def test_training_lowers_validation_mse_of_every_set_below_zero_predictor(tmp_pa
     s = tr.fit()
     assert all(v < z for v, z in zip(s["val_mse"], s["zero_mse"]))
     assert (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.npz").exists()
-    rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
+    with open(tmp_path / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 60 and {int(r["set"]) for r in rows} == {0, 1, 2}
     assert all(float(r["images_per_s"]) > 0 for r in rows)
 
@@ -128,7 +129,8 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     b = [h["loss"] for h in part.history] + [h["loss"] for h in resumed.history]
     assert len(a) == len(b) == 24
     assert a == b  # bit-identical
-    rows = list(csv.DictReader(open(tmp_path / "part" / "train_log.csv")))
+    with open(tmp_path / "part" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == list(range(24))
     for k in full.model.params:
         assert np.array_equal(full.model.params[k], resumed.model.params[k])

@@ -114,11 +114,9 @@ def cuda_unavailable_reason() -> str:
         return str(exc)
 
 
-def set_workspace_limit(nbytes: int, backend: str = "cuda") -> None:
+def set_workspace_limit(nbytes: int, emulated: bool = False) -> None:
     """Scratch memory budget of one call (default 1 GiB); bigger batches are processed in chunks."""
-    from . import get_backend
-
-    get_backend(backend).mod.set_workspace_limit(int(nbytes))
+    CudaBackend.load(emulated).mod.set_workspace_limit(int(nbytes))
 
 
 def clear_plan_cache() -> None:
