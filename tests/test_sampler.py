@@ -216,3 +216,12 @@ def test_forward_of_a_real_field_equals_the_complex_one(padding, dtype, input_di
     np.testing.assert_array_equal(stack.forward(amp[0], phases), want[0])
     with pytest.raises(TypeError, match="phases must be"):
         stack.forward(amp, phases.astype(np.float64 if dtype == np.float32 else np.float32))
+
+
+def test_coefficients_beyond_float32_are_refused_for_float32_arrays(backend):
+    x = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="c2 = .*float32"):
+        optdiff.ddpm_update(x, x, c1=1.0, c2=1e39, sigma=0.0, seed=0, stream=0, backend=backend)
+    got = optdiff.ddpm_update(x.astype(np.float64), x.astype(np.float64), c1=1.0, c2=1e39, sigma=0.0, seed=0,
+                              stream=0, backend=backend)
+    assert np.all(np.isfinite(got))  # float64 holds it

@@ -88,6 +88,11 @@ def ddpm_update(x, eps, *, c1: float, c2: float, sigma: float, seed: int, stream
     arrays) may name another.
     """
     coeffs = _coefficients(c1, c2, sigma, eps_scale, eps_offset)
+    if np.dtype(getattr(x, "dtype", np.float64)) == np.float32:  # the update runs in float32
+        big = float(np.finfo(np.float32).max)
+        for k, v in zip(("c1", "c2", "sigma", "eps_scale", "eps_offset"), coeffs):
+            if abs(v) > big:
+                raise ValueError(f"{k} = {v:g} is beyond float32's range (x is float32); use float64 arrays")
     seed, stream, offset = _args.u64(seed, "seed"), _args.u64(stream, "stream"), _args.u64(offset, "offset")
     _check_range(offset, int(np.prod(getattr(x, "shape", ()), dtype=np.int64)))
     impl = backend_for(x, eps, out) if backend is None else get_backend(backend)
