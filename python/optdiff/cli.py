@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(no files needed) in under 10 minutes on 2 cores, then sample and draw figures.")
     m.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     _add_config_flags(m)
+    for sp in (t, s, d, w, m):
+        sp.add_argument("--planner", choices=("estimate", "measure", "patient"),
+                        help="FFTW planning (default measure: plans chosen by timing, fastest, but two "
+                             "processes may pick different plans and round differently; estimate: "
+                             "bitwise reproducible across processes and resumes, slower steps)")
     return p
 
 
@@ -293,12 +298,9 @@ def cmd_sample(args) -> Path:
 
 
 def _save_npy(path: Path, x: np.ndarray) -> None:
-    import os
+    from .diffusion.checkpoint import atomic_write
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, x)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, x), binary=True)
 
 
 def cmd_denoise(args) -> dict:
@@ -404,6 +406,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "planner", None):
+            from .optics import set_planner_effort
+
+            set_planner_effort(args.planner)
         COMMANDS[args.command](args)
     except ConfigError as exc:
         return _fail(str(exc), 2)

@@ -35,7 +35,8 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write, load_checkpoint, remove_stale_temporaries,
+                         save_checkpoint)
 from ..config import Config
 from .model import MODEL_VERSION, TimeAwareODU
 from .optim import Adam, lr_at
@@ -185,11 +186,23 @@ def _json_default(o):
 
 
 def _rewrite_csv(path: Path, fields, keep) -> None:
-    """Keep only rows with ``keep(row)`` (used when resuming after a crash)."""
+    """Keep only rows with ``keep(row)`` (used when resuming after a crash). A row that a kill
+    cut short (missing fields, an unreadable step) is dropped, not kept or fatal."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if keep(r)]
+
+    def complete(r):
+        try:
+            return None not in r and all(r.get(k) not in (None, "") for k in fields) and keep(r)
+        except ValueError:
+            return False
+
+    rows = []
+    with open(path, newline="", errors="replace") as f:
+        try:
+            rows.extend(r for r in csv.DictReader(f) if complete(r))
+        except csv.Error:  # an unreadable (cut or garbled) last line
+            pass
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
@@ -220,6 +233,7 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)  # left by a run killed mid-write
         H = cfg.model.image_size
         if images is None:
             images = load_images(cfg)
