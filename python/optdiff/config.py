@@ -59,10 +59,17 @@ def _is_int(v) -> bool:
 
 
 def _is_num(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
+    try:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
+    except OverflowError:  # an integer beyond float's range
+        return False
 
 
-def _check_int(sec, key, v, lo=None, hi=None):
+_COUNT_MAX = (1 << 31) - 1   # bound of every count without its own (steps, batches, limits, ...)
+_SEED_MAX = (1 << 63) - 1    # seeds: any int64 (what TOML and JSON readers everywhere take)
+
+
+def _check_int(sec, key, v, lo=None, hi=_COUNT_MAX):
     if not _is_int(v):
         raise _err(sec, key, v, "must be an integer")
     if lo is not None and v < lo:
@@ -298,7 +305,7 @@ class TrainConfig:
         _check_choice(s, "order", self.order, ("interleaved", "sequential"))
         _check_num(s, "beta1", self.beta1, 0.0, 0.999999)
         _check_num(s, "beta2", self.beta2, 0.0, 0.99999999)
-        _check_int(s, "seed", self.seed, 0)
+        _check_int(s, "seed", self.seed, 0, _SEED_MAX)
         _check_int(s, "val_every", self.val_every, 0)
         _check_int(s, "val_batch", self.val_batch, 1)
         _check_int(s, "ckpt_every", self.ckpt_every, 0)
@@ -333,13 +340,13 @@ class SampleConfig:
     def validate(self, T: int) -> None:
         s = "sample"
         _check_choice(s, "sampler", self.sampler, ("ddpm", "ddim"))
-        _check_int(s, "steps", self.steps, 1, T if self.sampler == "ddim" else None)
+        _check_int(s, "steps", self.steps, 1, T if self.sampler == "ddim" else _COUNT_MAX)
         _check_num(s, "eta", self.eta, 0.0, 10.0)
         _check_int(s, "count", self.count, 1)
         _check_int(s, "batch", self.batch, 1)
         if not isinstance(self.clip_x0, bool):
             raise _err(s, "clip_x0", self.clip_x0, "must be true or false")
-        _check_int(s, "seed", self.seed, 0)
+        _check_int(s, "seed", self.seed, 0, _SEED_MAX)
 
 
 _SECTIONS = {
@@ -403,7 +410,7 @@ def _build_section(name: str, klass, sec: Mapping[str, Any]):
     for key, value in sec.items():
         default = getattr(defaults, key)
         # TOML integers are fine where floats are expected
-        if isinstance(default, float) and _is_int(value):
+        if isinstance(default, float) and _is_int(value) and _is_num(value):
             value = float(value)
         if isinstance(default, list) and isinstance(value, tuple):
             value = list(value)
@@ -424,7 +431,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), validate
     try:
         with open(path, "rb") as f:
             d = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     d = apply_overrides(d, overrides)
     try:
@@ -442,8 +449,14 @@ def _parse_value(text: str):
 
 def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str]) -> dict:
     """Return a copy of ``d`` with each ``section.key=value`` applied (value parsed as TOML)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"configuration must be a table/dict, got {type(d).__name__}")
+    if isinstance(overrides, (str, bytes)) or not hasattr(overrides, "__iter__"):
+        raise ConfigError(f"overrides must be a list of 'section.key=value' strings, got {overrides!r}")
     out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
     for item in overrides:
+        if not isinstance(item, str):
+            raise ConfigError(f"override {item!r} must be a string 'section.key=value'")
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optics.n=120)")
         lhs, rhs = item.split("=", 1)

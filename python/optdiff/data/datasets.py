@@ -25,12 +25,15 @@ to ``test`` when ``i % 10 == 9`` and to ``train`` otherwise. ``split="all"`` tak
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from ..optics._args import integer
 
 __all__ = [
     "DATASETS",
@@ -136,7 +139,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(buf)} bytes, header needs {header})")
     dims = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # exact: an int64 product wraps for huge headers
     got = len(buf) - header
     if got < expected:
         raise ValueError(
@@ -146,7 +149,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(
             f"{path}: IDX file has {got - expected} unexpected trailing bytes after the data "
             f"of shape {dims}")
-    arr = np.frombuffer(buf, dtype=dtype, count=int(np.prod(dims, dtype=np.int64)), offset=header)
+    arr = np.frombuffer(buf, dtype=dtype, count=math.prod(dims), offset=header)
     return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
 
@@ -188,8 +191,30 @@ def read_quickdraw(path: str | os.PathLike, indices: Sequence[int] | np.ndarray 
     FileNotFoundError, ValueError (wrong shape/dtype, not an .npy file)
     """
     arr = _open_quickdraw(Path(path))
-    rows = arr if indices is None else arr[np.asarray(indices, dtype=np.int64)]
+    rows = arr if indices is None else arr[_row_indices(indices, arr.shape[0])]
     return np.array(rows, dtype=np.uint8).reshape(-1, 28, 28)
+
+
+def _row_indices(indices, count: int) -> np.ndarray:
+    """Exact integer row numbers in ``0..count-1`` (floats, bools and out-of-range rows refused)."""
+    try:
+        idx = np.asarray(indices)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"indices must be a sequence of row numbers ({exc})") from None
+    if idx.size == 0:
+        return idx.astype(np.int64).reshape(-1)
+    if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"indices must be integer row numbers, got dtype {idx.dtype}")
+    if idx.min() < 0 or idx.max() >= count:
+        raise ValueError(f"indices must be row numbers in 0..{count - 1}, got {int(idx.min())}..{int(idx.max())}")
+    return idx.astype(np.int64).reshape(-1)
+
+
+def _size(size, name: str = "size") -> int:
+    size = integer(size, name)
+    if not 1 <= size <= 1 << 16:
+        raise ValueError(f"{name} must be a positive number of pixels (<= 65536), got {size}")
+    return size
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -250,6 +275,7 @@ def read_image_folder(path: str | os.PathLike, size: int | None = None, return_l
     (labels int64 ``[K]``, class_names list[str])  only with ``return_labels=True``
     """
     root = Path(path)
+    size = None if size is None else _size(size)
     groups = _folder_groups(root)
     images, labels, ref_shape, ref_file = [], [], None, None
     for label, (_, files) in enumerate(groups):
@@ -332,10 +358,11 @@ def resize_images(x: np.ndarray, size: int | tuple[int, int], method: str = "aut
         raise ValueError(f"resize_images expects [K,H,W] or [H,W], got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise TypeError(f"resize_images expects real images, got dtype {x.dtype}")
-    h, w = (size, size) if np.isscalar(size) else tuple(size)
-    h, w = int(h), int(w)
-    if h < 1 or w < 1:
-        raise ValueError(f"resize size must be positive, got {size}")
+    try:
+        h, w = (size, size) if np.isscalar(size) else tuple(size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be an integer or a pair (h, w), got {size!r}") from None
+    h, w = _size(h), _size(w)
     xf = x.astype(np.float64)
     H, W = x.shape[-2:]
     if (H, W) == (h, w):
@@ -360,8 +387,9 @@ def to_model_range(x: np.ndarray, max_value: float | None = None) -> np.ndarray:
             max_value = 1.0
         else:
             raise ValueError(f"to_model_range: pass max_value for dtype {x.dtype}")
-    if not max_value > 0:
-        raise ValueError(f"max_value must be positive, got {max_value}")
+    if isinstance(max_value, (bool, np.bool_, str, bytes)) or not np.isscalar(max_value) or not (
+            np.isfinite(max_value) and max_value > 0):
+        raise ValueError(f"max_value must be a positive finite number, got {max_value!r}")
     out = x.astype(np.float64) * (2.0 / float(max_value)) - 1.0
     return np.clip(out, -1.0, 1.0)
 
@@ -502,8 +530,11 @@ def _resolve_classes(classes, names: list[str]) -> np.ndarray:
                 raise ValueError(f"unknown class {c!r}; available: {', '.join(names)}")
             out.append(names.index(str(c)))
         else:
-            ci = int(c)
-            if ci != c or not 0 <= ci < len(names):
+            try:
+                ci = integer(c, "classes")
+            except ValueError:
+                raise ValueError(f"classes must hold integer labels or class names, got {c!r}") from None
+            if not 0 <= ci < len(names):
                 raise ValueError(f"class label {c!r} out of range 0..{len(names) - 1}")
             out.append(ci)
     if not out:
@@ -515,7 +546,6 @@ def _choose(labels: np.ndarray, keep: np.ndarray | None, limit: int | None, seed
     """Indices (sorted, file order) after the class filter and a seeded random ``limit`` subset."""
     idx = np.arange(labels.shape[0]) if keep is None else np.flatnonzero(np.isin(labels, keep))
     if limit is not None:
-        limit = int(limit)
         if limit < 1:
             raise ValueError(f"limit must be positive, got {limit}")
         if limit < idx.size:
@@ -582,10 +612,20 @@ def load_dataset(
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     split = _norm_split(split)
     if classes is not None:
+        if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+            raise ValueError(f"classes must be a list of labels or class names, got {classes!r}")
         classes = list(classes)
     dd = Path(data_dir).expanduser() if data_dir not in (None, "") else None
-    if limit is not None and int(limit) == 0:
-        limit = None
+    if limit is not None:
+        limit = integer(limit, "limit")
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0 (0: no limit), got {limit}")
+        limit = limit or None
+    seed = integer(seed, "seed")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if size is not None:
+        size = _size(size)
 
     if key == "digits":
         from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
@@ -649,6 +689,6 @@ def load_dataset(
             f"{key}: no images left for split={split!r}, classes={None if classes is None else list(classes)}")
     xf = x.astype(np.float64)
     if size is not None:
-        xf = resize_images(xf, int(size))
+        xf = resize_images(xf, size)
     images = np.ascontiguousarray(to_model_range(xf, max_value=max_value))
     return images, np.ascontiguousarray(lab, dtype=np.int64)

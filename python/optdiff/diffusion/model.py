@@ -30,7 +30,8 @@ import numpy as np
 
 from ..config import Config
 from ..odu import ODU, init_phases
-from .schedule import NoiseSchedule, set_index, timestep_sets
+from ..optics._args import integer, real
+from .schedule import NoiseSchedule, set_index, timestep_sets, timesteps
 
 __all__ = ["TimeAwareODU", "MODEL_VERSION", "generate"]
 
@@ -145,15 +146,33 @@ class TimeAwareODU:
 
     def predict_eps(self, x_t: np.ndarray, t: int, batch: int = 256) -> np.ndarray:
         """Sampler interface: ``x_t [B, H, W]``, one integer timestep -> eps ``[B, H, W]``."""
-        x_t = np.asarray(x_t, dtype=np.float64)
-        if x_t.ndim != 3 or x_t.shape[1:] != (self.H, self.W):
-            raise ValueError(f"x_t must be [B, {self.H}, {self.W}], got {x_t.shape}")
-        t = int(t)
+        x_t = self._real_batch(x_t, "x_t")
+        t = integer(t, "t")
+        if not 0 <= t < self.T:
+            raise ValueError(f"t must be a timestep in 0..{self.T - 1}, got {t}")
+        batch = integer(batch, "batch")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         m = self.set_of(t)
         outs = [self.predict(x_t[i:i + batch], t, m) for i in range(0, x_t.shape[0], batch)]
-        return np.concatenate(outs, axis=0)
+        return np.concatenate(outs, axis=0) if outs else np.zeros_like(x_t)
 
     __call__ = predict_eps
+
+    def _real_batch(self, x, name: str) -> np.ndarray:
+        """``x`` as float64 ``[B, H, W]`` of finite real numbers, or a ValueError/TypeError naming it."""
+        try:
+            a = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be an array [B, {self.H}, {self.W}] of real numbers ({exc})") from None
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+        if a.ndim != 3 or a.shape[1:] != (self.H, self.W):
+            raise ValueError(f"{name} must be [B, {self.H}, {self.W}], got {a.shape}")
+        a = a.astype(np.float64, copy=False)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains NaN or Inf")
+        return a
 
     # ------------------------------------------------------------------ training
     def loss_and_grads(self, m: int, r: np.ndarray, t: np.ndarray, eps: np.ndarray,
@@ -165,7 +184,20 @@ class TimeAwareODU:
         ``t``: their timesteps (int array [B], all in set m); ``eps``: the true noise.
         """
         p = self.params
-        r = np.asarray(r, dtype=np.float64)
+        m = integer(m, "m")
+        if not 0 <= m < self.M:
+            raise ValueError(f"m must be a set index in 0..{self.M - 1}, got {m}")
+        r, eps = self._real_batch(r, "r"), self._real_batch(eps, "eps")
+        if eps.shape != r.shape:
+            raise ValueError(f"eps must have the shape of r {r.shape}, got {eps.shape}")
+        t = timesteps(t, self.T, "t")
+        lo, hi = self.set_ranges[m]
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != r.shape[0]) or (t.size and (t.min() < lo or t.max() >= hi)):
+            raise ValueError(f"t must be one timestep or one per image ([{r.shape[0]}]) of set {m} "
+                             f"({lo}..{hi - 1}), got {t!r}")
+        weight = real(weight, "weight")
+        if not np.isfinite(weight):
+            raise ValueError(f"weight must be finite, got {weight}")
         I, tape = self.odu.intensity_train(r, p["phases"][m])
         out = self.readout(m, I, r)
         if m in self.x0_sets:
@@ -263,7 +295,7 @@ def generate(predict_eps, schedule: NoiseSchedule, sample_cfg, count: int, image
     """
     from .samplers import ddim_sample, ddpm_sample
 
-    count = int(count)
+    count, image_size = integer(count, "count"), integer(image_size, "image_size")
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     outs, traj = [], None

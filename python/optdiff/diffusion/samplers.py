@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..optics._args import integer, real
 from .schedule import NoiseSchedule
 
 __all__ = ["ddpm_sample", "ddim_sample", "ddim_timesteps"]
@@ -26,12 +27,23 @@ PredictEps = Callable[[np.ndarray, int], np.ndarray]
 def _rng(rng) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
-    return np.random.default_rng(rng)
+    if isinstance(rng, (bool, np.bool_, float, np.floating)):
+        raise ValueError(f"rng must be a numpy Generator, an integer seed or None, got {rng!r}")
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"rng must be a numpy Generator, an integer seed or None, got {rng!r} ({exc})") from None
 
 
-def _check_shape(shape) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or any(s < 1 for s in shape):
+def _check_args(predict_eps, schedule, shape) -> tuple[int, ...]:
+    if not callable(predict_eps):
+        raise TypeError(f"predict_eps must be a callable (x_t, t) -> eps, got {type(predict_eps).__name__}")
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise ValueError(f"shape must be [B, H, W] with positive sizes, got {shape!r}")
+    shape = tuple(integer(s, "shape") for s in shape)
+    if len(shape) < 2 or any(not 1 <= s < 1 << 31 for s in shape):
         raise ValueError(f"shape must be [B, H, W] with positive sizes, got {shape}")
     return shape
 
@@ -55,7 +67,9 @@ def _record_set(trajectory_steps, available: Sequence[int], default_count: int =
         k = min(default_count, len(available))
         pick = np.unique(np.linspace(0, len(available) - 1, k).round().astype(int))
         return {int(available[i]) for i in pick}
-    wanted = {int(t) for t in trajectory_steps}
+    if isinstance(trajectory_steps, (str, bytes)) or not hasattr(trajectory_steps, "__iter__"):
+        raise ValueError(f"trajectory_steps must be a list of timesteps, got {trajectory_steps!r}")
+    wanted = {integer(t, "trajectory_steps") for t in trajectory_steps}
     missing = wanted - set(int(t) for t in available)
     if missing:
         raise ValueError(f"trajectory_steps {sorted(missing)} are not visited by this sampler")
@@ -118,7 +132,7 @@ def ddpm_sample(
     -------
     samples float64 ``[B, H, W]``, or ``(samples, trajectory)`` with ``return_trajectory``.
     """
-    shape = _check_shape(shape)
+    shape = _check_args(predict_eps, schedule, shape)
     rng = _rng(rng)
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
@@ -169,7 +183,7 @@ def ddim_timesteps(T: int, steps: int) -> np.ndarray:
     Both ends are included (``T-1`` first, ``0`` last); int64 ``[steps]``, strictly
     decreasing. ``steps`` must be in ``1..T`` (``steps = 1`` visits only ``T-1``).
     """
-    steps = int(steps)
+    steps = integer(steps, "steps")
     if not 1 <= steps <= T:
         raise ValueError(f"DDIM steps must be in 1..T={T}, got {steps}")
     if steps == 1:
@@ -203,11 +217,11 @@ def ddim_sample(
     Parameters and return value as :func:`ddpm_sample` (the trajectory records only visited
     timesteps; the default is up to 10 of them evenly spread).
     """
-    shape = _check_shape(shape)
+    shape = _check_args(predict_eps, schedule, shape)
     rng = _rng(rng)
-    eta = float(eta)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = real(eta, "eta")
+    if not (np.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
     ts = ddim_timesteps(schedule.T, steps)
     record = _record_set(trajectory_steps, list(ts)) if return_trajectory else set()
     rec_t, rec_x, rec_x0 = [], [], []

@@ -15,7 +15,31 @@ import math
 
 import numpy as np
 
+from ..optics._args import integer, real
+
 __all__ = ["NoiseSchedule", "q_sample", "timestep_sets", "set_index"]
+
+#: Most diffusion steps a schedule may have (12 float64 arrays of T entries each).
+T_MAX = 10_000_000
+
+
+def _steps(T, name: str = "T") -> int:
+    T = integer(T, name)
+    if not 1 <= T <= T_MAX:
+        raise ValueError(f"{name} must be an integer in 1..{T_MAX}, got {T}")
+    return T
+
+
+def timesteps(t, T: int, name: str = "t") -> np.ndarray:
+    """``t`` (an int or an integer array) as int64, each in ``0..T-1``; floats and bools refused."""
+    ta = np.asarray(t) if not isinstance(t, (bool, np.bool_)) else None
+    if ta is None or ta.dtype == np.bool_ or not (np.issubdtype(ta.dtype, np.integer) or ta.size == 0):
+        raise ValueError(f"{name} must be an integer timestep or an integer array, got "
+                         f"{type(t).__name__} {t!r}" if ta is None or ta.ndim == 0 else
+                         f"{name} must be an integer timestep or an integer array, got dtype {ta.dtype}")
+    if ta.size and (ta.min() < 0 or ta.max() >= T):
+        raise ValueError(f"{name}: timestep out of range 0..{T - 1}: {t!r}")
+    return ta.astype(np.int64)
 
 
 class NoiseSchedule:
@@ -42,17 +66,21 @@ class NoiseSchedule:
 
     def __init__(self, T: int = 1000, kind: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02, cosine_s: float = 0.008, max_beta: float = 0.999):
-        T = int(T)
-        if T < 1:
-            raise ValueError(f"T must be >= 1, got {T}")
-        kind = str(kind).lower()
+        T = _steps(T)
+        if not isinstance(kind, str):
+            raise ValueError(f"schedule kind must be 'linear' or 'cosine', got {kind!r}")
+        kind = kind.lower()
+        beta_start, beta_end = real(beta_start, "beta_start"), real(beta_end, "beta_end")
+        cosine_s, max_beta = real(cosine_s, "cosine_s"), real(max_beta, "max_beta")
+        if not (math.isfinite(cosine_s) and cosine_s >= 0):
+            raise ValueError(f"cosine_s must be a finite number >= 0, got {cosine_s}")
+        if not (0.0 < max_beta < 1.0):
+            raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
         if kind == "linear":
             if not (0.0 < beta_start <= beta_end < 1.0):
                 raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
             betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
         elif kind == "cosine":
-            if not (0.0 < max_beta < 1.0):
-                raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
             steps = np.arange(T + 1, dtype=np.float64) / T
             f = np.cos((steps + cosine_s) / (1.0 + cosine_s) * math.pi / 2.0) ** 2
             abar = f / f[0]
@@ -96,14 +124,7 @@ class NoiseSchedule:
                 "beta_end": self.beta_end, "cosine_s": self.cosine_s, "max_beta": self.max_beta}
 
     def _check_t(self, t) -> np.ndarray:
-        ta = np.asarray(t)
-        if not np.issubdtype(ta.dtype, np.integer):
-            if np.any(ta != np.floor(ta)):
-                raise TypeError(f"timesteps must be integers, got {t!r}")
-            ta = ta.astype(np.int64)
-        if ta.size and (ta.min() < 0 or ta.max() >= self.T):
-            raise ValueError(f"timestep out of range 0..{self.T - 1}: {t!r}")
-        return ta
+        return timesteps(t, self.T)
 
     def _per_sample(self, arr: np.ndarray, t, ndim: int) -> np.ndarray:
         """``arr[t]`` shaped to broadcast against a batch ``[B, ...]`` with ``ndim`` dims."""
@@ -158,9 +179,7 @@ def q_sample(schedule: NoiseSchedule, x0: np.ndarray, t, noise: np.ndarray) -> n
 
 
 def _check_TM(T: int, M: int) -> tuple[int, int]:
-    T, M = int(T), int(M)
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    T, M = _steps(T), integer(M, "M")
     if not 1 <= M <= T:
         raise ValueError(f"number of time sets M must be in 1..T={T}, got {M}")
     return T, M
@@ -189,13 +208,7 @@ def set_index(t, T: int = 1000, M: int = 10):
     ``t``: int or int array; returns an int or an int64 array of the same shape.
     """
     T, M = _check_TM(T, M)
-    ta = np.asarray(t)
-    if not np.issubdtype(ta.dtype, np.integer):
-        if np.any(ta != np.floor(ta)):
-            raise TypeError(f"timesteps must be integers, got {t!r}")
-    ta = ta.astype(np.int64)
-    if ta.size and (ta.min() < 0 or ta.max() >= T):
-        raise ValueError(f"timestep out of range 0..{T - 1}: {t!r}")
+    ta = timesteps(t, T)
     q, r = divmod(T, M)
     big = r * (q + 1)
     idx = np.where(ta < big, ta // (q + 1), r + (ta - big) // max(q, 1))
