@@ -19,7 +19,7 @@ import numpy as np
 
 import optdiff
 from optdiff.config import Config
-from optdiff.model import TimeAwareODU, generate
+from optdiff.diffusion.model import TimeAwareODU, generate
 
 
 def main(argv=None) -> int:

@@ -37,8 +37,8 @@ if __package__ in (None, ""):  # run as a script: make the studies package impor
 from studies.common import load_split  # noqa: E402
 
 # isort: split
-from optdiff.baselines import LinearDenoiser  # noqa: E402
-from optdiff.schedule import NoiseSchedule, timestep_sets  # noqa: E402
+from optdiff.diffusion.schedule import NoiseSchedule, timestep_sets  # noqa: E402
+from optdiff.evaluation.baselines import LinearDenoiser  # noqa: E402
 
 
 def noised(x0, count, t_range, schedule, seed):

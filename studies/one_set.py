@@ -27,11 +27,11 @@ if __package__ in (None, ""):  # run as a script: make the studies package impor
 import studies.common  # noqa: E402, F401
 
 # isort: split
-from optdiff.baselines import LinearDenoiser  # noqa: E402
 from optdiff.config import Config, apply_overrides  # noqa: E402
 from optdiff.data import load_dataset  # noqa: E402
-from optdiff.model import TimeAwareODU  # noqa: E402
-from optdiff.optim import Adam, lr_at  # noqa: E402
+from optdiff.diffusion.model import TimeAwareODU  # noqa: E402
+from optdiff.diffusion.optim import Adam, lr_at  # noqa: E402
+from optdiff.evaluation.baselines import LinearDenoiser  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -5,11 +5,11 @@ For each data set (Fashion-MNIST first 3 classes at 20x20, MNIST at 20x20):
 1. train the ODU with the default configuration (``optdiff.config.Config()``; change it with
    ``--set section.key=value``) or load a trained checkpoint (``--checkpoint``);
 2. fit the baselines in the same script: the zero predictor and the best linear denoiser
-   (least squares ``eps ~ W r_t + c`` per set, :class:`optdiff.baselines.LinearDenoiser`);
+   (least squares ``eps ~ W r_t + c`` per set, :class:`optdiff.evaluation.baselines.LinearDenoiser`);
 3. report per-set denoising MSE of ODU / zero / linear on held-out images (paired noise);
 4. generate ``--count`` images with the ODU and with the linear denoiser through the same
    sampler and seed, and report FID in the feature space of a small classifier trained here
-   (:class:`optdiff.metrics.FeatureNet`), with real-vs-real and noise-vs-real rows for scale;
+   (:class:`optdiff.evaluation.metrics.FeatureNet`), with real-vs-real and noise-vs-real rows for scale;
 5. write sample grids, figures, ``results.json`` and ``results.md`` to ``--out``.
 
 Examples::
@@ -39,12 +39,12 @@ from studies.common import SETUPS, load_split  # noqa: E402
 
 # isort: split
 import optdiff  # noqa: E402
-from optdiff.baselines import LinearDenoiser, ZeroPredictor, per_set_mse  # noqa: E402
 from optdiff.config import Config, apply_overrides  # noqa: E402
-from optdiff.metrics import FeatureNet, frechet_distance  # noqa: E402
-from optdiff.model import generate  # noqa: E402
+from optdiff.diffusion.model import generate  # noqa: E402
+from optdiff.diffusion.trainer import Trainer, load_model, write_json_atomic  # noqa: E402
+from optdiff.evaluation.baselines import LinearDenoiser, ZeroPredictor, per_set_mse  # noqa: E402
+from optdiff.evaluation.metrics import FeatureNet, frechet_distance  # noqa: E402
 from optdiff.plots import plot_phases, plot_set_mse, plot_training, plot_trajectory, save_grid  # noqa: E402
-from optdiff.trainer import Trainer, load_model, write_json_atomic  # noqa: E402
 
 
 def run_dataset(name: str, args, out: Path) -> dict:
