@@ -187,3 +187,99 @@ def test_read_idx_with_absurd_header_sizes(tmp_path):
     p.write_bytes(bytes([0, 0, 0x08, 4]) + b"\xff\xff\xff\xff" * 4 + b"\x00" * 16)
     with pytest.raises(ValueError, match="truncated"):
         read_idx(p)
+
+
+# ------------------------------------------------------------- found by the fuzz harness (tests/fuzz)
+def test_degenerate_or_non_finite_schedules_are_refused():
+    with pytest.raises(ValueError, match="cosine_s"):
+        NoiseSchedule(100, "cosine", cosine_s=1e30)          # gave NaN posterior variances
+    with pytest.raises(ValueError, match="alpha_bar = 1"):
+        NoiseSchedule(10, beta_start=1e-300, beta_end=1e-300)  # no noise: 0/0 in the posterior
+    with pytest.raises(ValueError, match="beta_end"):
+        NoiseSchedule(10, "cosine", beta_end=float("nan"))     # stored even though cosine ignores it
+
+
+def test_optics_validation_checks_image_size_and_init():
+    from optdiff.config import OpticsConfig
+
+    for size in (float("inf"), (1,), 0, 2.0):
+        with pytest.raises(ConfigError, match="image_size"):
+            OpticsConfig(n=16, upsample=2).validate(size)
+    for init in ("relay", "4f"):
+        with pytest.raises(ConfigError, match="init"):
+            OpticsConfig(n=16, upsample=2, layers=2, init=init).validate(6)   # was an IndexError
+
+
+def test_loss_weight_and_ddim_eta_are_bounded(model):
+    r = np.zeros((2, 6, 6))
+    for w in (1e300, -1.0):
+        with pytest.raises(ValueError, match="weight"):
+            model.loss_and_grads(0, r, np.array([0, 1]), r, weight=w)
+    s = NoiseSchedule(5)
+    for eta in (1.7e308, 10.5):
+        with pytest.raises(ValueError, match="eta"):
+            ddim_sample(lambda x, t: np.zeros_like(x), s, (1, 2, 2), 0, steps=3, eta=eta)
+
+
+def test_loaders_name_path_name_and_classes(tmp_path):
+    from optdiff.data import read_image_folder
+
+    for fn in (read_idx, read_quickdraw, read_image_folder):
+        with pytest.raises(TypeError, match="path"):
+            fn(None)
+    with pytest.raises(ValueError, match="data set name"):
+        load_dataset(3)
+    with pytest.raises(ValueError, match="classes"):
+        load_dataset("digits", classes=[99])
+
+
+def test_checkpoint_arguments_are_named(tmp_path):
+    from optdiff.diffusion.checkpoint import load_checkpoint, save_checkpoint
+
+    with pytest.raises(TypeError, match="path"):
+        save_checkpoint(None, {}, {})
+    with pytest.raises(TypeError, match="arrays"):
+        save_checkpoint(tmp_path / "c.npz", {}, None)           # was an AttributeError
+    with pytest.raises(ValueError, match="arrays"):
+        save_checkpoint(tmp_path / "c.npz", {}, {"a/b": np.zeros(1)})
+    with pytest.raises(FileNotFoundError, match="nodir/c.npz"):
+        save_checkpoint(tmp_path / "nodir" / "c.npz", {}, {})
+    p = save_checkpoint(tmp_path / "c.npz", {"n": 1}, {"x": np.zeros(2)})
+    with pytest.raises(TypeError, match="expect"):
+        load_checkpoint(p, expect="abc")                        # was dict('abc'): a ValueError about sequences
+    with pytest.raises(TypeError, match="path"):
+        load_checkpoint(3)
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["denoise", "c.npz", "--samples", "0"], "--samples"), (["denoise", "c.npz", "--samples", "-3"], "--samples"),
+    (["show", "c.npz", "--rows", "0"], "--rows"), (["sample", "c.npz", "--threads", "0"], "--threads"),
+    (["train", "--seed", "-1"], "--seed"), (["denoise", "c.npz", "--seed", "1.5"], "--seed"),
+    (["train", "--max-steps", "-1"], "--max-steps"),
+])
+def test_cli_counts_are_checked_before_anything_runs(argv, flag, capsys):
+    from optdiff.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"argument {flag}: must be an integer" in capsys.readouterr().err
+
+
+def test_config_to_toml_writes_numpy_numbers_as_toml(tmp_path):
+    from optdiff.config import config_to_toml
+
+    cfg = Config()
+    cfg.sample.eta = np.float64(0.5)
+    cfg.train.seed = np.int64(7)
+    p = tmp_path / "c.toml"
+    p.write_text(config_to_toml(cfg))
+    back = load_config(p)
+    assert back.sample.eta == 0.5 and back.train.seed == 7
+
+
+def test_load_config_names_the_file_for_a_bad_section(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("optics = 3\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: \[optics\] must be a table"):
+        load_config(p, ["optics.n=16"])

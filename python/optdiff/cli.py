@@ -37,6 +37,22 @@ class UsageError(Exception):
     pass
 
 
+def _count(lowest: int):
+    """argparse type: a decimal integer >= ``lowest`` (what a count, seed or thread number must be)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lowest}, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lowest}, got {text!r}")
+        if value >= 1 << 63:
+            raise argparse.ArgumentTypeError(f"must be an integer < 2**63, got {text!r}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
 # ------------------------------------------------------------------------------------ parser
 def _add_config_flags(p: argparse.ArgumentParser, model_flags: bool = True) -> None:
     g = p.add_argument_group("configuration")
@@ -56,8 +72,8 @@ def _add_config_flags(p: argparse.ArgumentParser, model_flags: bool = True) -> N
         g.add_argument("--lr", type=float, help="phase learning rate (train.lr)")
         g.add_argument("--order", choices=("interleaved", "sequential"), help="set order (train.order)")
     _add_data_flags(p)
-    p.add_argument("--seed", type=int, help="random seed (train.seed and sample.seed)")
-    p.add_argument("--threads", type=int, help="CPU threads (train.threads)")
+    p.add_argument("--seed", type=_count(0), help="random seed (train.seed and sample.seed)")
+    p.add_argument("--threads", type=_count(1), help="CPU threads (train.threads)")
     p.add_argument("--backend", choices=("cpu", "cuda", "cuda-emu"),
                    help="where the optics run: cpu (train.backend, default cpu), cuda (a GPU) or cuda-emu (tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -96,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue from --out/checkpoint.npz (or the given checkpoint)")
-    t.add_argument("--max-steps", type=int, help="stop after this many more steps (checkpoint kept)")
+    t.add_argument("--max-steps", type=_count(0), help="stop after this many more steps (checkpoint kept)")
     _add_config_flags(t)
 
     s = sub.add_parser("sample", help="generate images", description="Generate images with a trained "
@@ -104,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint.npz of a trained model")
     s.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
     _add_sample_flags(s)
-    s.add_argument("--seed", type=int, help="sampling seed (sample.seed)")
-    s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument("--seed", type=_count(0), help="sampling seed (sample.seed)")
+    s.add_argument("--threads", type=_count(1), help="CPU threads")
     s.add_argument("--backend", choices=("cpu", "cuda", "cuda-emu"),
                    help="where the optics run: cpu (default), cuda (a GPU) or cuda-emu (tests)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.KEY=VALUE",
@@ -118,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "linear denoiser fitted on the training data).")
     d.add_argument("checkpoint")
     _add_data_flags(d)
-    d.add_argument("--samples", type=int, default=256, help="noised images per set (default 256)")
+    d.add_argument("--samples", type=_count(1), default=256, help="noised images per set (default 256)")
     d.add_argument("--linear", action="store_true", help="also fit and report the linear baseline")
     d.add_argument("--json", dest="json_out", help="write the results to this JSON file")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int)
+    d.add_argument("--seed", type=_count(0), default=0)
+    d.add_argument("--threads", type=_count(1))
     d.add_argument("--backend", choices=("cpu", "cuda", "cuda-emu"),
                    help="where the optics run: cpu (default), cuda (a GPU) or cuda-emu (tests)")
 
@@ -132,10 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "are next to the checkpoint, training.png.")
     w.add_argument("checkpoint")
     w.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
-    w.add_argument("--rows", type=int, default=6, help="samples shown in the trajectory (default 6)")
+    w.add_argument("--rows", type=_count(1), default=6, help="samples shown in the trajectory (default 6)")
     _add_sample_flags(w)
-    w.add_argument("--seed", type=int)
-    w.add_argument("--threads", type=int)
+    w.add_argument("--seed", type=_count(0))
+    w.add_argument("--threads", type=_count(1))
     w.add_argument("--backend", choices=("cpu", "cuda", "cuda-emu"),
                    help="where the optics run: cpu (default), cuda (a GPU) or cuda-emu (tests)")
     w.add_argument("--set", dest="overrides", action="append", default=[])

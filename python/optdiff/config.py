@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ class OpticsConfig:
 
     def validate(self, image_size: int) -> None:
         s = "optics"
+        _check_int("model", "image_size", image_size, 2, 1024)
         _check_int(s, "n", self.n, 4, 4096)
         _check_int(s, "layers", self.layers, 1, 64)
         _check_num(s, "wavelength", self.wavelength, 1e-8, 1e-4)
@@ -151,6 +153,8 @@ class OpticsConfig:
         if not (isinstance(self.camera_flip, bool) or self.camera_flip == "auto"):
             raise _err(s, "camera_flip", self.camera_flip, 'must be true, false or "auto"')
         _check_choice(s, "init", self.init, INITS)
+        if self.init in ("relay", "4f") and self.layers < 4:
+            raise _err(s, "init", self.init, f"needs at least 4 layers (layers = {self.layers})")
         _check_num(s, "init_noise", self.init_noise, 0.0, 100.0)
         _check_num(s, "init_noise_corr", self.init_noise_corr, 0.0, 1000.0)
         k = self.pixels_per_image_pixel(image_size)
@@ -433,9 +437,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), validate
             d = tomllib.load(f)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    d = apply_overrides(d, overrides)
     try:
-        return Config.from_dict(d, validate=validate)
+        return Config.from_dict(apply_overrides(d, overrides), validate=validate)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -473,8 +476,10 @@ def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str]) -> dict:
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        return repr(float(v))  # numpy numbers too: repr(np.float64(1)) is 'np.float64(1.0)', not TOML
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):

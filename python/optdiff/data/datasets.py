@@ -117,7 +117,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         Bad magic number, unknown type code, zero dimensions, or a payload size that does
         not match the header (truncated file or trailing bytes); the message names the file.
     """
-    path = Path(path)
+    path = _as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file not found: {path}")
     buf = _read_maybe_gzip(path)
@@ -190,9 +190,15 @@ def read_quickdraw(path: str | os.PathLike, indices: Sequence[int] | np.ndarray 
     ------
     FileNotFoundError, ValueError (wrong shape/dtype, not an .npy file)
     """
-    arr = _open_quickdraw(Path(path))
+    arr = _open_quickdraw(_as_path(path))
     rows = arr if indices is None else arr[_row_indices(indices, arr.shape[0])]
     return np.array(rows, dtype=np.uint8).reshape(-1, 28, 28)
+
+
+def _as_path(path, name: str = "path") -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file or folder name (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
 
 
 def _row_indices(indices, count: int) -> np.ndarray:
@@ -274,7 +280,7 @@ def read_image_folder(path: str | os.PathLike, size: int | None = None, return_l
     images : uint8 ``[K, H, W]``
     (labels int64 ``[K]``, class_names list[str])  only with ``return_labels=True``
     """
-    root = Path(path)
+    root = _as_path(path)
     size = None if size is None else _size(size)
     groups = _folder_groups(root)
     images, labels, ref_shape, ref_file = [], [], None, None
@@ -518,7 +524,7 @@ def dataset_class_names(name: str, data_dir: str | os.PathLike | None = None) ->
         if dd is None:
             raise FileNotFoundError("the 'folder' data set needs data_dir. " + _HOW_TO["folder"])
         return [name for name, _ in _folder_groups(dd)]
-    raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    raise ValueError(f"unknown data set name {name!r}; known: {', '.join(DATASETS)}")
 
 
 def _resolve_classes(classes, names: list[str]) -> np.ndarray:
@@ -527,7 +533,7 @@ def _resolve_classes(classes, names: list[str]) -> np.ndarray:
     for c in classes:
         if isinstance(c, (str, np.str_)):
             if str(c) not in names:
-                raise ValueError(f"unknown class {c!r}; available: {', '.join(names)}")
+                raise ValueError(f"classes: unknown class {c!r}; available: {', '.join(names)}")
             out.append(names.index(str(c)))
         else:
             try:
@@ -535,7 +541,7 @@ def _resolve_classes(classes, names: list[str]) -> np.ndarray:
             except ValueError:
                 raise ValueError(f"classes must hold integer labels or class names, got {c!r}") from None
             if not 0 <= ci < len(names):
-                raise ValueError(f"class label {c!r} out of range 0..{len(names) - 1}")
+                raise ValueError(f"classes: class label {c!r} out of range 0..{len(names) - 1}")
             out.append(ci)
     if not out:
         raise ValueError("classes filter is empty")
@@ -609,7 +615,7 @@ def load_dataset(
     if key == "fashionmnist":
         key = "fashion-mnist"
     if key not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown data set name {name!r}; known: {', '.join(DATASETS)}")
     split = _norm_split(split)
     if classes is not None:
         if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):

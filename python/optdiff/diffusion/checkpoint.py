@@ -49,6 +49,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, of another format/version, or does not match."""
 
 
+def _as_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint path must be a file name (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
 def _json_default(obj: Any):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -89,14 +95,16 @@ def save_checkpoint(path: str | os.PathLike, config: Mapping[str, Any],
 
     Returns the destination ``Path``. The parent folder must exist.
     """
-    path = Path(path)
+    path = _as_path(path)
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"arrays must be a dict of name -> array, got {type(arrays).__name__}")
     meta = {} if meta is None else meta
     if not isinstance(meta, Mapping):
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"checkpoint folder does not exist: {path.parent}")
+        raise FileNotFoundError(f"checkpoint folder does not exist: {path.parent} (path {path})")
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint path is a directory: {path}")
 
@@ -104,7 +112,8 @@ def save_checkpoint(path: str | os.PathLike, config: Mapping[str, Any],
     manifest: dict[str, dict] = {}
     for name, a in arrays.items():
         if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("__"):
-            raise ValueError(f"invalid checkpoint array name {name!r}")
+            raise ValueError(f"arrays: invalid checkpoint array name {name!r} (names are non-empty strings "
+                             f"without '/' or '\\', not starting with '__')")
         a = np.asarray(a)
         if a.dtype.hasobject:
             raise TypeError(f"array {name!r} has object dtype; checkpoints store numeric arrays only")
@@ -314,7 +323,9 @@ def load_checkpoint(path: str | os.PathLike, expect: Mapping[str, Any] | None = 
     another format or version, arrays missing or differing from the header, or config
     values differing from ``expect`` (every differing key with both values).
     """
-    path = Path(path)
+    path = _as_path(path)
+    if expect is not None and not isinstance(expect, Mapping):
+        raise TypeError(f"expect must be a dict of config values (or None), got {type(expect).__name__}")
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():

@@ -196,8 +196,8 @@ class TimeAwareODU:
             raise ValueError(f"t must be one timestep or one per image ([{r.shape[0]}]) of set {m} "
                              f"({lo}..{hi - 1}), got {t!r}")
         weight = real(weight, "weight")
-        if not np.isfinite(weight):
-            raise ValueError(f"weight must be finite, got {weight}")
+        if not 0.0 <= weight <= 1e12:  # a loss weight; beyond this the loss and gradients overflow
+            raise ValueError(f"weight must be a number in [0, 1e12], got {weight}")
         I, tape = self.odu.intensity_train(r, p["phases"][m])
         out = self.readout(m, I, r)
         if m in self.x0_sets:

@@ -23,6 +23,9 @@ __all__ = ["ddpm_sample", "ddim_sample", "ddim_timesteps"]
 
 PredictEps = Callable[[np.ndarray, int], np.ndarray]
 
+#: Largest DDIM eta (as in the configuration): more noise than this makes no sampler.
+ETA_MAX = 10.0
+
 
 def _rng(rng) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
@@ -220,8 +223,8 @@ def ddim_sample(
     shape = _check_args(predict_eps, schedule, shape)
     rng = _rng(rng)
     eta = real(eta, "eta")
-    if not (np.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    if not 0.0 <= eta <= ETA_MAX:
+        raise ValueError(f"eta must be a number in [0, {ETA_MAX:g}] (1: DDPM's variance), got {eta}")
     ts = ddim_timesteps(schedule.T, steps)
     record = _record_set(trajectory_steps, list(ts)) if return_trajectory else set()
     rec_t, rec_x, rec_x0 = [], [], []

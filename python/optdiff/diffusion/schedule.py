@@ -76,9 +76,9 @@ class NoiseSchedule:
             raise ValueError(f"cosine_s must be a finite number >= 0, got {cosine_s}")
         if not (0.0 < max_beta < 1.0):
             raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
+        if not (0.0 < beta_start <= beta_end < 1.0):  # checked for either kind (both are stored)
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         if kind == "linear":
-            if not (0.0 < beta_start <= beta_end < 1.0):
-                raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
             betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
         elif kind == "cosine":
             steps = np.arange(T + 1, dtype=np.float64) / T
@@ -93,6 +93,23 @@ class NoiseSchedule:
         self.cosine_s, self.max_beta = float(cosine_s), float(max_beta)
 
         self.betas = betas
+        with np.errstate(all="ignore"):  # a degenerate schedule is refused below, not warned about
+            self._derive(betas)
+        names = ("betas", "alphas", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar",
+                 "sqrt_one_minus_alpha_bar", "sqrt_recip_alpha_bar", "sqrt_recipm1_alpha_bar",
+                 "posterior_variance", "posterior_log_variance_clipped",
+                 "posterior_mean_coef1", "posterior_mean_coef2")
+        bad = [n for n in names if not np.all(np.isfinite(getattr(self, n)))]
+        if bad or not np.all(self.alpha_bar < 1.0):
+            raise ValueError(
+                f"NoiseSchedule(T={T}, kind={kind!r}, beta_start={beta_start}, beta_end={beta_end}, "
+                f"cosine_s={cosine_s}, max_beta={max_beta}) adds no noise at some step (alpha_bar = 1) or "
+                f"gives non-finite {', '.join(bad) or 'values'}")
+        for name in names:
+            getattr(self, name).setflags(write=False)
+
+    def _derive(self, betas: np.ndarray) -> None:
+        T = betas.shape[0]
         self.alphas = 1.0 - betas
         self.alpha_bar = np.cumprod(self.alphas)
         self.alpha_bar_prev = np.concatenate([[1.0], self.alpha_bar[:-1]])
@@ -107,11 +124,6 @@ class NoiseSchedule:
         self.posterior_log_variance_clipped = np.log(np.maximum(pv, 1e-300))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alpha_bar_prev) / (1.0 - self.alpha_bar)
         self.posterior_mean_coef2 = (1.0 - self.alpha_bar_prev) * np.sqrt(self.alphas) / (1.0 - self.alpha_bar)
-        for name in ("betas", "alphas", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar",
-                     "sqrt_one_minus_alpha_bar", "sqrt_recip_alpha_bar", "sqrt_recipm1_alpha_bar",
-                     "posterior_variance", "posterior_log_variance_clipped",
-                     "posterior_mean_coef1", "posterior_mean_coef2"):
-            getattr(self, name).setflags(write=False)
 
     def __repr__(self) -> str:
         if self.kind == "linear":
