@@ -1,0 +1,18 @@
+"""The physical bench: its parts (DMD, SLM, folded propagation, camera) with their imperfections,
+the Bench that composes them, an emulated experiment with hidden errors, the capture interface a
+lab implements for its own hardware, and the calibration patterns. See ``docs/hardware.md``."""
+
+from .bench import Bench
+from .calibration import CalibrationSet, capture_calibration, pi_patch_squares, squares_to_levels
+from .camera import Camera
+from .config import BenchConfig, bench_config_to_toml, load_bench_config
+from .dmd import DMD, bayer_matrix
+from .emulated import EmulatedExperiment, HiddenErrors
+from .fold import FoldedPropagation, FoldLayout
+from .protocol import CaptureDevice, CaptureError, capture_frames
+from .slm import SLM
+
+__all__ = ["Bench", "BenchConfig", "DMD", "SLM", "FoldedPropagation", "FoldLayout", "Camera",
+           "CaptureDevice", "CaptureError", "capture_frames", "load_bench_config",
+           "bench_config_to_toml", "bayer_matrix", "EmulatedExperiment", "HiddenErrors", "CalibrationSet",
+           "capture_calibration", "pi_patch_squares", "squares_to_levels"]
