@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 from optdiff.cli import main
-from optdiff.diffusion.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temporaries,
-                                          save_checkpoint)
+from optdiff.diffusion.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 
 TINY = str(Path(__file__).resolve().parents[1] / "examples" / "tiny.toml")
 CONFIG = {"n": 4, "layers": 2, "name": "tiny"}

@@ -283,3 +283,9 @@ def test_load_config_names_the_file_for_a_bad_section(tmp_path):
     p.write_text("optics = 3\n")
     with pytest.raises(ConfigError, match=r"c\.toml: \[optics\] must be a table"):
         load_config(p, ["optics.n=16"])
+
+
+def test_classes_with_unlabelled_npy_data_are_refused():
+    # the npy data set has no labels: a class filter was ignored without a word (optdiff denoise --classes 99)
+    with pytest.raises(ConfigError, match="classes"):
+        Config.from_dict({"data": {"dataset": "npy", "data_dir": "x.npy", "classes": [99]}})

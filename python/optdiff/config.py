@@ -262,6 +262,8 @@ class DataConfig:
             if not isinstance(self.classes, (list, tuple)) or not self.classes or not all(
                     _is_int(c) or isinstance(c, str) for c in self.classes):
                 raise _err(s, "classes", self.classes, "must be a non-empty list of labels or class names")
+            if self.dataset == "npy":
+                raise _err(s, "classes", self.classes, 'has no meaning for dataset = "npy" (no labels)')
         _check_int(s, "limit", self.limit, 0)
         _check_int(s, "val_count", self.val_count, 1)
 
