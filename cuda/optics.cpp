@@ -194,25 +194,6 @@ void CudaPropagator<T>::apply(const cplx<T>* in, cplx<T>* out, int64_t batch, St
 
 // ---------------------------------------------------------------------------
 
-void validate_stack(const StackSpec& spec) {
-    validate_grid_size(spec.n);
-    require(!spec.hops.empty(), "a phase stack needs at least one layer");
-    for (size_t l = 0; l < spec.hops.size(); ++l) {
-        try {
-            validate(spec.hops[l], spec.n);
-        } catch (const std::invalid_argument& e) {
-            throw std::invalid_argument("layer " + std::to_string(l) + ": " + e.what());
-        }
-    }
-    if (spec.has_input_hop) {
-        try {
-            validate(spec.input_hop, spec.n);
-        } catch (const std::invalid_argument& e) {
-            throw std::invalid_argument(std::string("input hop: ") + e.what());
-        }
-    }
-}
-
 template <class T>
 struct CudaPhaseStack<T>::Call {
     Stream stream = nullptr;

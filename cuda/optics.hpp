@@ -24,9 +24,9 @@
 #include <vector>
 
 #include "device.hpp"
-#include "optdiff/optdiff.hpp"
 #include "optdiff/physics.hpp"
 #include "optdiff/plan.hpp"
+#include "optdiff/sampler.hpp"
 
 namespace optdiff {
 namespace gpu {
@@ -131,9 +131,6 @@ private:
     int64_t max_np_ = 0;
     bool mixed_padding_ = false;  // consecutive hops with different padded sizes
 };
-
-// Validates the parameters of a stack (throws std::invalid_argument).
-void validate_stack(const StackSpec& spec);
 
 // Read-out binning (see kernels.hpp), on device memory.
 template <class T>

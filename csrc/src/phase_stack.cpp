@@ -52,24 +52,15 @@ struct PhaseStack<T>::Impl {
     WorkspaceSize ws_size;
 
     explicit Impl(const StackSpec& s) : spec(s), n(s.n) {
-        validate_grid_size(s.n);
-        if (s.hops.empty()) throw std::invalid_argument("a phase stack needs at least one layer (distances must not be empty)");
+        validate_stack(s);  // before any plan is made: the messages of every back end
         L = static_cast<int64_t>(s.hops.size());
         nn = n * n;
-        for (size_t l = 0; l < s.hops.size(); ++l) {
-            try {
-                hops.emplace_back(new HopPlan<T>(n, s.hops[l]));
-            } catch (const std::invalid_argument& e) {
-                throw std::invalid_argument("layer " + std::to_string(l) + ": " + e.what());
-            }
+        for (const PropagationSpec& h : s.hops) {
+            hops.emplace_back(new HopPlan<T>(n, h));
             hops.back()->add_to(ws_size);
         }
         if (s.has_input_hop) {
-            try {
-                input_hop.reset(new HopPlan<T>(n, s.input_hop));
-            } catch (const std::invalid_argument& e) {
-                throw std::invalid_argument(std::string("input hop: ") + e.what());
-            }
+            input_hop.reset(new HopPlan<T>(n, s.input_hop));
             input_hop->add_to(ws_size);
         }
         resident = true;

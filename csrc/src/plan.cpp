@@ -35,6 +35,25 @@ void validate(const PropagationSpec& s, int64_t n) {
             "tilt angles must be finite and below pi/2 in magnitude [rad]");
 }
 
+void validate_stack(const StackSpec& s) {
+    validate_grid_size(s.n);
+    require(!s.hops.empty(), "a phase stack needs at least one layer (distances must not be empty)");
+    for (size_t l = 0; l < s.hops.size(); ++l) {
+        try {
+            validate(s.hops[l], s.n);
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument("layer " + std::to_string(l) + ": " + e.what());
+        }
+    }
+    if (s.has_input_hop) {
+        try {
+            validate(s.input_hop, s.n);
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument(std::string("input hop: ") + e.what());
+        }
+    }
+}
+
 template <class T>
 std::vector<cplx<T>> make_transfer_function(const PropagationSpec& s, int64_t n,
                                             bool normalised) {

@@ -65,15 +65,7 @@ private:
     std::unique_ptr<HopPlan<T>> plan_;
 };
 
-// Description of a stack: optional input hop, then for each layer l a phase
-// mask followed by hop l (the last hop ends at the camera).
-struct StackSpec {
-    int64_t n = 0;
-    std::vector<PropagationSpec> hops;  // one per layer; tilt of hop l acts on mask l's output
-    bool has_input_hop = false;
-    PropagationSpec input_hop;          // propagation of the input before mask 0
-};
-
+// A stack of phase layers (StackSpec, validated by validate_stack: plan.hpp).
 template <class T>
 class PhaseStack {
 public:

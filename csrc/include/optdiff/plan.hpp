@@ -21,9 +21,22 @@ struct PropagationSpec {
     double tilt_y = 0.0;
 };
 
-// Throws std::invalid_argument naming the offending field.
+// Description of a stack: optional input hop, then for each layer l a phase
+// mask followed by hop l (the last hop ends at the camera).
+struct StackSpec {
+    int64_t n = 0;
+    std::vector<PropagationSpec> hops;  // one per layer; tilt of hop l acts on mask l's output
+    bool has_input_hop = false;
+    PropagationSpec input_hop;          // propagation of the input before mask 0
+};
+
+// Throw std::invalid_argument naming the offending field; the messages are
+// the same for every back end because both call these.
 void validate(const PropagationSpec& spec, int64_t n);
 void validate_grid_size(int64_t n);
+// The grid size, at least one layer, then every hop ("layer 2: ..." or
+// "input hop: ..." in front of the hop's own message).
+void validate_stack(const StackSpec& spec);
 
 inline int64_t padded_size(int64_t n, int padding) { return n * padding; }
 
