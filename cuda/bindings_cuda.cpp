@@ -24,7 +24,6 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "device.hpp"
@@ -32,6 +31,7 @@
 #include "kernels.hpp"
 #include "optics.hpp"
 #include "optdiff/plan.hpp"
+#include "spec_from_python.hpp"  // csrc/python: the hop tuple, shared with optdiff._core
 
 #ifndef OPTDIFF_CUDA_MODULE
 #define OPTDIFF_CUDA_MODULE _cuda
@@ -43,40 +43,15 @@
 namespace py = pybind11;
 using namespace optdiff;
 using namespace optdiff::gpu;
+using optdiff::python::hop_from_python;
+using optdiff::python::stack_from_python;
 
 namespace {
 
 using Addr = std::uintptr_t;
-using HopTuple = std::tuple<double, double, double, int, int, double, double>;
 using Release = py::call_guard<py::gil_scoped_release>;
 
 Stream as_stream(Addr s) { return reinterpret_cast<Stream>(s); }
-
-Method as_method(int m) {
-    if (m < 0 || m > 2) {
-        throw std::invalid_argument("method must be 0 ('as'), 1 ('bl-as') or 2 ('fresnel'), got " +
-                                    std::to_string(m));
-    }
-    return static_cast<Method>(m);
-}
-
-PropagationSpec make_spec(double wavelength, double pitch, double distance, int method,
-                          int padding, double tilt_x, double tilt_y) {
-    PropagationSpec s;
-    s.wavelength = wavelength;
-    s.pitch = pitch;
-    s.distance = distance;
-    s.method = as_method(method);
-    s.padding = padding;
-    s.tilt_x = tilt_x;
-    s.tilt_y = tilt_y;
-    return s;
-}
-
-PropagationSpec spec_from_tuple(const HopTuple& t) {
-    return make_spec(std::get<0>(t), std::get<1>(t), std::get<2>(t), std::get<3>(t),
-                     std::get<4>(t), std::get<5>(t), std::get<6>(t));
-}
 
 // A required device address on `device` (any address is fine for an empty batch).
 template <class E>
@@ -184,15 +159,14 @@ void bind_precision(py::module_& m, const char* suffix) {
 
     py::class_<P>(m, prop_name.c_str(), py::module_local(),
                   "One free-space hop on a CUDA device (see optdiff/cuda/optics.hpp).")
-        .def(py::init([](int64_t n, double wavelength, double pitch, double distance, int method,
-                         int padding, double tilt_x, double tilt_y, int device) {
-                 return std::make_unique<P>(
-                     n, make_spec(wavelength, pitch, distance, method, padding, tilt_x, tilt_y),
-                     device);
+        .def(py::init([](int64_t n, const py::object& hop, int device) {
+                 const PropagationSpec spec = hop_from_python(hop);
+                 py::gil_scoped_release release;
+                 return std::make_unique<P>(n, spec, device);
              }),
-             py::arg("n"), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
-             py::arg("method") = 0, py::arg("padding") = 1, py::arg("tilt_x") = 0.0,
-             py::arg("tilt_y") = 0.0, py::arg("device") = -1, Release())
+             py::arg("n"), py::arg("hop"), py::arg("device") = -1,
+             "hop: (wavelength, pitch, distance, method, padding, tilt_x, tilt_y), method "
+             "'as' | 'bl-as' | 'fresnel'.")
         .def(
             "forward",
             [](const P& self, Addr in, Addr out, int64_t batch, Addr stream) {
@@ -219,21 +193,15 @@ void bind_precision(py::module_& m, const char* suffix) {
 
     py::class_<S>(m, stack_name.c_str(), py::module_local(),
                   "A stack of phase layers on a CUDA device (see optdiff/cuda/optics.hpp).")
-        .def(py::init([](int64_t n, const std::vector<HopTuple>& hops,
-                         const std::optional<HopTuple>& input_hop, int device) {
-                 StackSpec spec;
-                 spec.n = n;
-                 for (const HopTuple& h : hops) spec.hops.push_back(spec_from_tuple(h));
-                 if (input_hop) {
-                     spec.has_input_hop = true;
-                     spec.input_hop = spec_from_tuple(*input_hop);
-                 }
+        .def(py::init([](int64_t n, const py::object& hops, const py::object& input_hop, int device) {
+                 const StackSpec spec = stack_from_python(n, hops, input_hop);
+                 py::gil_scoped_release release;
                  return std::make_unique<S>(spec, device);
              }),
              py::arg("n"), py::arg("hops"), py::arg("input_hop") = py::none(),
-             py::arg("device") = -1, Release(),
+             py::arg("device") = -1,
              "hops and input_hop: tuples (wavelength, pitch, distance, method, padding, tilt_x, "
-             "tilt_y).")
+             "tilt_y), as for optdiff._core.")
         .def("forward", &stack_forward<T, C, &S::forward>, py::arg("input"), py::arg("phases"), py::arg("batch"),
              py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0,
              Release(), "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted).")
@@ -408,14 +376,16 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
         py::arg("device") = -1, Release(), "Return cached scratch memory to the driver.");
 
     m.def(
-        "validate_hop",
-        [](int64_t n, double wavelength, double pitch, double distance, int method, int padding,
-           double tilt_x, double tilt_y) {
-            validate(make_spec(wavelength, pitch, distance, method, padding, tilt_x, tilt_y), n);
+        "validate_hop", [](int64_t n, const py::object& hop) { validate(hop_from_python(hop), n); },
+        py::arg("n"), py::arg("hop"), "Raises ValueError naming the bad parameter (no device needed).");
+    m.def(
+        "validate_stack",
+        [](int64_t n, const py::object& hops, const py::object& input_hop) {
+            stack_from_python(n, hops, input_hop);
         },
-        py::arg("n"), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
-        py::arg("method") = 0, py::arg("padding") = 1, py::arg("tilt_x") = 0.0,
-        py::arg("tilt_y") = 0.0, "Raises ValueError naming the bad parameter (no device needed).");
+        py::arg("n"), py::arg("hops"), py::arg("input_hop") = py::none(),
+        "The checks (and messages) of a stack's constructor, here and in optdiff._core, without a "
+        "device.");
     m.def(
         "memcpy",
         [](Addr dst, Addr src, int64_t nbytes, Addr stream, int device) {
@@ -431,15 +401,12 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
         py::arg("device") = -1, Release(), "Asynchronous device-to-device copy on `stream`.");
     m.def(
         "transfer_function",
-        [](int64_t n, double wavelength, double pitch, double distance, int method, int padding,
-           bool double_precision, bool normalised) -> py::array {
-            const PropagationSpec s = make_spec(wavelength, pitch, distance, method, padding, 0, 0);
+        [](int64_t n, const py::object& hop, bool double_precision, bool normalised) -> py::array {
+            const PropagationSpec s = hop_from_python(hop);  // the tilt plays no part here
             if (double_precision) return transfer_function_array<double>(n, s, normalised);
             return transfer_function_array<float>(n, s, normalised);
         },
-        py::arg("n"), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
-        py::arg("method") = 0, py::arg("padding") = 1, py::arg("double_precision") = true,
-        py::arg("normalised") = false,
+        py::arg("n"), py::arg("hop"), py::arg("double_precision") = true, py::arg("normalised") = false,
         "Host copy of the transfer function [n*padding]^2 in FFT order (shared planner).");
 
     py::class_<Buffer>(m, "DeviceBuffer", py::module_local(), "Device memory owned by Python (cudaMalloc).")

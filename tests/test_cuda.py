@@ -375,6 +375,86 @@ def test_bin_readout(backend, kind, dtype, h, w, k):
 # Errors
 # ---------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------
+# One hop tuple and one set of messages for both compiled modules
+# ---------------------------------------------------------------------------
+
+def _hop_modules():
+    """The compiled CUDA-side modules that are built (neither needs a device to check a hop)."""
+    mods = [_EMU] if _EMU is not None else []
+    try:
+        mods.append(importlib.import_module("optdiff._cuda"))
+    except ImportError:
+        pass
+    if not mods:
+        pytest.skip("neither optdiff._cuda nor optdiff._cuda_emu is built")
+    return mods
+
+
+GOOD_HOP = (WL, PITCH, 3e-3, "bl-as", 2, 0.01, -0.02)
+BAD_HOPS = [
+    ((WL, PITCH, 1e-3, "rayleigh", 2, 0.0, 0.0), "method must be 'as' .* got 'rayleigh'"),
+    ((WL, PITCH, 1e-3, 1, 2, 0.0, 0.0), "method must be 'as' .* got 1"),  # the old integer code
+    ((WL, PITCH, 1e-3, "as", True, 0.0, 0.0), "padding must be 1 .* got True"),
+    ((WL, PITCH, 1e-3, "as", 2.0, 0.0, 0.0), "padding must be 1 .* got 2.0"),
+    ((WL, PITCH, 1e-3, "as", 3, 0.0, 0.0), "padding must be 1 .* got 3"),
+    ((-1.0, PITCH, 1e-3, "as", 2, 0.0, 0.0), "wavelength"),
+    ((WL, "x", 1e-3, "as", 2, 0.0, 0.0), "pitch must be a real number"),
+    ((WL, PITCH, 1e-3, "as", 2, 2.0, 0.0), "tilt"),
+    ((WL, PITCH, 1e-3, "as", 2, 0.0), "a hop must be a tuple"),
+]
+
+
+def test_hop_tuple_is_taken_by_both_modules():
+    from optdiff import _core
+
+    cpu = _core.Propagator64(8, GOOD_HOP)
+    assert cpu.spec == GOOD_HOP
+    for mod in _hop_modules():
+        mod.validate_hop(8, GOOD_HOP)
+        mod.validate_stack(8, [GOOD_HOP, GOOD_HOP], GOOD_HOP)
+        np.testing.assert_array_equal(mod.transfer_function(8, GOOD_HOP, True, False), cpu.transfer_function())
+
+
+@pytest.mark.parametrize("hop,message", BAD_HOPS)
+def test_bad_hop_gives_one_message_from_both_modules(hop, message):
+    from optdiff import _core
+
+    with pytest.raises(ValueError, match=message) as cpu:
+        _core.Propagator64(8, hop)
+    with pytest.raises(ValueError) as cpu_stack:
+        _core.PhaseStack32(8, [GOOD_HOP, hop], None)
+    assert str(cpu_stack.value) == "layer 1: " + str(cpu.value)
+    for mod in _hop_modules():
+        for call in (lambda: mod.validate_hop(8, hop), lambda: mod.transfer_function(8, hop)):
+            with pytest.raises(ValueError) as gpu:
+                call()
+            assert str(gpu.value) == str(cpu.value)
+        with pytest.raises(ValueError) as gpu_stack:
+            mod.validate_stack(8, [GOOD_HOP], hop)
+        assert str(gpu_stack.value) == "input hop: " + str(cpu.value)
+
+
+@pytest.mark.parametrize("kw", [dict(input_distance=float("nan")), dict(input_tilt=(2.0, 0.0)),
+                                dict(distances=[4e-3, float("inf")]), dict(method="rayleigh"),
+                                dict(padding=True), dict(padding=3), dict(wavelength=0.0)])
+def test_stack_errors_are_the_same_on_both_backends(backend, kw):
+    args = dict(wavelength=WL, pitch=PITCH, distances=[4e-3, 5e-3], padding=2, input_distance=3e-3)
+    args.update(kw)
+    with pytest.raises(ValueError) as cpu:
+        optdiff.PhaseStack(12, **args)
+    with pytest.raises(ValueError) as gpu:
+        cb.CudaPhaseStack(12, **args)
+    assert str(gpu.value) == str(cpu.value)
+    single = {k: v for k, v in args.items() if k not in ("distances", "input_distance", "input_tilt")}
+    if "distances" not in kw and "input_distance" not in kw and "input_tilt" not in kw:
+        with pytest.raises(ValueError) as cpu:
+            optdiff.Propagator(12, distance=4e-3, **single)
+        with pytest.raises(ValueError) as gpu:
+            cb.CudaPropagator(12, distance=4e-3, **single)
+        assert str(gpu.value) == str(cpu.value)
+
+
 @pytest.mark.gpu
 def test_argument_errors(backend):
     n = 8

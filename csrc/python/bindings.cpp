@@ -14,9 +14,13 @@
 #include <vector>
 
 #include "optdiff/optdiff.hpp"
+#include "spec_from_python.hpp"
 
 namespace py = pybind11;
 using namespace optdiff;
+using optdiff::python::hop_from_python;
+using optdiff::python::hop_to_python;
+using optdiff::python::stack_from_python;
 
 namespace {
 
@@ -98,34 +102,6 @@ void check_overlap(const py::array& a, const py::array& b, const char* an, const
         value_error(std::string(an) + " and " + bn + " overlap in memory without being the same array");
 }
 
-Method parse_method(const std::string& m) {
-    if (m == "as" || m == "angular_spectrum") return Method::AngularSpectrum;
-    if (m == "bl-as" || m == "band_limited") return Method::BandLimitedAS;
-    if (m == "fresnel") return Method::Fresnel;
-    value_error("method must be 'as' (angular spectrum), 'bl-as' (band-limited angular spectrum) or 'fresnel', got '" + m + "'");
-}
-
-std::string method_name(Method m) {
-    switch (m) {
-        case Method::BandLimitedAS: return "bl-as";
-        case Method::Fresnel: return "fresnel";
-        default: return "as";
-    }
-}
-
-PropagationSpec make_spec(double wavelength, double pitch, double distance, const std::string& method,
-                          int padding, double tilt_x, double tilt_y) {
-    PropagationSpec s;
-    s.wavelength = wavelength;
-    s.pitch = pitch;
-    s.distance = distance;
-    s.method = parse_method(method);
-    s.padding = padding;
-    s.tilt_x = tilt_x;
-    s.tilt_y = tilt_y;
-    return s;
-}
-
 template <class T>
 void run_propagator(const Propagator<T>& p, const py::array& x, py::array& out, int nthreads, bool adjoint) {
     using C = std::complex<T>;
@@ -147,10 +123,14 @@ template <class T>
 void bind_propagator(py::module_& m, const char* name) {
     using C = std::complex<T>;
     py::class_<Propagator<T>>(m, name)
-        .def(py::init([](int64_t n, const PropagationSpec& s) { return new Propagator<T>(n, s); }),
-             py::arg("n"), py::arg("spec"))
+        .def(py::init([](int64_t n, const py::object& hop) {
+                 const PropagationSpec s = hop_from_python(hop);
+                 py::gil_scoped_release nogil;  // planning may time FFTs
+                 return new Propagator<T>(n, s);
+             }),
+             py::arg("n"), py::arg("hop"))
         .def_property_readonly("n", &Propagator<T>::n)
-        .def_property_readonly("spec", &Propagator<T>::spec)
+        .def_property_readonly("spec", [](const Propagator<T>& p) { return hop_to_python(p.spec()); })
         .def("forward", [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
                 run_propagator(p, x, out, nthreads, false);
             }, py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
@@ -194,12 +174,9 @@ void bind_stack(py::module_& m, const char* name) {
     using C = std::complex<T>;
     using S = PhaseStack<T>;
     py::class_<S>(m, name)
-        .def(py::init([](int64_t n, const std::vector<PropagationSpec>& hops, std::optional<PropagationSpec> input_hop) {
-                 StackSpec s;
-                 s.n = n;
-                 s.hops = hops;
-                 s.has_input_hop = input_hop.has_value();
-                 if (input_hop) s.input_hop = *input_hop;
+        .def(py::init([](int64_t n, const py::object& hops, const py::object& input_hop) {
+                 const StackSpec s = stack_from_python(n, hops, input_hop);
+                 py::gil_scoped_release nogil;
                  return new S(s);
              }),
              py::arg("n"), py::arg("hops"), py::arg("input_hop") = py::none())
@@ -356,24 +333,6 @@ void bind_sampler(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "optdiff CPU core: batched free-space propagation and phase stacks with exact adjoints (FFTW3)";
-
-    py::class_<PropagationSpec>(m, "HopSpec")
-        .def(py::init(&make_spec), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
-             py::arg("method") = "as", py::arg("padding") = 1, py::arg("tilt_x") = 0.0, py::arg("tilt_y") = 0.0)
-        .def_readonly("wavelength", &PropagationSpec::wavelength)
-        .def_readonly("pitch", &PropagationSpec::pitch)
-        .def_readonly("distance", &PropagationSpec::distance)
-        .def_readonly("padding", &PropagationSpec::padding)
-        .def_readonly("tilt_x", &PropagationSpec::tilt_x)
-        .def_readonly("tilt_y", &PropagationSpec::tilt_y)
-        .def_property_readonly("method", [](const PropagationSpec& s) { return method_name(s.method); })
-        .def("__repr__", [](const PropagationSpec& s) {
-            std::ostringstream o;
-            o << "HopSpec(wavelength=" << s.wavelength << ", pitch=" << s.pitch << ", distance=" << s.distance
-              << ", method='" << method_name(s.method) << "', padding=" << s.padding << ", tilt=(" << s.tilt_x
-              << ", " << s.tilt_y << "))";
-            return o.str();
-        });
 
     bind_propagator<float>(m, "Propagator32");
     bind_propagator<double>(m, "Propagator64");

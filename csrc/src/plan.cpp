@@ -12,6 +12,30 @@ void require(bool ok, const std::string& what) {
 }
 }  // namespace
 
+std::string method_error(const std::string& got) {
+    return "method must be 'as' (angular spectrum), 'bl-as' (band-limited angular spectrum) or 'fresnel', got " +
+           got;
+}
+
+Method parse_method(const std::string& m) {
+    if (m == "as" || m == "angular_spectrum") return Method::AngularSpectrum;
+    if (m == "bl-as" || m == "band_limited") return Method::BandLimitedAS;
+    if (m == "fresnel") return Method::Fresnel;
+    throw std::invalid_argument(method_error("'" + m + "'"));
+}
+
+const char* method_name(Method m) {
+    switch (m) {
+        case Method::BandLimitedAS: return "bl-as";
+        case Method::Fresnel: return "fresnel";
+        default: return "as";
+    }
+}
+
+std::string padding_error(const std::string& got) {
+    return "padding must be 1 (periodic) or 2 (linear convolution), got " + got;
+}
+
 void validate_grid_size(int64_t n) {
     require(n >= 2 && n <= 16384,
             "n must be between 2 and 16384 pixels per side, got " + std::to_string(n));
@@ -24,12 +48,10 @@ void validate(const PropagationSpec& s, int64_t n) {
     require(std::isfinite(s.pitch) && s.pitch > 0.0,
             "pitch must be a finite positive number of metres (e.g. 9.2e-6)");
     require(std::isfinite(s.distance), "distance must be a finite number of metres");
-    require(s.padding == 1 || s.padding == 2,
-            "padding must be 1 (periodic) or 2 (linear convolution), got " +
-                std::to_string(s.padding));
+    require(s.padding == 1 || s.padding == 2, padding_error(std::to_string(s.padding)));
     require(s.method == Method::AngularSpectrum || s.method == Method::BandLimitedAS ||
                 s.method == Method::Fresnel,
-            "method must be 'as', 'bl-as' or 'fresnel'");
+            method_error(std::to_string(static_cast<int>(s.method))));
     require(std::isfinite(s.tilt_x) && std::isfinite(s.tilt_y) && std::fabs(s.tilt_x) < 1.5707963 &&
                 std::fabs(s.tilt_y) < 1.5707963,
             "tilt angles must be finite and below pi/2 in magnitude [rad]");

@@ -71,7 +71,6 @@ __all__ = [
     "clear_plan_cache",
 ]
 
-_METHODS = {"as": 0, "bl-as": 1, "fresnel": 2}
 _REAL_OF = {np.dtype(np.complex64): np.dtype(np.float32), np.dtype(np.complex128): np.dtype(np.float64)}
 _COMPLEX_OF = {r: c for c, r in _REAL_OF.items()}
 _SUFFIX = {np.dtype(np.float32): "32", np.dtype(np.float64): "64",
@@ -425,18 +424,6 @@ def _pair(v, name) -> tuple:
     return a, b
 
 
-def _method(method) -> int:
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {tuple(_METHODS)}, got {method!r}")
-    return _METHODS[method]
-
-
-def _padding(padding) -> int:
-    if isinstance(padding, bool) or padding not in (1, 2):
-        raise ValueError(f"padding must be 1 (periodic) or 2 (linear convolution), got {padding!r}")
-    return int(padding)
-
-
 class _Session:
     """One call: the arrays, their common device and stream, host staging."""
 
@@ -526,11 +513,12 @@ class CudaPropagator:
                  method: str = "as", padding: int = 2, tilt=(0.0, 0.0)):
         self.n = _check_n(n)
         self.wavelength, self.pitch, self.distance = float(wavelength), float(pitch), float(distance)
-        self.method, self.padding, self.tilt = method, _padding(padding), _pair(tilt, "tilt")
-        self._args = (self.n, self.wavelength, self.pitch, self.distance, _method(method), self.padding,
-                      self.tilt[0], self.tilt[1])
+        self.tilt = _pair(tilt, "tilt")
+        # The hop tuple of both compiled modules; method and padding are checked there.
+        self._hop = (self.wavelength, self.pitch, self.distance, method, padding, self.tilt[0], self.tilt[1])
         mod = _backend()
-        mod.validate_hop(*self._args)
+        mod.validate_hop(self.n, self._hop)
+        self.method, self.padding = method, int(padding)
         self._mod = mod
         self._impl = {}
         self._lock = threading.Lock()
@@ -541,7 +529,7 @@ class CudaPropagator:
             impl = self._impl.get(key)
             if impl is None:
                 cls = getattr(self._mod, "Propagator" + _SUFFIX[np.dtype(dtype)])
-                impl = cls(*self._args, device=device)
+                impl = cls(self.n, self._hop, device=device)
                 self._impl[key] = impl
             return impl
 
@@ -587,9 +575,7 @@ class CudaPropagator:
         dtype = np.dtype(dtype)
         if dtype not in _REAL_OF:
             raise TypeError("dtype must be complex64 or complex128")
-        n, wl, pitch, dist, method, padding, _, _ = self._args
-        return self._mod.transfer_function(n, wl, pitch, dist, method, padding,
-                                           dtype == np.complex128, False)
+        return self._mod.transfer_function(self.n, self._hop, dtype == np.complex128, False)
 
     def __repr__(self) -> str:
         return (f"CudaPropagator(n={self.n}, wavelength={self.wavelength:g}, pitch={self.pitch:g}, "
@@ -652,23 +638,16 @@ class CudaPhaseStack:
         self.wavelength, self.pitch = float(wavelength), float(pitch)
         self.distances = tuple(float(d) for d in dist)
         self.tilts = tilts_arr
-        self.method, self.padding = method, _padding(padding)
         self.input_distance = None if input_distance is None else float(input_distance)
         self.input_tilt = _pair(input_tilt, "input_tilt")
-        m = _method(method)
-        self._hops = [(self.wavelength, self.pitch, float(d), m, self.padding, float(t[0]), float(t[1]))
+        self._hops = [(self.wavelength, self.pitch, float(d), method, padding, float(t[0]), float(t[1]))
                       for d, t in zip(dist, tilts_arr)]
         self._input_hop = (None if self.input_distance is None else
-                           (self.wavelength, self.pitch, self.input_distance, m, self.padding,
+                           (self.wavelength, self.pitch, self.input_distance, method, padding,
                             self.input_tilt[0], self.input_tilt[1]))
         mod = _backend()
-        for i, h in enumerate(self._hops):
-            try:
-                mod.validate_hop(self.n, *h)
-            except ValueError as exc:
-                raise ValueError(f"layer {i}: {exc}") from None
-        if self._input_hop is not None:
-            mod.validate_hop(self.n, *self._input_hop)
+        mod.validate_stack(self.n, self._hops, self._input_hop)  # the CPU stack's checks and messages
+        self.method, self.padding = method, int(padding)
         self._mod = mod
         self._impl = {}
         self._lock = threading.Lock()

@@ -65,12 +65,9 @@ def _pair(tilt, name: str) -> tuple[float, float]:
 
 
 def _hop(wavelength, pitch, distance, method, padding, tilt, name="tilt"):
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(padding, bool) or padding not in (1, 2):
-        raise ValueError(f"padding must be 1 (periodic) or 2 (linear convolution), got {padding!r}")
+    """The hop tuple both compiled modules take; method and padding are checked there."""
     tx, ty = _pair(tilt, name)
-    return _core.HopSpec(float(wavelength), float(pitch), float(distance), method, int(padding), tx, ty)
+    return (float(wavelength), float(pitch), float(distance), method, padding, tx, ty)
 
 
 def _check_target(target, shape, dtype) -> np.ndarray:
@@ -125,7 +122,6 @@ class Propagator:
         self.backend = _check_backend(backend)
         self._spec = _hop(wavelength, pitch, distance, method, padding, tilt)
         self.wavelength, self.pitch, self.distance = float(wavelength), float(pitch), float(distance)
-        self.method, self.padding, self.tilt = method, int(padding), _pair(tilt, "tilt")
         self._impl = {}
         if backend == "cpu":
             # Validate now (raises ValueError for bad physics) and plan float32 lazily.
@@ -135,6 +131,7 @@ class Propagator:
 
             self._cuda = CudaPropagator(self.n, wavelength=wavelength, pitch=pitch, distance=distance,
                                         method=method, padding=padding, tilt=tilt)
+        self.method, self.padding, self.tilt = method, int(padding), _pair(tilt, "tilt")  # valid now
 
     def _cpu(self, dtype):
         impl = self._impl.get(dtype)

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "optdiff/physics.hpp"
@@ -29,6 +30,16 @@ struct StackSpec {
     bool has_input_hop = false;
     PropagationSpec input_hop;          // propagation of the input before mask 0
 };
+
+// Method names as the Python API spells them: 'as', 'bl-as', 'fresnel' (also
+// 'angular_spectrum', 'band_limited'). parse_method throws
+// std::invalid_argument with method_error(repr of what was given).
+Method parse_method(const std::string& name);
+const char* method_name(Method m);
+std::string method_error(const std::string& got);
+// validate()'s message for a padding that is not 1 or 2 (also used for
+// values that are not integers at all, e.g. True or 1.5 from Python).
+std::string padding_error(const std::string& got);
 
 // Throw std::invalid_argument naming the offending field; the messages are
 // the same for every back end because both call these.
