@@ -31,6 +31,7 @@
 #include "kernels.hpp"
 #include "optics.hpp"
 #include "optdiff/plan.hpp"
+#include "array_checks.hpp"       // csrc/python: shared with optdiff._core
 #include "spec_from_python.hpp"  // csrc/python: the hop tuple, shared with optdiff._core
 
 #ifndef OPTDIFF_CUDA_MODULE
@@ -58,6 +59,7 @@ template <class E>
 E* required(Addr a, int device, const char* what, bool used = true) {
     if (!used) return reinterpret_cast<E*>(a);
     require_device_pointer(reinterpret_cast<const void*>(a), device, what);
+    optdiff::python::require_aligned(reinterpret_cast<const void*>(a), alignof(E), what);
     return reinterpret_cast<E*>(a);
 }
 
@@ -139,14 +141,16 @@ py::array_t<std::complex<T>> transfer_function_array(int64_t n, const Propagatio
 // CudaPhaseStack::forward (In = cplx<T>, complex fields) and forward_real
 // (In = T, real amplitudes): the same arguments and outputs.
 template <class T, class In,
-          void (CudaPhaseStack<T>::*Method)(const In*, const T*, int64_t, T*, cplx<T>*, cplx<T>*, Stream) const>
+          void (CudaPhaseStack<T>::*Method)(const In*, const T*, int64_t, T*, cplx<T>*, cplx<T>*, Stream, bool)
+              const>
 void stack_forward(const CudaPhaseStack<T>& self, Addr input, Addr phases, int64_t batch, Addr intensity,
-                   Addr saved, Addr camera_field, Addr stream) {
+                   Addr saved, Addr camera_field, Addr stream, bool check_intensity) {
     const int d = self.device();
     const bool used = batch > 0;
     (self.*Method)(required<const In>(input, d, "input", used), required<const T>(phases, d, "phases", used), batch,
                    optional_ptr<T>(intensity, d, "intensity", used), optional_ptr<cplx<T>>(saved, d, "saved", used),
-                   optional_ptr<cplx<T>>(camera_field, d, "camera_field", used), as_stream(stream));
+                   optional_ptr<cplx<T>>(camera_field, d, "camera_field", used), as_stream(stream),
+                   check_intensity);
 }
 
 template <class T>
@@ -204,10 +208,12 @@ void bind_precision(py::module_& m, const char* suffix) {
              "tilt_y), as for optdiff._core.")
         .def("forward", &stack_forward<T, C, &S::forward>, py::arg("input"), py::arg("phases"), py::arg("batch"),
              py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0,
-             Release(), "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted).")
+             py::arg("check_intensity") = false, Release(),
+             "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted). "
+             "check_intensity: synchronise and raise ValueError when an intensity overflowed.")
         .def("forward_real", &stack_forward<T, T, &S::forward_real>, py::arg("amplitude"), py::arg("phases"),
              py::arg("batch"), py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0,
-             py::arg("stream") = 0, Release(),
+             py::arg("stream") = 0, py::arg("check_intensity") = false, Release(),
              "forward for a real input field [B,n,n] (read as amplitude + 0i); outputs as forward.")
         .def(
             "backward",
@@ -322,15 +328,17 @@ void bind_precision(py::module_& m, const char* suffix) {
     const std::string finite_name = std::string("all_finite") + suffix;
     m.def(
         finite_name.c_str(),
-        [](Addr data, int64_t count, Addr stream, int device) {
+        [](Addr data, int64_t count, Addr stream, int device, const std::string& name) {
             const int d = resolve_device(device);
             DeviceGuard guard(d);
             if (count < 0) throw std::invalid_argument("count must be >= 0");
             if (count == 0) return true;
-            return all_finite<T>(required<const T>(data, d, "data"), count, as_stream(stream));
+            return all_finite<T>(required<const T>(data, d, name.c_str()), count, as_stream(stream));
         },
         py::arg("data"), py::arg("count"), py::arg("stream") = 0, py::arg("device") = -1,
-        Release(), "True when all `count` real values are finite (synchronises the stream).");
+        py::arg("name") = "data", Release(),
+        "True when all `count` real values are finite (synchronises the stream); `name`: the "
+        "argument the errors name.");
 }
 
 }  // namespace

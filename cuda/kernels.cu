@@ -190,16 +190,23 @@ struct CameraFn {
     T* inten;
     Strided<cplx<T>> camera;
     Strided<cplx<T>> save;
+    int* nonfinite;
     int64_t n, batch;
     OPTDIFF_HD void operator()(int64_t p, int64_t lane, int64_t lanes) const {
         const int64_t r = p / n;
         const int64_t c = p - r * n;
+        bool ok = true;
         for (int64_t b = lane; b < batch; b += lanes) {
             const cplx<T> v = e.at(b, r, c);
-            if (inten) inten[b * n * n + p] = intensity(v);
+            if (inten) {
+                const T i = intensity(v);
+                inten[b * n * n + p] = i;
+                ok = ok && is_finite_value(i);
+            }
             if (camera.ptr) camera.at(b, r, c) = v;
             if (save.ptr) save.at(b, r, c) = v;
         }
+        if (!ok && nonfinite) *nonfinite = 1;  // every writer stores the same value: no atomics needed
     }
 };
 
@@ -419,9 +426,9 @@ void launch_crop_store(Strided<const cplx<T>> src, const cplx<T>* table, TableOp
 
 template <class T>
 void launch_camera(Strided<const cplx<T>> e, T* intensity_out, Strided<cplx<T>> camera,
-                   Strided<cplx<T>> save, int64_t n, int64_t batch, Stream stream) {
+                   Strided<cplx<T>> save, int* nonfinite, int64_t n, int64_t batch, Stream stream) {
     const int64_t npix = n * n;
-    launch(CameraFn<T>{e, intensity_out, camera, save, n, batch}, npix,
+    launch(CameraFn<T>{e, intensity_out, camera, save, nonfinite, n, batch}, npix,
            lanes_for(npix, batch, kMaxLanes), stream, "camera");
 }
 
@@ -518,7 +525,7 @@ bool all_finite(const T* data, int64_t count, Stream stream) {
     template void launch_crop_store<T>(Strided<const cplx<T>>, const cplx<T>*, TableOp,            \
                                        Strided<cplx<T>>, int64_t, int64_t, Stream);                \
     template void launch_camera<T>(Strided<const cplx<T>>, T*, Strided<cplx<T>>,                   \
-                                   Strided<cplx<T>>, int64_t, int64_t, Stream);                    \
+                                   Strided<cplx<T>>, int*, int64_t, int64_t, Stream);              \
     template void launch_layer_backward<T>(Strided<const cplx<T>>, Strided<const cplx<T>>,         \
                                            const cplx<T>*, double*, int64_t, Strided<cplx<T>>,     \
                                            int64_t, int64_t, int64_t, Stream);                     \

@@ -77,10 +77,11 @@ void launch_crop_store(Strided<const cplx<T>> src, const cplx<T>* table, TableOp
                        Strided<cplx<T>> dst, int64_t n, int64_t batch, Stream stream);
 
 // Camera: intensity[b, r, c] = |E|^2 (dense, may be null); camera and save
-// (may have null ptr) receive E itself.
+// (may have null ptr) receive E itself. *nonfinite (nullable device int) is
+// set to 1 when an intensity is not finite, and left alone otherwise.
 template <class T>
 void launch_camera(Strided<const cplx<T>> e, T* intensity, Strided<cplx<T>> camera,
-                   Strided<cplx<T>> save, int64_t n, int64_t batch, Stream stream);
+                   Strided<cplx<T>> save, int* nonfinite, int64_t n, int64_t batch, Stream stream);
 
 // Intensity-matching loss of the fused step, per pixel p of an npix-pixel
 // image: d = intensity[b, p] - target[b, p], g[b, p] = grad_scale * d (g may

@@ -200,6 +200,7 @@ struct CudaPhaseStack<T>::Call {
     const cplx<T>* m = nullptr;     // [L, n, n] modulation of this call
     cplx<T>* work[2] = {nullptr, nullptr};
     double* partial = nullptr;      // [groups, n, n] (backward only)
+    int* nonfinite = nullptr;       // set by the camera kernel when an intensity is not finite
     Call(Stream s, const cplx<T>* m_, cplx<T>* w0, cplx<T>* w1, double* partial_ = nullptr)
         : stream(s), m(m_), work{w0, w1}, partial(partial_) {}
 };
@@ -283,7 +284,7 @@ void CudaPhaseStack<T>::forward_chunk(Call& call, Input input, int64_t bc, T* in
         cur_np = hop.np;
     }
     launch_camera(src, intensity, camera_field ? dense_view(camera_field, n) : Strided<C>{},
-                  saved ? Strided<C>{saved + L * nn, S, n} : Strided<C>{}, n, bc, s);
+                  saved ? Strided<C>{saved + L * nn, S, n} : Strided<C>{}, call.nonfinite, n, bc, s);
 }
 
 template <class T>
@@ -349,20 +350,23 @@ void CudaPhaseStack<T>::backward_chunk(Call& call, const cplx<T>* saved, const T
 template <class T>
 void CudaPhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch,
                                 T* intensity, cplx<T>* saved, cplx<T>* camera_field,
-                                Stream stream) const {
-    forward_impl(Input{input, nullptr}, phases, batch, intensity, saved, camera_field, stream);
+                                Stream stream, bool check_intensity) const {
+    forward_impl(Input{input, nullptr}, phases, batch, intensity, saved, camera_field, stream,
+                 check_intensity);
 }
 
 template <class T>
 void CudaPhaseStack<T>::forward_real(const T* amplitude, const T* phases, int64_t batch,
                                      T* intensity, cplx<T>* saved, cplx<T>* camera_field,
-                                     Stream stream) const {
-    forward_impl(Input{nullptr, amplitude}, phases, batch, intensity, saved, camera_field, stream);
+                                     Stream stream, bool check_intensity) const {
+    forward_impl(Input{nullptr, amplitude}, phases, batch, intensity, saved, camera_field, stream,
+                 check_intensity);
 }
 
 template <class T>
 void CudaPhaseStack<T>::forward_impl(Input input, const T* phases, int64_t batch, T* intensity,
-                                     cplx<T>* saved, cplx<T>* camera_field, Stream stream) const {
+                                     cplx<T>* saved, cplx<T>* camera_field, Stream stream,
+                                     bool check_intensity) const {
     using C = cplx<T>;
     require(batch >= 0, "batch must be >= 0, got " + std::to_string(batch));
     if (batch == 0) return;
@@ -386,11 +390,23 @@ void CudaPhaseStack<T>::forward_impl(Input input, const T* phases, int64_t batch
     Workspace<C> w1(mixed_padding_ ? static_cast<size_t>(bc * max_np_ * max_np_) : 0, stream);
 
     Call call(stream, m.get(), w0.get(), w1.get());
+    // A flag the camera kernel sets (no extra pass over the intensities).
+    const bool check = check_intensity && intensity != nullptr;
+    Workspace<int> flag(check ? 1 : 0, stream);
+    if (check) {
+        zero_async(flag.get(), sizeof(int), stream);
+        call.nonfinite = flag.get();
+    }
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
         const int64_t nb = std::min(bc, batch - b0);
         forward_chunk(call, input.skip(b0 * nn), nb, intensity ? intensity + b0 * nn : nullptr,
                       saved ? saved + b0 * S : nullptr,
                       camera_field ? camera_field + b0 * nn : nullptr);
+    }
+    if (check) {
+        int host_flag = 0;
+        copy_to_host_sync(&host_flag, flag.get(), sizeof(int), stream);
+        require(host_flag == 0, intensity_overflow_message(std::is_same<T, double>::value));
     }
 }
 
@@ -520,14 +536,6 @@ void bin_readout_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t 
 
 namespace {
 
-// Rejects counts whose noise numbers would run past the end of the stream.
-void check_noise_range(int64_t count, uint64_t offset) {
-    require(count >= 0, "count must be >= 0, got " + std::to_string(count));
-    require(count == 0 || static_cast<uint64_t>(count) - 1 <= UINT64_MAX - offset,
-            "offset + count must not exceed 2**64 (offset " + std::to_string(offset) + ", count " +
-                std::to_string(count) + ")");
-}
-
 // out must be the input itself (element-wise in place) or not overlap it.
 template <class T>
 void check_elementwise_alias(const T* in, const T* out, int64_t count, const char* in_name) {
@@ -545,7 +553,7 @@ void check_elementwise_alias(const T* in, const T* out, int64_t count, const cha
 template <class T>
 void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream,
                            uint64_t offset, Stream cuda_stream) {
-    check_noise_range(count, offset);
+    validate_noise_range(count, offset);  // the planner: the CPU sampler's check
     if (count == 0) return;
     require(out != nullptr, "out must not be null");
     launch_standard_normal(out, count, seed, stream, offset, cuda_stream);
@@ -554,7 +562,7 @@ void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream
 template <class T>
 void ddpm_update_async(const T* x, const T* v, int64_t count, const DdpmStep& step, uint64_t seed,
                        uint64_t stream, uint64_t offset, T* out, Stream cuda_stream) {
-    check_noise_range(count, offset);
+    validate_noise_range(count, offset);  // the planner: the CPU sampler's check
     require(step.sigma >= 0.0, "sigma must be >= 0, got " + std::to_string(step.sigma));
     if (count == 0) return;
     require(x != nullptr && v != nullptr && out != nullptr, "x, eps and out must not be null");

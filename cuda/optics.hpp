@@ -82,12 +82,16 @@ public:
     // intensity [B, n, n] = |camera field|^2 (may be null when camera_field is
     // given); saved (nullable) receives [B, L+1, n, n] (w_0 .. w_{L-1}, E_L),
     // the layout of the CPU back end; camera_field (nullable) [B, n, n].
+    // check_intensity: wait for the stream, then throw std::invalid_argument
+    // (the CPU's message) when an intensity is not finite (|E|^2 overflowed).
     void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
-                 cplx<T>* saved, cplx<T>* camera_field, Stream stream) const;
+                 cplx<T>* saved, cplx<T>* camera_field, Stream stream,
+                 bool check_intensity = false) const;
     // forward for a real input field [B, n, n] (amplitudes): the same as the
     // complex field amplitude + 0i; the first pad kernel reads it directly.
     void forward_real(const T* amplitude, const T* phases, int64_t batch, T* intensity,
-                      cplx<T>* saved, cplx<T>* camera_field, Stream stream) const;
+                      cplx<T>* saved, cplx<T>* camera_field, Stream stream,
+                      bool check_intensity = false) const;
 
     // grad_phases [L, n, n] (summed over the batch, overwritten) and, when
     // grad_input is non-null, grad_input [B, n, n]. saved from forward, or
@@ -117,7 +121,7 @@ private:
         }
     };
     void forward_impl(Input input, const T* phases, int64_t batch, T* intensity, cplx<T>* saved,
-                      cplx<T>* camera_field, Stream stream) const;
+                      cplx<T>* camera_field, Stream stream, bool check_intensity) const;
     void forward_chunk(Call& call, Input input, int64_t bc, T* intensity, cplx<T>* saved,
                        cplx<T>* camera_field) const;
     void backward_chunk(Call& call, const cplx<T>* saved, const T* grad_intensity, int64_t bc,

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import optdiff
+from helpers import unaligned
 from optdiff import cuda_backend as cb
 
 HAS_GPU = cb.cuda_device_count() > 0
@@ -760,3 +761,45 @@ def test_sampler_and_real_field_errors(backend):
         s.camera_field(amp, np.zeros((2, n, n), np.float32))  # only forward reads amplitudes
     with pytest.raises(TypeError, match="host"):
         s.forward(_to_kind(amp, "cai", backend), np.zeros((2, n, n), np.float32))
+
+
+@pytest.mark.gpu
+def test_overflowing_intensity_and_misaligned_arrays(backend):
+    """Issue #13 items 7 and 8 on the CUDA back end: an intensity that overflows raises the CPU's
+    ValueError; NumPy inputs are copied to the device (alignment does not matter), misaligned
+    device addresses are refused naming the argument."""
+    n = 8
+    geom = dict(wavelength=WL, pitch=PITCH, distances=[1e-3, 2e-3])
+    s, cpu = cb.CudaPhaseStack(n, **geom), optdiff.PhaseStack(n, **geom)
+    big = np.full((2, n, n), 1e30, np.complex64)
+    ph = np.zeros((2, n, n), np.float32)
+    with pytest.raises(ValueError) as want:
+        cpu.forward(big, ph)
+    for call in (lambda: s.forward(big, ph), lambda: s.forward_train(big, ph),
+                 lambda: s.forward(big.real.copy(), ph),
+                 lambda: s.forward(_to_kind(big, "cai", backend), _to_kind(ph, "cai", backend))):
+        with pytest.raises(ValueError) as got:
+            call()
+        assert str(got.value) == str(want.value)
+
+    rng = np.random.default_rng(3)
+    x = _field(rng, (2, n, n), np.complex64)
+    p = cb.CudaPropagator(n, wavelength=WL, pitch=PITCH, distance=1e-3)
+    np.testing.assert_array_equal(p.forward(unaligned(x)), p.forward(x))
+    np.testing.assert_array_equal(s.forward(unaligned(x), unaligned(ph)), s.forward(x, ph))
+    if backend != "emulated":
+        return
+    # Host memory posing as device memory (emulation only): the module checks the addresses.
+    f32 = np.zeros(10, np.float32)
+    cases = [
+        ("field", lambda: p.forward(_HostCAI(unaligned(x)))),
+        ("field", lambda: s.forward(_HostCAI(unaligned(x)), _HostCAI(ph))),
+        ("phases", lambda: s.forward(_HostCAI(x), _HostCAI(unaligned(ph)))),
+        ("target", lambda: s.mse_loss_and_grad(_HostCAI(x), _HostCAI(ph), _HostCAI(unaligned(ph)))),
+        ("out", lambda: cb.standard_normal(_HostCAI(unaligned(f32)), seed=0)),
+        ("x", lambda: cb.ddpm_update(_HostCAI(unaligned(f32)), _HostCAI(f32), **_ddpm_args(0.3))),
+        ("eps", lambda: cb.ddpm_update(_HostCAI(f32), _HostCAI(unaligned(f32)), **_ddpm_args(0.3))),
+    ]
+    for name, call in cases:
+        with pytest.raises(ValueError, match=f"^{name} is not aligned"):
+            call()

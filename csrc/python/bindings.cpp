@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "array_checks.hpp"
 #include "optdiff/optdiff.hpp"
 #include "spec_from_python.hpp"
 
@@ -52,6 +53,7 @@ void check_basic(const py::array& a, const char* name, bool writeable) {
                     " must be C-contiguous; pass np.ascontiguousarray(" + name +
                     ") (optdiff never copies silently)");
     if (writeable && !a.writeable()) value_error(std::string(name) + " must be writeable");
+    optdiff::python::require_aligned(a.data(), alignof(S), name);
 }
 
 // A field batch [B, n, n] or a single [n, n]; returns B.

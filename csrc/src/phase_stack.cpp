@@ -5,6 +5,7 @@
 // own padded buffer, so a sample's field stays in cache from layer to layer
 // instead of streaming the batch through memory once per layer.
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -115,11 +116,17 @@ struct PhaseStack<T>::Impl {
         modulation(phases, resolve_threads(num_threads, L * n), mod);
         std::vector<Scratch<T>> scr = scratch(nt, false);
         const int64_t per = (L + 1) * nn;
+        std::atomic<bool> overflow{false};
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int64_t b = 0; b < batch; ++b) {
-            forward_sample(input + b * nn, mod, saved ? saved + b * per : nullptr, inten ? inten + b * nn : nullptr,
+            T* ib = inten ? inten + b * nn : nullptr;
+            forward_sample(input + b * nn, mod, saved ? saved + b * per : nullptr, ib,
                            camera ? camera + b * nn : nullptr, scr[static_cast<size_t>(thread_index())]);
+            // The sample's intensity is still in cache: checking it here costs a read of n^2
+            // values, not another pass over the batch. A finite field can give |E|^2 = inf.
+            if (ib && !all_finite(ib, nn)) overflow.store(true, std::memory_order_relaxed);
         }
+        if (overflow.load()) throw std::invalid_argument(intensity_overflow_message(sizeof(T) == 8));
     }
 
     // forward_sample for resident stacks: ws.buf holds the field throughout

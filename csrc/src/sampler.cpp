@@ -63,10 +63,12 @@ void over_noise_blocks(int64_t count, uint64_t offset, uint64_t seed, uint64_t s
             z[4 * k + 2] = z2[k];
             z[4 * k + 3] = z3[k];
         }
-        // Element e = offset + i of the stream sits at z[e - 4 jb].
+        // Element e = offset + i of the stream sits at z[e - 4 jb]. Inclusive
+        // last elements: offset + count and 4 (jb + m) may both be 2^64 (0 mod 2^64).
         const uint64_t e_begin = std::max<uint64_t>(offset, 4 * jb);
-        const uint64_t e_end = std::min<uint64_t>(offset + static_cast<uint64_t>(count), 4 * (jb + static_cast<uint64_t>(m)));
-        fn(static_cast<int64_t>(e_begin - offset), static_cast<int64_t>(e_end - offset), z + (e_begin - 4 * jb));
+        const uint64_t e_last = std::min<uint64_t>(offset + (static_cast<uint64_t>(count) - 1),
+                                                   4 * jb + (4 * static_cast<uint64_t>(m) - 1));
+        fn(static_cast<int64_t>(e_begin - offset), static_cast<int64_t>(e_last - offset) + 1, z + (e_begin - 4 * jb));
     }
 }
 
@@ -74,6 +76,7 @@ void over_noise_blocks(int64_t count, uint64_t offset, uint64_t seed, uint64_t s
 
 template <class T>
 void standard_normal(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset, int num_threads) {
+    validate_noise_range(count, offset);
     over_noise_blocks(count, offset, seed, stream, num_threads, [&](int64_t first, int64_t last, const float* z) {
         for (int64_t i = first; i < last; ++i) out[i] = static_cast<T>(z[i - first]);
     });
@@ -82,6 +85,7 @@ void standard_normal(T* out, int64_t count, uint64_t seed, uint64_t stream, uint
 template <class T>
 void ddpm_update(const T* x, const T* v, int64_t count, const DdpmStep& step, uint64_t seed, uint64_t stream,
                  uint64_t offset, T* out, int num_threads) {
+    validate_noise_range(count, offset);
     const T c1 = static_cast<T>(step.c1), c2 = static_cast<T>(step.c2), sigma = static_cast<T>(step.sigma);
     const T a = static_cast<T>(step.eps_scale), b = static_cast<T>(step.eps_offset);
     if (step.sigma == 0.0) {  // last step: no noise to draw

@@ -35,12 +35,6 @@ def _u64(value, name: str) -> int:
     return int(value)
 
 
-def _check_range(offset: int, size: int) -> None:
-    if offset + size > _U64:
-        raise ValueError(f"offset + size = {offset + size} runs past the end of the stream (2**64 numbers); "
-                         "use a smaller offset or another stream")
-
-
 def _ddpm_coefficients(c1, c2, sigma, eps_scale, eps_offset) -> list:
     coeffs = [float(c1), float(c2), float(sigma), float(eps_scale), float(eps_offset)]
     if not all(np.isfinite(coeffs)):
@@ -92,7 +86,6 @@ def standard_normal(shape: Union[int, Sequence[int]], *, seed: int, stream: int 
         _float_array(out, "out", writeable=True)
         if out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, expected {shape}")
-    _check_range(offset, out.size)
     _core.standard_normal(out, seed, stream, offset, _nthreads(nthreads))
     return out
 
@@ -127,7 +120,6 @@ def ddpm_update(x: np.ndarray, eps: np.ndarray, *, c1: float, c2: float, sigma: 
                              f"out {out.shape} {out.dtype}")
     coeffs = _ddpm_coefficients(c1, c2, sigma, eps_scale, eps_offset)
     offset = _u64(offset, "offset")
-    _check_range(offset, x.size)
     _core.ddpm_update(x, eps, out, *coeffs, _u64(seed, "seed"), _u64(stream, "stream"), offset,
                       _nthreads(nthreads))
     return out

@@ -85,6 +85,8 @@ public:
     // [B, L+1, n, n]; `camera_field` (nullable) receives the complex field;
     // `modulation` (nullable) receives exp(i phi_l) * tilt_l [L, n, n] so that
     // backward need not evaluate L n^2 sines and cosines again.
+    // Throws std::invalid_argument (after writing the outputs) when an
+    // intensity is not finite: |E|^2 overflowed T, or the input held NaN/Inf.
     void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
                  cplx<T>* saved, cplx<T>* camera_field, int num_threads = 0,
                  cplx<T>* modulation = nullptr) const;

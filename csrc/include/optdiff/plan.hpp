@@ -51,6 +51,15 @@ void validate_stack(const StackSpec& spec);
 
 inline int64_t padded_size(int64_t n, int padding) { return n * padding; }
 
+// The noise numbers offset .. offset + count - 1 of a stream (sampler.hpp)
+// must exist: count >= 0 and offset + count <= 2^64 (exactly 2^64 is fine).
+// Throws std::invalid_argument naming offset and count otherwise.
+void validate_noise_range(int64_t count, uint64_t offset);
+
+// The error of a forward pass whose camera intensity |E|^2 is not finite
+// although its inputs are: the field is too large for the precision.
+std::string intensity_overflow_message(bool double_precision);
+
 // Transfer function on the padded grid, FFT order, row-major [np, np], with
 // the inverse FFT's 1/np^2 folded in (`normalised`) so one multiply does both.
 template <class T>
