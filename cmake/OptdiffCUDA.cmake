@@ -1,6 +1,7 @@
 # CUDA back end: the Python module optdiff._cuda (kernels in cuda/, cuFFT).
 #
-# Included by the top-level CMakeLists.txt when OPTDIFF_CUDA is AUTO or ON.
+# Included by the top-level CMakeLists.txt when OPTDIFF_CUDA is AUTO or ON, or
+# when OPTDIFF_CUDA_EMULATION is ON (which needs no CUDA at all).
 #   AUTO: build it when a CUDA compiler and cuFFT are found, else report why not.
 #   ON:   the same, but stop with instructions when something is missing.
 # Sets OPTDIFF_CUDA_STATUS (one line for the configuration summary).
@@ -60,6 +61,7 @@ if(OPTDIFF_CUDA_EMULATION)
   if(OPTDIFF_WERROR)
     target_compile_options(_cuda_emu PRIVATE -Werror)
   endif()
+  optdiff_sanitize(_cuda_emu)
   install(TARGETS _cuda_emu DESTINATION .)
 endif()
 
