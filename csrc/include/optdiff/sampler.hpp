@@ -108,8 +108,11 @@ OPTDIFF_HD void sincos_turns(float v, float* s, float* c) {
     const int32_t q = static_cast<int32_t>(4.0f * v + 2.5f) - 2;  // nearest integer to 4v (4v + 2.5 > 0)
     const float r = (v - 0.25f * static_cast<float>(q)) * two_pi;
     const float r2 = r * r;
+    // The nested series read best on one line each.
+    // clang-format off
     const float sr = r * (1.0f - r2 * (1.0f / 6) * (1.0f - r2 * (1.0f / 20) * (1.0f - r2 * (1.0f / 42) * (1.0f - r2 * (1.0f / 72)))));
     const float cr = 1.0f - r2 * 0.5f * (1.0f - r2 * (1.0f / 12) * (1.0f - r2 * (1.0f / 30) * (1.0f - r2 * (1.0f / 56) * (1.0f - r2 * (1.0f / 90)))));
+    // clang-format on
     // sin(r + q pi/2), cos(r + q pi/2) for q mod 4 = 0, 1, 2, 3.
     const int32_t k = q & 3;
     const float sa = (k & 1) ? cr : sr;
