@@ -26,12 +26,12 @@
 #include <string>
 #include <vector>
 
+#include "array_checks.hpp"  // csrc/python: shared with optdiff._core
 #include "device.hpp"
 #include "fft.hpp"
 #include "kernels.hpp"
-#include "optics.hpp"
 #include "optdiff/plan.hpp"
-#include "array_checks.hpp"       // csrc/python: shared with optdiff._core
+#include "optics.hpp"
 #include "spec_from_python.hpp"  // csrc/python: the hop tuple, shared with optdiff._core
 
 #ifndef OPTDIFF_CUDA_MODULE
@@ -141,14 +141,17 @@ py::array_t<std::complex<T>> transfer_function_array(int64_t n, const Propagatio
 // CudaPhaseStack::forward (In = cplx<T>, complex fields) and forward_real
 // (In = T, real amplitudes): the same arguments and outputs.
 template <class T, class In,
-          void (CudaPhaseStack<T>::*Method)(const In*, const T*, int64_t, T*, cplx<T>*, cplx<T>*, Stream, bool)
-              const>
-void stack_forward(const CudaPhaseStack<T>& self, Addr input, Addr phases, int64_t batch, Addr intensity,
-                   Addr saved, Addr camera_field, Addr stream, bool check_intensity) {
+          void (CudaPhaseStack<T>::*Method)(const In*, const T*, int64_t, T*, cplx<T>*, cplx<T>*,
+                                            Stream, bool) const>
+void stack_forward(const CudaPhaseStack<T>& self, Addr input, Addr phases, int64_t batch,
+                   Addr intensity, Addr saved, Addr camera_field, Addr stream,
+                   bool check_intensity) {
     const int d = self.device();
     const bool used = batch > 0;
-    (self.*Method)(required<const In>(input, d, "input", used), required<const T>(phases, d, "phases", used), batch,
-                   optional_ptr<T>(intensity, d, "intensity", used), optional_ptr<cplx<T>>(saved, d, "saved", used),
+    (self.*Method)(required<const In>(input, d, "input", used),
+                   required<const T>(phases, d, "phases", used), batch,
+                   optional_ptr<T>(intensity, d, "intensity", used),
+                   optional_ptr<cplx<T>>(saved, d, "saved", used),
                    optional_ptr<cplx<T>>(camera_field, d, "camera_field", used), as_stream(stream),
                    check_intensity);
 }
@@ -179,8 +182,8 @@ void bind_precision(py::module_& m, const char* suffix) {
                              required<C>(out, self.device(), "output", used), batch,
                              as_stream(stream));
             },
-            py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("stream") = 0,
-            Release(), "out = P(tilt * in) for [batch, n, n] fields; output may equal input.")
+            py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("stream") = 0, Release(),
+            "out = P(tilt * in) for [batch, n, n] fields; output may equal input.")
         .def(
             "adjoint",
             [](const P& self, Addr in, Addr out, int64_t batch, Addr stream) {
@@ -189,31 +192,34 @@ void bind_precision(py::module_& m, const char* suffix) {
                              required<C>(out, self.device(), "output", used), batch,
                              as_stream(stream));
             },
-            py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("stream") = 0,
-            Release(), "in = conj(tilt) * P^H(out); output may equal input.")
+            py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("stream") = 0, Release(),
+            "in = conj(tilt) * P^H(out); output may equal input.")
         .def_property_readonly("n", &P::n)
         .def_property_readonly("padded_n", &P::padded_n)
         .def_property_readonly("device", &P::device);
 
     py::class_<S>(m, stack_name.c_str(), py::module_local(),
                   "A stack of phase layers on a CUDA device (see optdiff/cuda/optics.hpp).")
-        .def(py::init([](int64_t n, const py::object& hops, const py::object& input_hop, int device) {
-                 const StackSpec spec = stack_from_python(n, hops, input_hop);
-                 py::gil_scoped_release release;
-                 return std::make_unique<S>(spec, device);
-             }),
+        .def(py::init(
+                 [](int64_t n, const py::object& hops, const py::object& input_hop, int device) {
+                     const StackSpec spec = stack_from_python(n, hops, input_hop);
+                     py::gil_scoped_release release;
+                     return std::make_unique<S>(spec, device);
+                 }),
              py::arg("n"), py::arg("hops"), py::arg("input_hop") = py::none(),
              py::arg("device") = -1,
              "hops and input_hop: tuples (wavelength, pitch, distance, method, padding, tilt_x, "
              "tilt_y), as for optdiff._core.")
-        .def("forward", &stack_forward<T, C, &S::forward>, py::arg("input"), py::arg("phases"), py::arg("batch"),
-             py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0,
-             py::arg("check_intensity") = false, Release(),
+        .def("forward", &stack_forward<T, C, &S::forward>, py::arg("input"), py::arg("phases"),
+             py::arg("batch"), py::arg("intensity") = 0, py::arg("saved") = 0,
+             py::arg("camera_field") = 0, py::arg("stream") = 0, py::arg("check_intensity") = false,
+             Release(),
              "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted). "
              "check_intensity: synchronise and raise ValueError when an intensity overflowed.")
-        .def("forward_real", &stack_forward<T, T, &S::forward_real>, py::arg("amplitude"), py::arg("phases"),
-             py::arg("batch"), py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0,
-             py::arg("stream") = 0, py::arg("check_intensity") = false, Release(),
+        .def("forward_real", &stack_forward<T, T, &S::forward_real>, py::arg("amplitude"),
+             py::arg("phases"), py::arg("batch"), py::arg("intensity") = 0, py::arg("saved") = 0,
+             py::arg("camera_field") = 0, py::arg("stream") = 0, py::arg("check_intensity") = false,
+             Release(),
              "forward for a real input field [B,n,n] (read as amplitude + 0i); outputs as forward.")
         .def(
             "backward",
@@ -247,8 +253,8 @@ void bind_precision(py::module_& m, const char* suffix) {
                                        required<double>(sq_sum, d, "sq_sum"), as_stream(stream));
             },
             py::arg("input"), py::arg("phases"), py::arg("target"), py::arg("batch"),
-            py::arg("grad_phases"), py::arg("sq_sum"), py::arg("intensity") = 0, py::arg("stream") = 0,
-            Release(),
+            py::arg("grad_phases"), py::arg("sq_sum"), py::arg("intensity") = 0,
+            py::arg("stream") = 0, Release(),
             "Fused intensity-MSE step: grad_phases [L,n,n] (overwritten), intensity [B,n,n] or 0, "
             "sq_sum [n,n] float64 = per-pixel sum over the batch of (I - target)^2.")
         .def_property_readonly("n", &S::n)
@@ -265,8 +271,9 @@ void bind_precision(py::module_& m, const char* suffix) {
             const int d = resolve_device(device);
             DeviceGuard guard(d);
             const bool used = batch > 0;
-            bin_readout<T>(required<const T>(in, d, "input", used), required<T>(out, d, "output", used),
-                           batch, n, h, w, k, as_stream(stream));
+            bin_readout<T>(required<const T>(in, d, "input", used),
+                           required<T>(out, d, "output", used), batch, n, h, w, k,
+                           as_stream(stream));
         },
         py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("n"), py::arg("h"),
         py::arg("w"), py::arg("k"), py::arg("stream") = 0, py::arg("device") = -1, Release(),
@@ -282,20 +289,20 @@ void bind_precision(py::module_& m, const char* suffix) {
                                     required<T>(grad_in, d, "grad_input", used), batch, n, h, w, k,
                                     as_stream(stream));
         },
-        py::arg("grad_output"), py::arg("grad_input"), py::arg("batch"), py::arg("n"),
-        py::arg("h"), py::arg("w"), py::arg("k"), py::arg("stream") = 0, py::arg("device") = -1,
-        Release(), "Adjoint of the binning: [B,h,w] -> [B,n,n].");
+        py::arg("grad_output"), py::arg("grad_input"), py::arg("batch"), py::arg("n"), py::arg("h"),
+        py::arg("w"), py::arg("k"), py::arg("stream") = 0, py::arg("device") = -1, Release(),
+        "Adjoint of the binning: [B,h,w] -> [B,n,n].");
 
     const std::string normal_name = std::string("standard_normal") + suffix;
     const std::string ddpm_name = std::string("ddpm_update") + suffix;
     m.def(
         normal_name.c_str(),
-        [](Addr out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset, Addr cuda_stream,
-           int device) {
+        [](Addr out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+           Addr cuda_stream, int device) {
             const int d = resolve_device(device);
             DeviceGuard guard(d);
-            standard_normal_async<T>(required<T>(out, d, "out", count > 0), count, seed, stream, offset,
-                                     as_stream(cuda_stream));
+            standard_normal_async<T>(required<T>(out, d, "out", count > 0), count, seed, stream,
+                                     offset, as_stream(cuda_stream));
         },
         py::arg("out"), py::arg("count"), py::arg("seed"), py::arg("stream"), py::arg("offset"),
         py::arg("cuda_stream") = 0, py::arg("device") = -1, Release(),
@@ -315,13 +322,14 @@ void bind_precision(py::module_& m, const char* suffix) {
             step.sigma = sigma;
             step.eps_scale = eps_scale;
             step.eps_offset = eps_offset;
-            ddpm_update_async<T>(required<const T>(x, d, "x", used), required<const T>(eps, d, "eps", used),
-                                 count, step, seed, stream, offset, required<T>(out, d, "out", used),
-                                 as_stream(cuda_stream));
+            ddpm_update_async<T>(required<const T>(x, d, "x", used),
+                                 required<const T>(eps, d, "eps", used), count, step, seed, stream,
+                                 offset, required<T>(out, d, "out", used), as_stream(cuda_stream));
         },
-        py::arg("x"), py::arg("eps"), py::arg("out"), py::arg("count"), py::arg("c1"), py::arg("c2"),
-        py::arg("sigma"), py::arg("eps_scale"), py::arg("eps_offset"), py::arg("seed"), py::arg("stream"),
-        py::arg("offset"), py::arg("cuda_stream") = 0, py::arg("device") = -1, Release(),
+        py::arg("x"), py::arg("eps"), py::arg("out"), py::arg("count"), py::arg("c1"),
+        py::arg("c2"), py::arg("sigma"), py::arg("eps_scale"), py::arg("eps_offset"),
+        py::arg("seed"), py::arg("stream"), py::arg("offset"), py::arg("cuda_stream") = 0,
+        py::arg("device") = -1, Release(),
         "out = c1 (x - c2 (eps_scale eps + eps_offset)) + sigma z, z = noise numbers offset.. of "
         "(seed, stream); out may be x or eps; sigma = 0 draws no noise.");
 
@@ -333,7 +341,8 @@ void bind_precision(py::module_& m, const char* suffix) {
             DeviceGuard guard(d);
             if (count < 0) throw std::invalid_argument("count must be >= 0");
             if (count == 0) return true;
-            return all_finite<T>(required<const T>(data, d, name.c_str()), count, as_stream(stream));
+            return all_finite<T>(required<const T>(data, d, name.c_str()), count,
+                                 as_stream(stream));
         },
         py::arg("data"), py::arg("count"), py::arg("stream") = 0, py::arg("device") = -1,
         py::arg("name") = "data", Release(),
@@ -353,16 +362,18 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
 
     m.attr("EMULATION") = py::bool_(OPTDIFF_CUDA_EMULATION != 0);
 
-    m.def("device_count", &device_count, "Number of usable CUDA devices; 0 (never an error) when "
-                                         "there is no driver or device.");
+    m.def("device_count", &device_count,
+          "Number of usable CUDA devices; 0 (never an error) when "
+          "there is no driver or device.");
     m.def("no_device_reason", &no_device_reason, "Why device_count() is 0 ('' otherwise).");
     m.def("current_device", &current_device);
     m.def("device_name", &device_name, py::arg("device"));
     m.def("runtime_version", &runtime_version);
     m.def("driver_version", &driver_version);
     m.def("cufft_version", &fft_library_version);
-    m.def("pointer_device", [](Addr p) { return pointer_device(reinterpret_cast<const void*>(p)); },
-          py::arg("ptr"), "Device of a device/managed address, -1 for host memory.");
+    m.def(
+        "pointer_device", [](Addr p) { return pointer_device(reinterpret_cast<const void*>(p)); },
+        py::arg("ptr"), "Device of a device/managed address, -1 for host memory.");
     m.def(
         "synchronize",
         [](Addr stream, int device) {
@@ -385,7 +396,8 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
 
     m.def(
         "validate_hop", [](int64_t n, const py::object& hop) { validate(hop_from_python(hop), n); },
-        py::arg("n"), py::arg("hop"), "Raises ValueError naming the bad parameter (no device needed).");
+        py::arg("n"), py::arg("hop"),
+        "Raises ValueError naming the bad parameter (no device needed).");
     m.def(
         "validate_stack",
         [](int64_t n, const py::object& hops, const py::object& input_hop) {
@@ -414,10 +426,12 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
             if (double_precision) return transfer_function_array<double>(n, s, normalised);
             return transfer_function_array<float>(n, s, normalised);
         },
-        py::arg("n"), py::arg("hop"), py::arg("double_precision") = true, py::arg("normalised") = false,
+        py::arg("n"), py::arg("hop"), py::arg("double_precision") = true,
+        py::arg("normalised") = false,
         "Host copy of the transfer function [n*padding]^2 in FFT order (shared planner).");
 
-    py::class_<Buffer>(m, "DeviceBuffer", py::module_local(), "Device memory owned by Python (cudaMalloc).")
+    py::class_<Buffer>(m, "DeviceBuffer", py::module_local(),
+                       "Device memory owned by Python (cudaMalloc).")
         .def(py::init<int64_t, int>(), py::arg("nbytes"), py::arg("device") = -1)
         .def_property_readonly("ptr", &Buffer::ptr)
         .def_property_readonly("nbytes", &Buffer::nbytes)

@@ -197,10 +197,10 @@ void CudaPropagator<T>::apply(const cplx<T>* in, cplx<T>* out, int64_t batch, St
 template <class T>
 struct CudaPhaseStack<T>::Call {
     Stream stream = nullptr;
-    const cplx<T>* m = nullptr;     // [L, n, n] modulation of this call
+    const cplx<T>* m = nullptr;  // [L, n, n] modulation of this call
     cplx<T>* work[2] = {nullptr, nullptr};
-    double* partial = nullptr;      // [groups, n, n] (backward only)
-    int* nonfinite = nullptr;       // set by the camera kernel when an intensity is not finite
+    double* partial = nullptr;  // [groups, n, n] (backward only)
+    int* nonfinite = nullptr;   // set by the camera kernel when an intensity is not finite
     Call(Stream s, const cplx<T>* m_, cplx<T>* w0, cplx<T>* w1, double* partial_ = nullptr)
         : stream(s), m(m_), work{w0, w1}, partial(partial_) {}
 };
@@ -284,7 +284,8 @@ void CudaPhaseStack<T>::forward_chunk(Call& call, Input input, int64_t bc, T* in
         cur_np = hop.np;
     }
     launch_camera(src, intensity, camera_field ? dense_view(camera_field, n) : Strided<C>{},
-                  saved ? Strided<C>{saved + L * nn, S, n} : Strided<C>{}, call.nonfinite, n, bc, s);
+                  saved ? Strided<C>{saved + L * nn, S, n} : Strided<C>{}, call.nonfinite, n, bc,
+                  s);
 }
 
 template <class T>
@@ -303,8 +304,7 @@ void CudaPhaseStack<T>::backward_chunk(Call& call, const cplx<T>* saved, const T
     int which = 0;
     int64_t cur_np = hops_.back()->np;
     launch_intensity_backward_pad(saved_view(L), grad_intensity,
-                                  view(call.work[0], work_layout(n, cur_np, bc)), n, cur_np, bc,
-                                  s);
+                                  view(call.work[0], work_layout(n, cur_np, bc)), n, cur_np, bc, s);
     for (int64_t l = L - 1; l >= 0; --l) {
         const DeviceHop<T>& hop = *hops_[static_cast<size_t>(l)];
         const Layout lay = work_layout(n, hop.np, bc);
@@ -342,15 +342,15 @@ void CudaPhaseStack<T>::backward_chunk(Call& call, const cplx<T>* saved, const T
         hop_transform(hop, call.work[which], bc, true, s);
         const C* tilt = hop.tilt_or_null();
         launch_crop_store(cview(static_cast<const C*>(call.work[which]), lay), tilt,
-                          tilt ? TableOp::ConjMultiply : TableOp::None,
-                          dense_view(grad_input, n), n, bc, s);
+                          tilt ? TableOp::ConjMultiply : TableOp::None, dense_view(grad_input, n),
+                          n, bc, s);
     }
 }
 
 template <class T>
-void CudaPhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch,
-                                T* intensity, cplx<T>* saved, cplx<T>* camera_field,
-                                Stream stream, bool check_intensity) const {
+void CudaPhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
+                                cplx<T>* saved, cplx<T>* camera_field, Stream stream,
+                                bool check_intensity) const {
     forward_impl(Input{input, nullptr}, phases, batch, intensity, saved, camera_field, stream,
                  check_intensity);
 }
@@ -464,7 +464,8 @@ void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases,
                                           int64_t batch, T* grad_phases, T* intensity,
                                           double* sq_sum, Stream stream) const {
     using C = cplx<T>;
-    require(batch >= 1, "the fused MSE step needs at least one sample, got batch " + std::to_string(batch));
+    require(batch >= 1,
+            "the fused MSE step needs at least one sample, got batch " + std::to_string(batch));
     require(input != nullptr && phases != nullptr && target != nullptr,
             "input, phases and target must not be null");
     require(grad_phases != nullptr && sq_sum != nullptr, "grad_phases and sq_sum must not be null");
@@ -479,7 +480,8 @@ void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases,
 
     const int nbuf = mixed_padding_ ? 2 : 1;
     const int64_t per_sample = max_np_ * max_np_ * static_cast<int64_t>(sizeof(C)) * nbuf +
-                               S * static_cast<int64_t>(sizeof(C)) + 2 * nn * static_cast<int64_t>(sizeof(T));
+                               S * static_cast<int64_t>(sizeof(C)) +
+                               2 * nn * static_cast<int64_t>(sizeof(T));
     const int64_t bc = chunk_size(batch, per_sample);
     Workspace<C> w0(static_cast<size_t>(bc * max_np_ * max_np_), stream);
     Workspace<C> w1(mixed_padding_ ? static_cast<size_t>(bc * max_np_ * max_np_) : 0, stream);
@@ -488,7 +490,8 @@ void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases,
     Workspace<T> g(static_cast<size_t>(bc * nn), stream);
     // backward_groups(n, n, .) is the most any kernel here uses (np_dst = n).
     Workspace<double> partial(static_cast<size_t>(backward_groups(n, n, bc) * nn), stream);
-    const T grad_scale = static_cast<T>(2.0 / (static_cast<double>(batch) * static_cast<double>(nn)));
+    const T grad_scale =
+        static_cast<T>(2.0 / (static_cast<double>(batch) * static_cast<double>(nn)));
 
     Call call(stream, m.get(), w0.get(), w1.get(), partial.get());
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
@@ -508,10 +511,10 @@ void validate_binning(int64_t n, int64_t h, int64_t w, int64_t k) {
     validate_grid_size(n);
     require(k >= 1, "bin size k must be >= 1, got " + std::to_string(k));
     require(h >= 1 && w >= 1, "binned output must be at least 1 x 1");
-    require(h * k <= n && w * k <= n,
-            "binned region (" + std::to_string(h) + "*" + std::to_string(k) + " x " +
-                std::to_string(w) + "*" + std::to_string(k) + ") does not fit the " +
-                std::to_string(n) + " x " + std::to_string(n) + " image");
+    require(h * k <= n && w * k <= n, "binned region (" + std::to_string(h) + "*" +
+                                          std::to_string(k) + " x " + std::to_string(w) + "*" +
+                                          std::to_string(k) + ") does not fit the " +
+                                          std::to_string(n) + " x " + std::to_string(n) + " image");
 }
 
 template <class T>
@@ -551,8 +554,8 @@ void check_elementwise_alias(const T* in, const T* out, int64_t count, const cha
 }  // namespace
 
 template <class T>
-void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream,
-                           uint64_t offset, Stream cuda_stream) {
+void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+                           Stream cuda_stream) {
     validate_noise_range(count, offset);  // the planner: the CPU sampler's check
     if (count == 0) return;
     require(out != nullptr, "out must not be null");

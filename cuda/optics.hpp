@@ -36,9 +36,9 @@ template <class T>
 struct DeviceHop {
     PropagationSpec spec;
     int64_t n = 0;
-    int64_t np = 0;                    // padded size n * padding
-    DeviceArray<cplx<T>> h;            // [np, np], normalised
-    DeviceArray<cplx<T>> tilt;         // [n, n]; empty when the hop has no tilt
+    int64_t np = 0;             // padded size n * padding
+    DeviceArray<cplx<T>> h;     // [np, np], normalised
+    DeviceArray<cplx<T>> tilt;  // [n, n]; empty when the hop has no tilt
 
     DeviceHop(const PropagationSpec& spec, int64_t n);
     const cplx<T>* tilt_or_null() const { return tilt.empty() ? nullptr : tilt.get(); }
@@ -84,9 +84,8 @@ public:
     // the layout of the CPU back end; camera_field (nullable) [B, n, n].
     // check_intensity: wait for the stream, then throw std::invalid_argument
     // (the CPU's message) when an intensity is not finite (|E|^2 overflowed).
-    void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
-                 cplx<T>* saved, cplx<T>* camera_field, Stream stream,
-                 bool check_intensity = false) const;
+    void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity, cplx<T>* saved,
+                 cplx<T>* camera_field, Stream stream, bool check_intensity = false) const;
     // forward for a real input field [B, n, n] (amplitudes): the same as the
     // complex field amplitude + 0i; the first pad kernel reads it directly.
     void forward_real(const T* amplitude, const T* phases, int64_t batch, T* intensity,
@@ -117,7 +116,8 @@ private:
         const cplx<T>* field = nullptr;
         const T* amplitude = nullptr;
         Input skip(int64_t elements) const {  // the input from element `elements` on
-            return Input{field ? field + elements : nullptr, amplitude ? amplitude + elements : nullptr};
+            return Input{field ? field + elements : nullptr,
+                         amplitude ? amplitude + elements : nullptr};
         }
     };
     void forward_impl(Input input, const T* phases, int64_t batch, T* intensity, cplx<T>* saved,
@@ -138,8 +138,8 @@ private:
 
 // Read-out binning (see kernels.hpp), on device memory.
 template <class T>
-void bin_readout(const T* in, T* out, int64_t batch, int64_t n, int64_t h, int64_t w,
-                 int64_t k, Stream stream);
+void bin_readout(const T* in, T* out, int64_t batch, int64_t n, int64_t h, int64_t w, int64_t k,
+                 Stream stream);
 template <class T>
 void bin_readout_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t n, int64_t h,
                           int64_t w, int64_t k, Stream stream);
@@ -150,8 +150,8 @@ void validate_binning(int64_t n, int64_t h, int64_t w, int64_t k);
 // argument checks (count >= 0, offset + count <= 2^64, sigma >= 0, out
 // either exactly x / v or disjoint from them), then the launch.
 template <class T>
-void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream,
-                           uint64_t offset, Stream cuda_stream);
+void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+                           Stream cuda_stream);
 template <class T>
 void ddpm_update_async(const T* x, const T* v, int64_t count, const DdpmStep& step, uint64_t seed,
                        uint64_t stream, uint64_t offset, T* out, Stream cuda_stream);

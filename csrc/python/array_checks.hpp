@@ -16,9 +16,12 @@ namespace python {
 // Throws std::invalid_argument (ValueError) naming the argument.
 inline void require_aligned(const void* data, std::size_t alignment, const char* name) {
     if (alignment > 1 && reinterpret_cast<std::uintptr_t>(data) % alignment != 0)
-        throw std::invalid_argument(std::string(name) + " is not aligned: its data starts at an address that is not a multiple of " +
-                                    std::to_string(alignment) + " bytes (e.g. a np.frombuffer view at an odd offset); pass an aligned copy (" +
-                                    name + ".copy())");
+        throw std::invalid_argument(
+            std::string(name) +
+            " is not aligned: its data starts at an address that is not a multiple of " +
+            std::to_string(alignment) +
+            " bytes (e.g. a np.frombuffer view at an odd offset); pass an aligned copy (" + name +
+            ".copy())");
 }
 
 }  // namespace python

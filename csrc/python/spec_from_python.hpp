@@ -30,7 +30,8 @@ inline double hop_number(py::handle o, const char* what) {
     const double v = PyFloat_AsDouble(o.ptr());
     if (v == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
-        throw std::invalid_argument(std::string(what) + " must be a real number, got " + repr_of(o));
+        throw std::invalid_argument(std::string(what) + " must be a real number, got " +
+                                    repr_of(o));
     }
     return v;
 }
@@ -56,7 +57,8 @@ inline Method hop_method(py::handle o) {
 inline PropagationSpec hop_from_python(py::handle hop) {
     if (!(PyTuple_Check(hop.ptr()) || PyList_Check(hop.ptr())) || py::len(hop) != 7)
         throw std::invalid_argument(
-            "a hop must be a tuple (wavelength, pitch, distance, method, padding, tilt_x, tilt_y), got " +
+            "a hop must be a tuple (wavelength, pitch, distance, method, padding, tilt_x, tilt_y), "
+            "got " +
             repr_of(hop));
     const py::sequence t = py::reinterpret_borrow<py::sequence>(hop);
     PropagationSpec s;
@@ -71,8 +73,8 @@ inline PropagationSpec hop_from_python(py::handle hop) {
 }
 
 inline py::tuple hop_to_python(const PropagationSpec& s) {
-    return py::make_tuple(s.wavelength, s.pitch, s.distance, method_name(s.method), s.padding, s.tilt_x,
-                          s.tilt_y);
+    return py::make_tuple(s.wavelength, s.pitch, s.distance, method_name(s.method), s.padding,
+                          s.tilt_x, s.tilt_y);
 }
 
 // n, a sequence of hops (one per layer) and an optional input hop (None) ->

@@ -17,7 +17,8 @@ void require(bool ok, const std::string& what) {
 }  // namespace
 
 std::string method_error(const std::string& got) {
-    return "method must be 'as' (angular spectrum), 'bl-as' (band-limited angular spectrum) or 'fresnel', got " +
+    return "method must be 'as' (angular spectrum), 'bl-as' (band-limited angular spectrum) or "
+           "'fresnel', got " +
            got;
 }
 
@@ -62,28 +63,34 @@ void validate_derived(const PropagationSpec& s, int64_t n) {
     constexpr double pi = 3.1415926535897932384626433832795;
     const double k = two_pi / s.wavelength;
     const double k2 = k * k;  // the angular spectrum compares kx^2 + ky^2 with it
-    require(std::isnormal(k2), "wavelength " + num(s.wavelength) +
-                                   " m is out of range: the wavenumber 2 pi / wavelength squares to " + num(k2) +
-                                   "; wavelengths are in metres (e.g. 850e-9)");
+    require(std::isnormal(k2),
+            "wavelength " + num(s.wavelength) +
+                " m is out of range: the wavenumber 2 pi / wavelength squares to " + num(k2) +
+                "; wavelengths are in metres (e.g. 850e-9)");
     const double np = static_cast<double>(padded_size(n, s.padding));
-    const double df = 1.0 / (np * s.pitch);  // frequency step of the padded grid
+    const double df = 1.0 / (np * s.pitch);                     // frequency step of the padded grid
     const double f2 = 2.0 * (0.5 / s.pitch) * (0.5 / s.pitch);  // fx^2 + fy^2 at the grid's corner
     require(std::isnormal(df) && std::isfinite(f2),
-            "pitch " + num(s.pitch) + " m is out of range: the frequency step 1 / (n * padding * pitch) is " +
-                num(df) + " and the largest squared frequency " + num(f2) +
+            "pitch " + num(s.pitch) +
+                " m is out of range: the frequency step 1 / (n * padding * pitch) is " + num(df) +
+                " and the largest squared frequency " + num(f2) +
                 "; pitches are in metres (e.g. 9.2e-6)");
     // The largest phase intermediates: dz * (kx^2 + ky^2) with kx^2 + ky^2 < k^2 for the
     // propagating waves (angular spectrum), pi * lambda * dz * (fx^2 + fy^2) (Fresnel). Both
     // are required for every method, so a distance is valid or not whatever the method.
-    const double phase = std::max(std::fabs(s.distance) * k2, std::fabs(pi * s.wavelength * s.distance) * f2);
+    const double phase =
+        std::max(std::fabs(s.distance) * k2, std::fabs(pi * s.wavelength * s.distance) * f2);
     const double per_metre = std::max(k2, pi * s.wavelength * f2);
     require(std::isfinite(phase),
-            "distance " + num(s.distance) + " m is out of range: the transfer function's phase overflows (|distance| "
-            "must stay below " + num(std::numeric_limits<double>::max() / per_metre) +
+            "distance " + num(s.distance) +
+                " m is out of range: the transfer function's phase overflows (|distance| "
+                "must stay below " +
+                num(std::numeric_limits<double>::max() / per_metre) +
                 " m at this wavelength and pitch)");
     if (has_tilt(s))  // phase k * (sin(theta) x + ...) with |x| up to n * pitch / 2
         require(std::isfinite(k * static_cast<double>(n) * s.pitch),
-                "tilt: the tilt phase 2 pi / wavelength * n * pitch = " + num(k * static_cast<double>(n) * s.pitch) +
+                "tilt: the tilt phase 2 pi / wavelength * n * pitch = " +
+                    num(k * static_cast<double>(n) * s.pitch) +
                     " overflows; check the wavelength and pitch (metres)");
 }
 }  // namespace
@@ -107,7 +114,8 @@ void validate(const PropagationSpec& s, int64_t n) {
 
 void validate_stack(const StackSpec& s) {
     validate_grid_size(s.n);
-    require(!s.hops.empty(), "a phase stack needs at least one layer (distances must not be empty)");
+    require(!s.hops.empty(),
+            "a phase stack needs at least one layer (distances must not be empty)");
     for (size_t l = 0; l < s.hops.size(); ++l) {
         try {
             validate(s.hops[l], s.n);
@@ -129,7 +137,8 @@ void validate_noise_range(int64_t count, uint64_t offset) {
     // offset + count <= 2^64, written without computing offset + count (it may wrap to 0).
     require(count == 0 || static_cast<uint64_t>(count) - 1 <= UINT64_MAX - offset,
             "offset " + std::to_string(offset) + " + count " + std::to_string(count) +
-                " runs past the end of the stream (2**64 numbers): offset must be at most 2**64 - count; "
+                " runs past the end of the stream (2**64 numbers): offset must be at most 2**64 - "
+                "count; "
                 "use a smaller offset or another stream");
 }
 
@@ -140,10 +149,10 @@ std::string intensity_overflow_message(bool double_precision) {
 }
 
 template <class T>
-std::vector<cplx<T>> make_transfer_function(const PropagationSpec& s, int64_t n,
-                                            bool normalised) {
+std::vector<cplx<T>> make_transfer_function(const PropagationSpec& s, int64_t n, bool normalised) {
     const int64_t np = padded_size(n, s.padding);
-    const double scale = normalised ? 1.0 / (static_cast<double>(np) * static_cast<double>(np)) : 1.0;
+    const double scale =
+        normalised ? 1.0 / (static_cast<double>(np) * static_cast<double>(np)) : 1.0;
     std::vector<cplx<T>> h(static_cast<size_t>(np * np));
     for (int64_t r = 0; r < np; ++r)
         for (int64_t c = 0; c < np; ++c)
@@ -162,8 +171,10 @@ std::vector<cplx<T>> make_tilt(const PropagationSpec& s, int64_t n) {
     return t;
 }
 
-template std::vector<cplx<float>> make_transfer_function<float>(const PropagationSpec&, int64_t, bool);
-template std::vector<cplx<double>> make_transfer_function<double>(const PropagationSpec&, int64_t, bool);
+template std::vector<cplx<float>> make_transfer_function<float>(const PropagationSpec&, int64_t,
+                                                                bool);
+template std::vector<cplx<double>> make_transfer_function<double>(const PropagationSpec&, int64_t,
+                                                                  bool);
 template std::vector<cplx<float>> make_tilt<float>(const PropagationSpec&, int64_t);
 template std::vector<cplx<double>> make_tilt<double>(const PropagationSpec&, int64_t);
 

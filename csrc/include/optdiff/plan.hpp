@@ -17,8 +17,8 @@ struct PropagationSpec {
     double pitch = 0.0;       // pixel pitch of the field [m], > 0
     double distance = 0.0;    // propagation distance [m], any sign
     Method method = Method::AngularSpectrum;
-    int padding = 1;          // 1: periodic, 2: linear (zero-pad, propagate, crop)
-    double tilt_x = 0.0;      // beam angle applied to the input [rad]
+    int padding = 1;      // 1: periodic, 2: linear (zero-pad, propagate, crop)
+    double tilt_x = 0.0;  // beam angle applied to the input [rad]
     double tilt_y = 0.0;
 };
 
@@ -28,7 +28,7 @@ struct StackSpec {
     int64_t n = 0;
     std::vector<PropagationSpec> hops;  // one per layer; tilt of hop l acts on mask l's output
     bool has_input_hop = false;
-    PropagationSpec input_hop;          // propagation of the input before mask 0
+    PropagationSpec input_hop;  // propagation of the input before mask 0
 };
 
 // Method names as the Python API spells them: 'as', 'bl-as', 'fresnel' (also
