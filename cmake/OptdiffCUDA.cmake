@@ -1,6 +1,7 @@
 # CUDA back end: the Python module optdiff._cuda (kernels in cuda/, cuFFT).
 #
-# Included by the top-level CMakeLists.txt when OPTDIFF_CUDA is AUTO or ON.
+# Included by the top-level CMakeLists.txt when OPTDIFF_CUDA is AUTO or ON, or
+# when OPTDIFF_CUDA_EMULATION is ON (which needs no CUDA at all).
 #   AUTO: build it when a CUDA compiler and cuFFT are found, else report why not.
 #   ON:   the same, but stop with instructions when something is missing.
 # Sets OPTDIFF_CUDA_STATUS (one line for the configuration summary).
@@ -38,6 +39,8 @@ set(_optdiff_cuda_sources_host
   ${CMAKE_CURRENT_LIST_DIR}/../cuda/bindings_cuda.cpp
   ${CMAKE_CURRENT_LIST_DIR}/../cuda/optics.cpp)
 get_filename_component(_optdiff_cuda_dir "${CMAKE_CURRENT_LIST_DIR}/../cuda" ABSOLUTE)
+# Headers shared with the CPU module's bindings (hop tuples, array checks).
+get_filename_component(_optdiff_python_dir "${CMAKE_CURRENT_LIST_DIR}/../csrc/python" ABSOLUTE)
 
 # ---- optional CPU emulation module (independent of CUDA) -------------------
 if(OPTDIFF_CUDA_EMULATION)
@@ -50,13 +53,15 @@ if(OPTDIFF_CUDA_EMULATION)
     ${_optdiff_cuda_dir}/emulation/device_emu.cpp
     ${_optdiff_cuda_dir}/emulation/fft_emu.cpp
     ${_optdiff_cuda_dir}/emulation/kernels_emu.cpp)
-  target_include_directories(_cuda_emu PRIVATE ${_optdiff_cuda_dir})
+  target_include_directories(_cuda_emu PRIVATE ${_optdiff_cuda_dir} ${_optdiff_python_dir})
   target_compile_definitions(_cuda_emu PRIVATE OPTDIFF_CUDA_EMULATION=1 OPTDIFF_CUDA_MODULE=_cuda_emu)
-  target_link_libraries(_cuda_emu PRIVATE optdiff_core FFTW3::fftw3 FFTW3::fftw3f)
+  # The planner, plus FFTW standing in for cuFFT (not the CPU core: like _cuda).
+  target_link_libraries(_cuda_emu PRIVATE optdiff_plan FFTW3::fftw3 FFTW3::fftw3f)
   target_compile_options(_cuda_emu PRIVATE -Wall -Wextra)
   if(OPTDIFF_WERROR)
     target_compile_options(_cuda_emu PRIVATE -Werror)
   endif()
+  optdiff_sanitize(_cuda_emu)
   install(TARGETS _cuda_emu DESTINATION .)
 endif()
 
@@ -214,8 +219,10 @@ pybind11_add_module(_cuda MODULE
   ${_optdiff_cuda_dir}/device.cpp
   ${_optdiff_cuda_dir}/fft_cufft.cpp
   $<TARGET_OBJECTS:optdiff_cuda_kernels>)
-target_include_directories(_cuda PRIVATE ${_optdiff_cuda_dir})
-target_link_libraries(_cuda PRIVATE optdiff_core CUDA::cudart_static optdiff::cufft)
+target_include_directories(_cuda PRIVATE ${_optdiff_cuda_dir} ${_optdiff_python_dir})
+# Only the planner from csrc/: the module must not load FFTW or OpenMP
+# (tests/test_build_deps.py checks its NEEDED entries).
+target_link_libraries(_cuda PRIVATE optdiff_plan CUDA::cudart_static optdiff::cufft)
 set_target_properties(_cuda PROPERTIES
   LINKER_LANGUAGE CXX
   CUDA_RUNTIME_LIBRARY Static

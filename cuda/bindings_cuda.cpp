@@ -24,14 +24,15 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 #include <vector>
 
+#include "array_checks.hpp"  // csrc/python: shared with optdiff._core
 #include "device.hpp"
 #include "fft.hpp"
 #include "kernels.hpp"
-#include "optics.hpp"
 #include "optdiff/plan.hpp"
+#include "optics.hpp"
+#include "spec_from_python.hpp"  // csrc/python: the hop tuple, shared with optdiff._core
 
 #ifndef OPTDIFF_CUDA_MODULE
 #define OPTDIFF_CUDA_MODULE _cuda
@@ -43,46 +44,22 @@
 namespace py = pybind11;
 using namespace optdiff;
 using namespace optdiff::gpu;
+using optdiff::python::hop_from_python;
+using optdiff::python::stack_from_python;
 
 namespace {
 
 using Addr = std::uintptr_t;
-using HopTuple = std::tuple<double, double, double, int, int, double, double>;
 using Release = py::call_guard<py::gil_scoped_release>;
 
 Stream as_stream(Addr s) { return reinterpret_cast<Stream>(s); }
-
-Method as_method(int m) {
-    if (m < 0 || m > 2) {
-        throw std::invalid_argument("method must be 0 ('as'), 1 ('bl-as') or 2 ('fresnel'), got " +
-                                    std::to_string(m));
-    }
-    return static_cast<Method>(m);
-}
-
-PropagationSpec make_spec(double wavelength, double pitch, double distance, int method,
-                          int padding, double tilt_x, double tilt_y) {
-    PropagationSpec s;
-    s.wavelength = wavelength;
-    s.pitch = pitch;
-    s.distance = distance;
-    s.method = as_method(method);
-    s.padding = padding;
-    s.tilt_x = tilt_x;
-    s.tilt_y = tilt_y;
-    return s;
-}
-
-PropagationSpec spec_from_tuple(const HopTuple& t) {
-    return make_spec(std::get<0>(t), std::get<1>(t), std::get<2>(t), std::get<3>(t),
-                     std::get<4>(t), std::get<5>(t), std::get<6>(t));
-}
 
 // A required device address on `device` (any address is fine for an empty batch).
 template <class E>
 E* required(Addr a, int device, const char* what, bool used = true) {
     if (!used) return reinterpret_cast<E*>(a);
     require_device_pointer(reinterpret_cast<const void*>(a), device, what);
+    optdiff::python::require_aligned(reinterpret_cast<const void*>(a), alignof(E), what);
     return reinterpret_cast<E*>(a);
 }
 
@@ -164,14 +141,19 @@ py::array_t<std::complex<T>> transfer_function_array(int64_t n, const Propagatio
 // CudaPhaseStack::forward (In = cplx<T>, complex fields) and forward_real
 // (In = T, real amplitudes): the same arguments and outputs.
 template <class T, class In,
-          void (CudaPhaseStack<T>::*Method)(const In*, const T*, int64_t, T*, cplx<T>*, cplx<T>*, Stream) const>
-void stack_forward(const CudaPhaseStack<T>& self, Addr input, Addr phases, int64_t batch, Addr intensity,
-                   Addr saved, Addr camera_field, Addr stream) {
+          void (CudaPhaseStack<T>::*Method)(const In*, const T*, int64_t, T*, cplx<T>*, cplx<T>*,
+                                            Stream, bool) const>
+void stack_forward(const CudaPhaseStack<T>& self, Addr input, Addr phases, int64_t batch,
+                   Addr intensity, Addr saved, Addr camera_field, Addr stream,
+                   bool check_intensity) {
     const int d = self.device();
     const bool used = batch > 0;
-    (self.*Method)(required<const In>(input, d, "input", used), required<const T>(phases, d, "phases", used), batch,
-                   optional_ptr<T>(intensity, d, "intensity", used), optional_ptr<cplx<T>>(saved, d, "saved", used),
-                   optional_ptr<cplx<T>>(camera_field, d, "camera_field", used), as_stream(stream));
+    (self.*Method)(required<const In>(input, d, "input", used),
+                   required<const T>(phases, d, "phases", used), batch,
+                   optional_ptr<T>(intensity, d, "intensity", used),
+                   optional_ptr<cplx<T>>(saved, d, "saved", used),
+                   optional_ptr<cplx<T>>(camera_field, d, "camera_field", used), as_stream(stream),
+                   check_intensity);
 }
 
 template <class T>
@@ -184,15 +166,14 @@ void bind_precision(py::module_& m, const char* suffix) {
 
     py::class_<P>(m, prop_name.c_str(), py::module_local(),
                   "One free-space hop on a CUDA device (see optdiff/cuda/optics.hpp).")
-        .def(py::init([](int64_t n, double wavelength, double pitch, double distance, int method,
-                         int padding, double tilt_x, double tilt_y, int device) {
-                 return std::make_unique<P>(
-                     n, make_spec(wavelength, pitch, distance, method, padding, tilt_x, tilt_y),
-                     device);
+        .def(py::init([](int64_t n, const py::object& hop, int device) {
+                 const PropagationSpec spec = hop_from_python(hop);
+                 py::gil_scoped_release release;
+                 return std::make_unique<P>(n, spec, device);
              }),
-             py::arg("n"), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
-             py::arg("method") = 0, py::arg("padding") = 1, py::arg("tilt_x") = 0.0,
-             py::arg("tilt_y") = 0.0, py::arg("device") = -1, Release())
+             py::arg("n"), py::arg("hop"), py::arg("device") = -1,
+             "hop: (wavelength, pitch, distance, method, padding, tilt_x, tilt_y), method "
+             "'as' | 'bl-as' | 'fresnel'.")
         .def(
             "forward",
             [](const P& self, Addr in, Addr out, int64_t batch, Addr stream) {
@@ -201,8 +182,8 @@ void bind_precision(py::module_& m, const char* suffix) {
                              required<C>(out, self.device(), "output", used), batch,
                              as_stream(stream));
             },
-            py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("stream") = 0,
-            Release(), "out = P(tilt * in) for [batch, n, n] fields; output may equal input.")
+            py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("stream") = 0, Release(),
+            "out = P(tilt * in) for [batch, n, n] fields; output may equal input.")
         .def(
             "adjoint",
             [](const P& self, Addr in, Addr out, int64_t batch, Addr stream) {
@@ -211,35 +192,34 @@ void bind_precision(py::module_& m, const char* suffix) {
                              required<C>(out, self.device(), "output", used), batch,
                              as_stream(stream));
             },
-            py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("stream") = 0,
-            Release(), "in = conj(tilt) * P^H(out); output may equal input.")
+            py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("stream") = 0, Release(),
+            "in = conj(tilt) * P^H(out); output may equal input.")
         .def_property_readonly("n", &P::n)
         .def_property_readonly("padded_n", &P::padded_n)
         .def_property_readonly("device", &P::device);
 
     py::class_<S>(m, stack_name.c_str(), py::module_local(),
                   "A stack of phase layers on a CUDA device (see optdiff/cuda/optics.hpp).")
-        .def(py::init([](int64_t n, const std::vector<HopTuple>& hops,
-                         const std::optional<HopTuple>& input_hop, int device) {
-                 StackSpec spec;
-                 spec.n = n;
-                 for (const HopTuple& h : hops) spec.hops.push_back(spec_from_tuple(h));
-                 if (input_hop) {
-                     spec.has_input_hop = true;
-                     spec.input_hop = spec_from_tuple(*input_hop);
-                 }
-                 return std::make_unique<S>(spec, device);
-             }),
+        .def(py::init(
+                 [](int64_t n, const py::object& hops, const py::object& input_hop, int device) {
+                     const StackSpec spec = stack_from_python(n, hops, input_hop);
+                     py::gil_scoped_release release;
+                     return std::make_unique<S>(spec, device);
+                 }),
              py::arg("n"), py::arg("hops"), py::arg("input_hop") = py::none(),
-             py::arg("device") = -1, Release(),
+             py::arg("device") = -1,
              "hops and input_hop: tuples (wavelength, pitch, distance, method, padding, tilt_x, "
-             "tilt_y).")
-        .def("forward", &stack_forward<T, C, &S::forward>, py::arg("input"), py::arg("phases"), py::arg("batch"),
-             py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0, py::arg("stream") = 0,
-             Release(), "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted).")
-        .def("forward_real", &stack_forward<T, T, &S::forward_real>, py::arg("amplitude"), py::arg("phases"),
-             py::arg("batch"), py::arg("intensity") = 0, py::arg("saved") = 0, py::arg("camera_field") = 0,
-             py::arg("stream") = 0, Release(),
+             "tilt_y), as for optdiff._core.")
+        .def("forward", &stack_forward<T, C, &S::forward>, py::arg("input"), py::arg("phases"),
+             py::arg("batch"), py::arg("intensity") = 0, py::arg("saved") = 0,
+             py::arg("camera_field") = 0, py::arg("stream") = 0, py::arg("check_intensity") = false,
+             Release(),
+             "intensity [B,n,n]; saved [B,L+1,n,n]; camera_field [B,n,n] (0 = not wanted). "
+             "check_intensity: synchronise and raise ValueError when an intensity overflowed.")
+        .def("forward_real", &stack_forward<T, T, &S::forward_real>, py::arg("amplitude"),
+             py::arg("phases"), py::arg("batch"), py::arg("intensity") = 0, py::arg("saved") = 0,
+             py::arg("camera_field") = 0, py::arg("stream") = 0, py::arg("check_intensity") = false,
+             Release(),
              "forward for a real input field [B,n,n] (read as amplitude + 0i); outputs as forward.")
         .def(
             "backward",
@@ -273,8 +253,8 @@ void bind_precision(py::module_& m, const char* suffix) {
                                        required<double>(sq_sum, d, "sq_sum"), as_stream(stream));
             },
             py::arg("input"), py::arg("phases"), py::arg("target"), py::arg("batch"),
-            py::arg("grad_phases"), py::arg("sq_sum"), py::arg("intensity") = 0, py::arg("stream") = 0,
-            Release(),
+            py::arg("grad_phases"), py::arg("sq_sum"), py::arg("intensity") = 0,
+            py::arg("stream") = 0, Release(),
             "Fused intensity-MSE step: grad_phases [L,n,n] (overwritten), intensity [B,n,n] or 0, "
             "sq_sum [n,n] float64 = per-pixel sum over the batch of (I - target)^2.")
         .def_property_readonly("n", &S::n)
@@ -291,8 +271,9 @@ void bind_precision(py::module_& m, const char* suffix) {
             const int d = resolve_device(device);
             DeviceGuard guard(d);
             const bool used = batch > 0;
-            bin_readout<T>(required<const T>(in, d, "input", used), required<T>(out, d, "output", used),
-                           batch, n, h, w, k, as_stream(stream));
+            bin_readout<T>(required<const T>(in, d, "input", used),
+                           required<T>(out, d, "output", used), batch, n, h, w, k,
+                           as_stream(stream));
         },
         py::arg("input"), py::arg("output"), py::arg("batch"), py::arg("n"), py::arg("h"),
         py::arg("w"), py::arg("k"), py::arg("stream") = 0, py::arg("device") = -1, Release(),
@@ -308,20 +289,20 @@ void bind_precision(py::module_& m, const char* suffix) {
                                     required<T>(grad_in, d, "grad_input", used), batch, n, h, w, k,
                                     as_stream(stream));
         },
-        py::arg("grad_output"), py::arg("grad_input"), py::arg("batch"), py::arg("n"),
-        py::arg("h"), py::arg("w"), py::arg("k"), py::arg("stream") = 0, py::arg("device") = -1,
-        Release(), "Adjoint of the binning: [B,h,w] -> [B,n,n].");
+        py::arg("grad_output"), py::arg("grad_input"), py::arg("batch"), py::arg("n"), py::arg("h"),
+        py::arg("w"), py::arg("k"), py::arg("stream") = 0, py::arg("device") = -1, Release(),
+        "Adjoint of the binning: [B,h,w] -> [B,n,n].");
 
     const std::string normal_name = std::string("standard_normal") + suffix;
     const std::string ddpm_name = std::string("ddpm_update") + suffix;
     m.def(
         normal_name.c_str(),
-        [](Addr out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset, Addr cuda_stream,
-           int device) {
+        [](Addr out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+           Addr cuda_stream, int device) {
             const int d = resolve_device(device);
             DeviceGuard guard(d);
-            standard_normal_async<T>(required<T>(out, d, "out", count > 0), count, seed, stream, offset,
-                                     as_stream(cuda_stream));
+            standard_normal_async<T>(required<T>(out, d, "out", count > 0), count, seed, stream,
+                                     offset, as_stream(cuda_stream));
         },
         py::arg("out"), py::arg("count"), py::arg("seed"), py::arg("stream"), py::arg("offset"),
         py::arg("cuda_stream") = 0, py::arg("device") = -1, Release(),
@@ -341,28 +322,32 @@ void bind_precision(py::module_& m, const char* suffix) {
             step.sigma = sigma;
             step.eps_scale = eps_scale;
             step.eps_offset = eps_offset;
-            ddpm_update_async<T>(required<const T>(x, d, "x", used), required<const T>(eps, d, "eps", used),
-                                 count, step, seed, stream, offset, required<T>(out, d, "out", used),
-                                 as_stream(cuda_stream));
+            ddpm_update_async<T>(required<const T>(x, d, "x", used),
+                                 required<const T>(eps, d, "eps", used), count, step, seed, stream,
+                                 offset, required<T>(out, d, "out", used), as_stream(cuda_stream));
         },
-        py::arg("x"), py::arg("eps"), py::arg("out"), py::arg("count"), py::arg("c1"), py::arg("c2"),
-        py::arg("sigma"), py::arg("eps_scale"), py::arg("eps_offset"), py::arg("seed"), py::arg("stream"),
-        py::arg("offset"), py::arg("cuda_stream") = 0, py::arg("device") = -1, Release(),
+        py::arg("x"), py::arg("eps"), py::arg("out"), py::arg("count"), py::arg("c1"),
+        py::arg("c2"), py::arg("sigma"), py::arg("eps_scale"), py::arg("eps_offset"),
+        py::arg("seed"), py::arg("stream"), py::arg("offset"), py::arg("cuda_stream") = 0,
+        py::arg("device") = -1, Release(),
         "out = c1 (x - c2 (eps_scale eps + eps_offset)) + sigma z, z = noise numbers offset.. of "
         "(seed, stream); out may be x or eps; sigma = 0 draws no noise.");
 
     const std::string finite_name = std::string("all_finite") + suffix;
     m.def(
         finite_name.c_str(),
-        [](Addr data, int64_t count, Addr stream, int device) {
+        [](Addr data, int64_t count, Addr stream, int device, const std::string& name) {
             const int d = resolve_device(device);
             DeviceGuard guard(d);
             if (count < 0) throw std::invalid_argument("count must be >= 0");
             if (count == 0) return true;
-            return all_finite<T>(required<const T>(data, d, "data"), count, as_stream(stream));
+            return all_finite<T>(required<const T>(data, d, name.c_str()), count,
+                                 as_stream(stream));
         },
         py::arg("data"), py::arg("count"), py::arg("stream") = 0, py::arg("device") = -1,
-        Release(), "True when all `count` real values are finite (synchronises the stream).");
+        py::arg("name") = "data", Release(),
+        "True when all `count` real values are finite (synchronises the stream); `name`: the "
+        "argument the errors name.");
 }
 
 }  // namespace
@@ -377,16 +362,18 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
 
     m.attr("EMULATION") = py::bool_(OPTDIFF_CUDA_EMULATION != 0);
 
-    m.def("device_count", &device_count, "Number of usable CUDA devices; 0 (never an error) when "
-                                         "there is no driver or device.");
+    m.def("device_count", &device_count,
+          "Number of usable CUDA devices; 0 (never an error) when "
+          "there is no driver or device.");
     m.def("no_device_reason", &no_device_reason, "Why device_count() is 0 ('' otherwise).");
     m.def("current_device", &current_device);
     m.def("device_name", &device_name, py::arg("device"));
     m.def("runtime_version", &runtime_version);
     m.def("driver_version", &driver_version);
     m.def("cufft_version", &fft_library_version);
-    m.def("pointer_device", [](Addr p) { return pointer_device(reinterpret_cast<const void*>(p)); },
-          py::arg("ptr"), "Device of a device/managed address, -1 for host memory.");
+    m.def(
+        "pointer_device", [](Addr p) { return pointer_device(reinterpret_cast<const void*>(p)); },
+        py::arg("ptr"), "Device of a device/managed address, -1 for host memory.");
     m.def(
         "synchronize",
         [](Addr stream, int device) {
@@ -408,14 +395,17 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
         py::arg("device") = -1, Release(), "Return cached scratch memory to the driver.");
 
     m.def(
-        "validate_hop",
-        [](int64_t n, double wavelength, double pitch, double distance, int method, int padding,
-           double tilt_x, double tilt_y) {
-            validate(make_spec(wavelength, pitch, distance, method, padding, tilt_x, tilt_y), n);
+        "validate_hop", [](int64_t n, const py::object& hop) { validate(hop_from_python(hop), n); },
+        py::arg("n"), py::arg("hop"),
+        "Raises ValueError naming the bad parameter (no device needed).");
+    m.def(
+        "validate_stack",
+        [](int64_t n, const py::object& hops, const py::object& input_hop) {
+            stack_from_python(n, hops, input_hop);
         },
-        py::arg("n"), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
-        py::arg("method") = 0, py::arg("padding") = 1, py::arg("tilt_x") = 0.0,
-        py::arg("tilt_y") = 0.0, "Raises ValueError naming the bad parameter (no device needed).");
+        py::arg("n"), py::arg("hops"), py::arg("input_hop") = py::none(),
+        "The checks (and messages) of a stack's constructor, here and in optdiff._core, without a "
+        "device.");
     m.def(
         "memcpy",
         [](Addr dst, Addr src, int64_t nbytes, Addr stream, int device) {
@@ -431,18 +421,17 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
         py::arg("device") = -1, Release(), "Asynchronous device-to-device copy on `stream`.");
     m.def(
         "transfer_function",
-        [](int64_t n, double wavelength, double pitch, double distance, int method, int padding,
-           bool double_precision, bool normalised) -> py::array {
-            const PropagationSpec s = make_spec(wavelength, pitch, distance, method, padding, 0, 0);
+        [](int64_t n, const py::object& hop, bool double_precision, bool normalised) -> py::array {
+            const PropagationSpec s = hop_from_python(hop);  // the tilt plays no part here
             if (double_precision) return transfer_function_array<double>(n, s, normalised);
             return transfer_function_array<float>(n, s, normalised);
         },
-        py::arg("n"), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
-        py::arg("method") = 0, py::arg("padding") = 1, py::arg("double_precision") = true,
+        py::arg("n"), py::arg("hop"), py::arg("double_precision") = true,
         py::arg("normalised") = false,
         "Host copy of the transfer function [n*padding]^2 in FFT order (shared planner).");
 
-    py::class_<Buffer>(m, "DeviceBuffer", py::module_local(), "Device memory owned by Python (cudaMalloc).")
+    py::class_<Buffer>(m, "DeviceBuffer", py::module_local(),
+                       "Device memory owned by Python (cudaMalloc).")
         .def(py::init<int64_t, int>(), py::arg("nbytes"), py::arg("device") = -1)
         .def_property_readonly("ptr", &Buffer::ptr)
         .def_property_readonly("nbytes", &Buffer::nbytes)

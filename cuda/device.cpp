@@ -25,8 +25,9 @@ std::string error_text(cudaError_t err) {
     // Clear the (non-sticky) error state so later calls are not blamed for it.
     (void)cudaGetLastError();
     if (err == cudaErrorMemoryAllocation) {
-        throw CudaOutOfMemory(what + ": out of GPU memory (cudaErrorMemoryAllocation); reduce the "
-                                     "batch size or free device memory");
+        throw CudaOutOfMemory(what +
+                              ": out of GPU memory (cudaErrorMemoryAllocation); reduce the "
+                              "batch size or free device memory");
     }
     if (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver) {
         throw CudaError(what + ": no usable CUDA device: " + error_text(err));
@@ -126,9 +127,8 @@ int current_device() {
 void set_device(int device) {
     const int n = device_count();
     if (device < 0 || device >= n) {
-        throw std::invalid_argument("CUDA device " + std::to_string(device) +
-                                    " does not exist (" + std::to_string(n) +
-                                    " device(s) visible)");
+        throw std::invalid_argument("CUDA device " + std::to_string(device) + " does not exist (" +
+                                    std::to_string(n) + " device(s) visible)");
     }
     check(cudaSetDevice(device), "cudaSetDevice");
 }
@@ -184,7 +184,9 @@ void check_launch(const char* what) {
     }
 }
 
-void synchronize(Stream stream) { check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize"); }
+void synchronize(Stream stream) {
+    check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+}
 
 void* device_malloc(size_t bytes) {
     if (bytes == 0) return nullptr;
@@ -273,9 +275,8 @@ void set_workspace_limit(int64_t bytes) {
     std::lock_guard<std::mutex> lock(t.mutex);
     uint64_t keep = static_cast<uint64_t>(bytes);
     for (size_t d = 0; d < t.pools.size(); ++d) {
-        if (t.state[d] == 1 &&
-            cudaMemPoolSetAttribute(t.pools[d], cudaMemPoolAttrReleaseThreshold, &keep) !=
-                cudaSuccess) {
+        if (t.state[d] == 1 && cudaMemPoolSetAttribute(t.pools[d], cudaMemPoolAttrReleaseThreshold,
+                                                       &keep) != cudaSuccess) {
             (void)cudaGetLastError();
         }
     }
@@ -285,7 +286,8 @@ int64_t get_workspace_limit() { return g_workspace_limit.load(); }
 
 void copy_async(void* dst, const void* src, size_t bytes, Stream stream) {
     if (bytes == 0 || dst == src) return;
-    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, as_stream(stream)), "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, as_stream(stream)),
+          "cudaMemcpyAsync");
 }
 
 void zero_async(void* dst, size_t bytes, Stream stream) {

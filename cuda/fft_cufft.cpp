@@ -42,8 +42,9 @@ void check_cufft(cufftResult r, const std::string& what) {
     const std::string text = "cuFFT " + what + " failed: " + cufft_error_name(r) + " (" +
                              std::to_string(static_cast<int>(r)) + ")";
     if (r == CUFFT_ALLOC_FAILED) {
-        throw CudaOutOfMemory(text + "; out of GPU memory for the FFT work area, reduce the batch "
-                                     "size or the workspace limit");
+        throw CudaOutOfMemory(text +
+                              "; out of GPU memory for the FFT work area, reduce the batch "
+                              "size or the workspace limit");
     }
     throw CudaError(text);
 }
@@ -72,11 +73,11 @@ public:
             // Non-null embeds: cuFFT ignores stride/dist when they are null.
             long long embed[2] = {g.size, g.size};
             size_t work = 0;
-            check_cufft(cufftMakePlanMany64(handle_, g.rank, n, embed, g.stride, g.dist, embed,
-                                            g.stride, g.dist, dbl ? CUFFT_Z2Z : CUFFT_C2C, g.batch,
-                                            &work),
-                        "planning a " + std::to_string(g.rank) + "-D transform of size " +
-                            std::to_string(g.size) + " x batch " + std::to_string(g.batch));
+            check_cufft(
+                cufftMakePlanMany64(handle_, g.rank, n, embed, g.stride, g.dist, embed, g.stride,
+                                    g.dist, dbl ? CUFFT_Z2Z : CUFFT_C2C, g.batch, &work),
+                "planning a " + std::to_string(g.rank) + "-D transform of size " +
+                    std::to_string(g.size) + " x batch " + std::to_string(g.batch));
             check_cufft(cufftSetStream(handle_, static_cast<cudaStream_t>(stream)),
                         "cufftSetStream");
         } catch (...) {

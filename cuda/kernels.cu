@@ -5,9 +5,9 @@
 // b = lane, lane + lanes, ... so that per-pixel tables (transfer function,
 // modulation, tilt) are loaded once per thread. Grid: x over pixels, y over
 // lanes. The sampling kernels, which have no images, use a 1-D grid-stride
-// loop over a 64-bit index instead (`launch_flat`). Compiled by nvcc; the same file also compiles as plain C++ (then
-// `launch` is a host loop), which is how the orchestration is tested on
-// machines without a GPU.
+// loop over a 64-bit index instead (`launch_flat`). Compiled by nvcc; the same file also compiles
+// as plain C++ (then `launch` is a host loop), which is how the orchestration is tested on machines
+// without a GPU.
 #include "kernels.hpp"
 
 #include <algorithm>
@@ -22,8 +22,8 @@ constexpr int kThreads = 256;
 // Enough blocks to fill the largest GPUs several times over; beyond that a
 // thread handles several samples (reusing its per-pixel table values).
 constexpr int64_t kTargetBlocks = 8192;
-constexpr int64_t kMaxLanes = 65535;      // gridDim.y limit
-constexpr int64_t kMaxReduceGroups = 512; // bounds the partial-sum buffer
+constexpr int64_t kMaxLanes = 65535;       // gridDim.y limit
+constexpr int64_t kMaxReduceGroups = 512;  // bounds the partial-sum buffer
 // Grid-stride kernels: 2M threads keep any GPU busy; each thread then takes
 // every (gridDim.x * kThreads)-th index, so counts beyond 2^31 work.
 constexpr int64_t kMaxFlatBlocks = kTargetBlocks;
@@ -41,8 +41,9 @@ int64_t lanes_for(int64_t npix, int64_t batch, int64_t cap) {
 template <class F>
 __global__ void __launch_bounds__(kThreads) grid_kernel(const F f, int npix) {
     const int p = static_cast<int>(blockIdx.x) * kThreads + static_cast<int>(threadIdx.x);
-    if (p < npix) f(static_cast<int64_t>(p), static_cast<int64_t>(blockIdx.y),
-                    static_cast<int64_t>(gridDim.y));
+    if (p < npix)
+        f(static_cast<int64_t>(p), static_cast<int64_t>(blockIdx.y),
+          static_cast<int64_t>(gridDim.y));
 }
 
 template <class F>
@@ -50,15 +51,16 @@ void launch(const F& f, int64_t npix, int64_t lanes, Stream stream, const char* 
     if (npix <= 0 || lanes <= 0) return;
     const dim3 grid(static_cast<unsigned>((npix + kThreads - 1) / kThreads),
                     static_cast<unsigned>(lanes));
-    grid_kernel<F><<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        f, static_cast<int>(npix));
+    grid_kernel<F>
+        <<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(f, static_cast<int>(npix));
     check_launch(name);
 }
 
 template <class F>
 __global__ void __launch_bounds__(kThreads) flat_kernel(const F f, int64_t total) {
     const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + static_cast<int64_t>(threadIdx.x);
+    for (int64_t i =
+             static_cast<int64_t>(blockIdx.x) * kThreads + static_cast<int64_t>(threadIdx.x);
          i < total; i += step)
         f(i);
 }
@@ -68,8 +70,9 @@ template <class F>
 void launch_flat(const F& f, int64_t total, Stream stream, const char* name) {
     if (total <= 0) return;
     const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxFlatBlocks);
-    flat_kernel<F><<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        f, total);
+    flat_kernel<F>
+        <<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(f,
+                                                                                            total);
     check_launch(name);
 }
 
@@ -190,16 +193,24 @@ struct CameraFn {
     T* inten;
     Strided<cplx<T>> camera;
     Strided<cplx<T>> save;
+    int* nonfinite;
     int64_t n, batch;
     OPTDIFF_HD void operator()(int64_t p, int64_t lane, int64_t lanes) const {
         const int64_t r = p / n;
         const int64_t c = p - r * n;
+        bool ok = true;
         for (int64_t b = lane; b < batch; b += lanes) {
             const cplx<T> v = e.at(b, r, c);
-            if (inten) inten[b * n * n + p] = intensity(v);
+            if (inten) {
+                const T i = intensity(v);
+                inten[b * n * n + p] = i;
+                ok = ok && is_finite_value(i);
+            }
             if (camera.ptr) camera.at(b, r, c) = v;
             if (save.ptr) save.at(b, r, c) = v;
         }
+        if (!ok && nonfinite)
+            *nonfinite = 1;  // every writer stores the same value: no atomics needed
     }
 };
 
@@ -277,7 +288,8 @@ struct BinForwardFn {
             const T* img = in + b * n * n;
             double s = 0.0;
             for (int64_t dr = 0; dr < k; ++dr)
-                for (int64_t dc = 0; dc < k; ++dc) s += static_cast<double>(img[(rs + dr) * n + cs + dc]);
+                for (int64_t dc = 0; dc < k; ++dc)
+                    s += static_cast<double>(img[(rs + dr) * n + cs + dc]);
             out[b * h * w + p] = static_cast<T>(s / static_cast<double>(k * k));
         }
     }
@@ -339,7 +351,8 @@ struct DdpmOp {
     T* out;
     T c1, c2, sigma, eps_scale, eps_offset;
     OPTDIFF_HD void operator()(int64_t i, float z) const {
-        out[i] = ddpm_update_value(x[i], v[i], static_cast<T>(z), c1, c2, sigma, eps_scale, eps_offset);
+        out[i] =
+            ddpm_update_value(x[i], v[i], static_cast<T>(z), c1, c2, sigma, eps_scale, eps_offset);
     }
 };
 
@@ -385,9 +398,8 @@ void launch_pad_load(Strided<const cplx<T>> src, const cplx<T>* table, TableOp o
 }
 
 template <class T>
-void launch_pad_load(Strided<const T> src, const cplx<T>* table, TableOp op,
-                     Strided<cplx<T>> save, Strided<cplx<T>> dst, int64_t n, int64_t np,
-                     int64_t batch, Stream stream) {
+void launch_pad_load(Strided<const T> src, const cplx<T>* table, TableOp op, Strided<cplx<T>> save,
+                     Strided<cplx<T>> dst, int64_t n, int64_t np, int64_t batch, Stream stream) {
     const int64_t npix = np * np;
     launch(PadLoadFn<T, T>{src, table, op, save, dst, n, np, batch}, npix,
            lanes_for(npix, batch, kMaxLanes), stream, "pad_load_real");
@@ -402,8 +414,8 @@ void launch_intensity_backward_pad(Strided<const cplx<T>> e, const T* g, Strided
 }
 
 template <class T>
-void launch_multiply_transfer(Strided<cplx<T>> data, const cplx<T>* h, bool conjugate,
-                              int64_t np, int64_t batch, Stream stream) {
+void launch_multiply_transfer(Strided<cplx<T>> data, const cplx<T>* h, bool conjugate, int64_t np,
+                              int64_t batch, Stream stream) {
     const int64_t npix = np * np;
     launch(MultiplyTransferFn<T>{data, h, conjugate, np, batch}, npix,
            lanes_for(npix, batch, kMaxLanes), stream, "multiply_transfer");
@@ -419,9 +431,9 @@ void launch_crop_store(Strided<const cplx<T>> src, const cplx<T>* table, TableOp
 
 template <class T>
 void launch_camera(Strided<const cplx<T>> e, T* intensity_out, Strided<cplx<T>> camera,
-                   Strided<cplx<T>> save, int64_t n, int64_t batch, Stream stream) {
+                   Strided<cplx<T>> save, int* nonfinite, int64_t n, int64_t batch, Stream stream) {
     const int64_t npix = n * n;
-    launch(CameraFn<T>{e, intensity_out, camera, save, n, batch}, npix,
+    launch(CameraFn<T>{e, intensity_out, camera, save, nonfinite, n, batch}, npix,
            lanes_for(npix, batch, kMaxLanes), stream, "camera");
 }
 
@@ -432,9 +444,8 @@ int64_t backward_groups(int64_t n, int64_t np_dst, int64_t batch) {
 
 template <class T>
 void launch_layer_backward(Strided<const cplx<T>> grad_w, Strided<const cplx<T>> w,
-                           const cplx<T>* m, double* partial, int64_t groups,
-                           Strided<cplx<T>> dst, int64_t n, int64_t np_dst, int64_t batch,
-                           Stream stream) {
+                           const cplx<T>* m, double* partial, int64_t groups, Strided<cplx<T>> dst,
+                           int64_t n, int64_t np_dst, int64_t batch, Stream stream) {
     const int64_t side = dst.ptr ? np_dst : n;
     launch(LayerBackwardFn<T>{grad_w, w, m, partial, dst, n, side, batch}, side * side, groups,
            stream, "layer_backward");
@@ -473,14 +484,20 @@ void launch_bin_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t n
 template <class T>
 void launch_standard_normal(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
                             Stream cuda_stream) {
-    launch_noise(StoreNormalOp<T>{out}, count, seed, stream, offset, cuda_stream, "standard_normal");
+    launch_noise(StoreNormalOp<T>{out}, count, seed, stream, offset, cuda_stream,
+                 "standard_normal");
 }
 
 template <class T>
 void launch_ddpm_update(const T* x, const T* v, T* out, int64_t count, const DdpmStep& step,
                         uint64_t seed, uint64_t stream, uint64_t offset, Stream cuda_stream) {
-    const DdpmOp<T> op{x, v, out, static_cast<T>(step.c1), static_cast<T>(step.c2),
-                       static_cast<T>(step.sigma), static_cast<T>(step.eps_scale),
+    const DdpmOp<T> op{x,
+                       v,
+                       out,
+                       static_cast<T>(step.c1),
+                       static_cast<T>(step.c2),
+                       static_cast<T>(step.sigma),
+                       static_cast<T>(step.eps_scale),
                        static_cast<T>(step.eps_offset)};
     if (step.sigma == 0.0) {  // the last step: the CPU draws no noise either
         launch_flat(NoNoiseFn<DdpmOp<T>>{op}, count, cuda_stream, "ddpm_update");
@@ -510,15 +527,14 @@ bool all_finite(const T* data, int64_t count, Stream stream) {
                                      int64_t, Stream);                                             \
     template void launch_pad_load<T>(Strided<const T>, const cplx<T>*, TableOp, Strided<cplx<T>>,  \
                                      Strided<cplx<T>>, int64_t, int64_t, int64_t, Stream);         \
-    template void launch_intensity_backward_pad<T>(Strided<const cplx<T>>, const T*,               \
-                                                   Strided<cplx<T>>, int64_t, int64_t, int64_t,    \
-                                                   Stream);                                        \
+    template void launch_intensity_backward_pad<T>(                                                \
+        Strided<const cplx<T>>, const T*, Strided<cplx<T>>, int64_t, int64_t, int64_t, Stream);    \
     template void launch_multiply_transfer<T>(Strided<cplx<T>>, const cplx<T>*, bool, int64_t,     \
                                               int64_t, Stream);                                    \
     template void launch_crop_store<T>(Strided<const cplx<T>>, const cplx<T>*, TableOp,            \
                                        Strided<cplx<T>>, int64_t, int64_t, Stream);                \
-    template void launch_camera<T>(Strided<const cplx<T>>, T*, Strided<cplx<T>>,                   \
-                                   Strided<cplx<T>>, int64_t, int64_t, Stream);                    \
+    template void launch_camera<T>(Strided<const cplx<T>>, T*, Strided<cplx<T>>, Strided<cplx<T>>, \
+                                   int*, int64_t, int64_t, Stream);                                \
     template void launch_layer_backward<T>(Strided<const cplx<T>>, Strided<const cplx<T>>,         \
                                            const cplx<T>*, double*, int64_t, Strided<cplx<T>>,     \
                                            int64_t, int64_t, int64_t, Stream);                     \
@@ -529,7 +545,7 @@ bool all_finite(const T* data, int64_t count, Stream stream) {
                                         Stream);                                                   \
     template void launch_bin_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t,         \
                                          int64_t, Stream);                                         \
-    template void launch_standard_normal<T>(T*, int64_t, uint64_t, uint64_t, uint64_t, Stream);   \
+    template void launch_standard_normal<T>(T*, int64_t, uint64_t, uint64_t, uint64_t, Stream);    \
     template void launch_ddpm_update<T>(const T*, const T*, T*, int64_t, const DdpmStep&,          \
                                         uint64_t, uint64_t, uint64_t, Stream);                     \
     template bool all_finite<T>(const T*, int64_t, Stream);

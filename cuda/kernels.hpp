@@ -25,7 +25,9 @@ struct Strided {
     E* ptr = nullptr;
     int64_t sample = 0;  // elements between samples
     int64_t row = 0;     // elements between rows
-    OPTDIFF_HD E& at(int64_t b, int64_t r, int64_t c) const { return ptr[b * sample + r * row + c]; }
+    OPTDIFF_HD E& at(int64_t b, int64_t r, int64_t c) const {
+        return ptr[b * sample + r * row + c];
+    }
 };
 
 // Dense [batch, n, n] view.
@@ -35,9 +37,9 @@ Strided<E> dense_view(E* ptr, int64_t n) {
 }
 
 enum class TableOp : int {
-    None = 0,        // v
-    Multiply = 1,    // v * t                 (tilt of a forward hop; layer modulation)
-    ConjMultiply = 2 // conj(t) * v           (adjoint of either: modulation_backward)
+    None = 0,         // v
+    Multiply = 1,     // v * t                 (tilt of a forward hop; layer modulation)
+    ConjMultiply = 2  // conj(t) * v           (adjoint of either: modulation_backward)
 };
 
 // M[p] = layer_modulation(phi[p], tilt[p]) for p < npix; tilt may be null
@@ -56,9 +58,8 @@ void launch_pad_load(Strided<const cplx<T>> src, const cplx<T>* table, TableOp o
                      int64_t batch, Stream stream);
 // The same for a real source (amplitudes): read as src + 0i.
 template <class T>
-void launch_pad_load(Strided<const T> src, const cplx<T>* table, TableOp op,
-                     Strided<cplx<T>> save, Strided<cplx<T>> dst, int64_t n, int64_t np,
-                     int64_t batch, Stream stream);
+void launch_pad_load(Strided<const T> src, const cplx<T>* table, TableOp op, Strided<cplx<T>> save,
+                     Strided<cplx<T>> dst, int64_t n, int64_t np, int64_t batch, Stream stream);
 
 // dst(b) padded to np with intensity_backward(e(b, r, c), g[b, r, c]) inside
 // (g dense [batch, n, n]), zeros outside.
@@ -68,8 +69,8 @@ void launch_intensity_backward_pad(Strided<const cplx<T>> e, const T* g, Strided
 
 // data(b, r, c) *= H[r*np + c] (or conj(H)) on the whole np x np grid.
 template <class T>
-void launch_multiply_transfer(Strided<cplx<T>> data, const cplx<T>* h, bool conjugate,
-                              int64_t np, int64_t batch, Stream stream);
+void launch_multiply_transfer(Strided<cplx<T>> data, const cplx<T>* h, bool conjugate, int64_t np,
+                              int64_t batch, Stream stream);
 
 // dst(b, r, c) = op(src(b, r, c), table[r*n + c]) for r, c < n.
 template <class T>
@@ -77,10 +78,11 @@ void launch_crop_store(Strided<const cplx<T>> src, const cplx<T>* table, TableOp
                        Strided<cplx<T>> dst, int64_t n, int64_t batch, Stream stream);
 
 // Camera: intensity[b, r, c] = |E|^2 (dense, may be null); camera and save
-// (may have null ptr) receive E itself.
+// (may have null ptr) receive E itself. *nonfinite (nullable device int) is
+// set to 1 when an intensity is not finite, and left alone otherwise.
 template <class T>
 void launch_camera(Strided<const cplx<T>> e, T* intensity, Strided<cplx<T>> camera,
-                   Strided<cplx<T>> save, int64_t n, int64_t batch, Stream stream);
+                   Strided<cplx<T>> save, int* nonfinite, int64_t n, int64_t batch, Stream stream);
 
 // Intensity-matching loss of the fused step, per pixel p of an npix-pixel
 // image: d = intensity[b, p] - target[b, p], g[b, p] = grad_scale * d (g may
@@ -103,9 +105,8 @@ int64_t backward_groups(int64_t n, int64_t np_dst, int64_t batch);
 // dst may alias grad_w when both have the same layout.
 template <class T>
 void launch_layer_backward(Strided<const cplx<T>> grad_w, Strided<const cplx<T>> w,
-                           const cplx<T>* m, double* partial, int64_t groups,
-                           Strided<cplx<T>> dst, int64_t n, int64_t np_dst, int64_t batch,
-                           Stream stream);
+                           const cplx<T>* m, double* partial, int64_t groups, Strided<cplx<T>> dst,
+                           int64_t n, int64_t np_dst, int64_t batch, Stream stream);
 
 // out[p] = (accumulate ? out[p] : 0) + sum_g partial[g, p], in order of g.
 template <class T>

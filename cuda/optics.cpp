@@ -194,31 +194,13 @@ void CudaPropagator<T>::apply(const cplx<T>* in, cplx<T>* out, int64_t batch, St
 
 // ---------------------------------------------------------------------------
 
-void validate_stack(const StackSpec& spec) {
-    validate_grid_size(spec.n);
-    require(!spec.hops.empty(), "a phase stack needs at least one layer");
-    for (size_t l = 0; l < spec.hops.size(); ++l) {
-        try {
-            validate(spec.hops[l], spec.n);
-        } catch (const std::invalid_argument& e) {
-            throw std::invalid_argument("layer " + std::to_string(l) + ": " + e.what());
-        }
-    }
-    if (spec.has_input_hop) {
-        try {
-            validate(spec.input_hop, spec.n);
-        } catch (const std::invalid_argument& e) {
-            throw std::invalid_argument(std::string("input hop: ") + e.what());
-        }
-    }
-}
-
 template <class T>
 struct CudaPhaseStack<T>::Call {
     Stream stream = nullptr;
-    const cplx<T>* m = nullptr;     // [L, n, n] modulation of this call
+    const cplx<T>* m = nullptr;  // [L, n, n] modulation of this call
     cplx<T>* work[2] = {nullptr, nullptr};
-    double* partial = nullptr;      // [groups, n, n] (backward only)
+    double* partial = nullptr;  // [groups, n, n] (backward only)
+    int* nonfinite = nullptr;   // set by the camera kernel when an intensity is not finite
     Call(Stream s, const cplx<T>* m_, cplx<T>* w0, cplx<T>* w1, double* partial_ = nullptr)
         : stream(s), m(m_), work{w0, w1}, partial(partial_) {}
 };
@@ -302,7 +284,8 @@ void CudaPhaseStack<T>::forward_chunk(Call& call, Input input, int64_t bc, T* in
         cur_np = hop.np;
     }
     launch_camera(src, intensity, camera_field ? dense_view(camera_field, n) : Strided<C>{},
-                  saved ? Strided<C>{saved + L * nn, S, n} : Strided<C>{}, n, bc, s);
+                  saved ? Strided<C>{saved + L * nn, S, n} : Strided<C>{}, call.nonfinite, n, bc,
+                  s);
 }
 
 template <class T>
@@ -321,8 +304,7 @@ void CudaPhaseStack<T>::backward_chunk(Call& call, const cplx<T>* saved, const T
     int which = 0;
     int64_t cur_np = hops_.back()->np;
     launch_intensity_backward_pad(saved_view(L), grad_intensity,
-                                  view(call.work[0], work_layout(n, cur_np, bc)), n, cur_np, bc,
-                                  s);
+                                  view(call.work[0], work_layout(n, cur_np, bc)), n, cur_np, bc, s);
     for (int64_t l = L - 1; l >= 0; --l) {
         const DeviceHop<T>& hop = *hops_[static_cast<size_t>(l)];
         const Layout lay = work_layout(n, hop.np, bc);
@@ -360,28 +342,31 @@ void CudaPhaseStack<T>::backward_chunk(Call& call, const cplx<T>* saved, const T
         hop_transform(hop, call.work[which], bc, true, s);
         const C* tilt = hop.tilt_or_null();
         launch_crop_store(cview(static_cast<const C*>(call.work[which]), lay), tilt,
-                          tilt ? TableOp::ConjMultiply : TableOp::None,
-                          dense_view(grad_input, n), n, bc, s);
+                          tilt ? TableOp::ConjMultiply : TableOp::None, dense_view(grad_input, n),
+                          n, bc, s);
     }
 }
 
 template <class T>
-void CudaPhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch,
-                                T* intensity, cplx<T>* saved, cplx<T>* camera_field,
-                                Stream stream) const {
-    forward_impl(Input{input, nullptr}, phases, batch, intensity, saved, camera_field, stream);
+void CudaPhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
+                                cplx<T>* saved, cplx<T>* camera_field, Stream stream,
+                                bool check_intensity) const {
+    forward_impl(Input{input, nullptr}, phases, batch, intensity, saved, camera_field, stream,
+                 check_intensity);
 }
 
 template <class T>
 void CudaPhaseStack<T>::forward_real(const T* amplitude, const T* phases, int64_t batch,
                                      T* intensity, cplx<T>* saved, cplx<T>* camera_field,
-                                     Stream stream) const {
-    forward_impl(Input{nullptr, amplitude}, phases, batch, intensity, saved, camera_field, stream);
+                                     Stream stream, bool check_intensity) const {
+    forward_impl(Input{nullptr, amplitude}, phases, batch, intensity, saved, camera_field, stream,
+                 check_intensity);
 }
 
 template <class T>
 void CudaPhaseStack<T>::forward_impl(Input input, const T* phases, int64_t batch, T* intensity,
-                                     cplx<T>* saved, cplx<T>* camera_field, Stream stream) const {
+                                     cplx<T>* saved, cplx<T>* camera_field, Stream stream,
+                                     bool check_intensity) const {
     using C = cplx<T>;
     require(batch >= 0, "batch must be >= 0, got " + std::to_string(batch));
     if (batch == 0) return;
@@ -405,11 +390,23 @@ void CudaPhaseStack<T>::forward_impl(Input input, const T* phases, int64_t batch
     Workspace<C> w1(mixed_padding_ ? static_cast<size_t>(bc * max_np_ * max_np_) : 0, stream);
 
     Call call(stream, m.get(), w0.get(), w1.get());
+    // A flag the camera kernel sets (no extra pass over the intensities).
+    const bool check = check_intensity && intensity != nullptr;
+    Workspace<int> flag(check ? 1 : 0, stream);
+    if (check) {
+        zero_async(flag.get(), sizeof(int), stream);
+        call.nonfinite = flag.get();
+    }
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
         const int64_t nb = std::min(bc, batch - b0);
         forward_chunk(call, input.skip(b0 * nn), nb, intensity ? intensity + b0 * nn : nullptr,
                       saved ? saved + b0 * S : nullptr,
                       camera_field ? camera_field + b0 * nn : nullptr);
+    }
+    if (check) {
+        int host_flag = 0;
+        copy_to_host_sync(&host_flag, flag.get(), sizeof(int), stream);
+        require(host_flag == 0, intensity_overflow_message(std::is_same<T, double>::value));
     }
 }
 
@@ -467,7 +464,8 @@ void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases,
                                           int64_t batch, T* grad_phases, T* intensity,
                                           double* sq_sum, Stream stream) const {
     using C = cplx<T>;
-    require(batch >= 1, "the fused MSE step needs at least one sample, got batch " + std::to_string(batch));
+    require(batch >= 1,
+            "the fused MSE step needs at least one sample, got batch " + std::to_string(batch));
     require(input != nullptr && phases != nullptr && target != nullptr,
             "input, phases and target must not be null");
     require(grad_phases != nullptr && sq_sum != nullptr, "grad_phases and sq_sum must not be null");
@@ -482,7 +480,8 @@ void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases,
 
     const int nbuf = mixed_padding_ ? 2 : 1;
     const int64_t per_sample = max_np_ * max_np_ * static_cast<int64_t>(sizeof(C)) * nbuf +
-                               S * static_cast<int64_t>(sizeof(C)) + 2 * nn * static_cast<int64_t>(sizeof(T));
+                               S * static_cast<int64_t>(sizeof(C)) +
+                               2 * nn * static_cast<int64_t>(sizeof(T));
     const int64_t bc = chunk_size(batch, per_sample);
     Workspace<C> w0(static_cast<size_t>(bc * max_np_ * max_np_), stream);
     Workspace<C> w1(mixed_padding_ ? static_cast<size_t>(bc * max_np_ * max_np_) : 0, stream);
@@ -491,7 +490,8 @@ void CudaPhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases,
     Workspace<T> g(static_cast<size_t>(bc * nn), stream);
     // backward_groups(n, n, .) is the most any kernel here uses (np_dst = n).
     Workspace<double> partial(static_cast<size_t>(backward_groups(n, n, bc) * nn), stream);
-    const T grad_scale = static_cast<T>(2.0 / (static_cast<double>(batch) * static_cast<double>(nn)));
+    const T grad_scale =
+        static_cast<T>(2.0 / (static_cast<double>(batch) * static_cast<double>(nn)));
 
     Call call(stream, m.get(), w0.get(), w1.get(), partial.get());
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
@@ -511,10 +511,10 @@ void validate_binning(int64_t n, int64_t h, int64_t w, int64_t k) {
     validate_grid_size(n);
     require(k >= 1, "bin size k must be >= 1, got " + std::to_string(k));
     require(h >= 1 && w >= 1, "binned output must be at least 1 x 1");
-    require(h * k <= n && w * k <= n,
-            "binned region (" + std::to_string(h) + "*" + std::to_string(k) + " x " +
-                std::to_string(w) + "*" + std::to_string(k) + ") does not fit the " +
-                std::to_string(n) + " x " + std::to_string(n) + " image");
+    require(h * k <= n && w * k <= n, "binned region (" + std::to_string(h) + "*" +
+                                          std::to_string(k) + " x " + std::to_string(w) + "*" +
+                                          std::to_string(k) + ") does not fit the " +
+                                          std::to_string(n) + " x " + std::to_string(n) + " image");
 }
 
 template <class T>
@@ -539,14 +539,6 @@ void bin_readout_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t 
 
 namespace {
 
-// Rejects counts whose noise numbers would run past the end of the stream.
-void check_noise_range(int64_t count, uint64_t offset) {
-    require(count >= 0, "count must be >= 0, got " + std::to_string(count));
-    require(count == 0 || static_cast<uint64_t>(count) - 1 <= UINT64_MAX - offset,
-            "offset + count must not exceed 2**64 (offset " + std::to_string(offset) + ", count " +
-                std::to_string(count) + ")");
-}
-
 // out must be the input itself (element-wise in place) or not overlap it.
 template <class T>
 void check_elementwise_alias(const T* in, const T* out, int64_t count, const char* in_name) {
@@ -562,9 +554,9 @@ void check_elementwise_alias(const T* in, const T* out, int64_t count, const cha
 }  // namespace
 
 template <class T>
-void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream,
-                           uint64_t offset, Stream cuda_stream) {
-    check_noise_range(count, offset);
+void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+                           Stream cuda_stream) {
+    validate_noise_range(count, offset);  // the planner: the CPU sampler's check
     if (count == 0) return;
     require(out != nullptr, "out must not be null");
     launch_standard_normal(out, count, seed, stream, offset, cuda_stream);
@@ -573,7 +565,7 @@ void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream
 template <class T>
 void ddpm_update_async(const T* x, const T* v, int64_t count, const DdpmStep& step, uint64_t seed,
                        uint64_t stream, uint64_t offset, T* out, Stream cuda_stream) {
-    check_noise_range(count, offset);
+    validate_noise_range(count, offset);  // the planner: the CPU sampler's check
     require(step.sigma >= 0.0, "sigma must be >= 0, got " + std::to_string(step.sigma));
     if (count == 0) return;
     require(x != nullptr && v != nullptr && out != nullptr, "x, eps and out must not be null");

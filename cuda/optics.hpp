@@ -24,9 +24,9 @@
 #include <vector>
 
 #include "device.hpp"
-#include "optdiff/optdiff.hpp"
 #include "optdiff/physics.hpp"
 #include "optdiff/plan.hpp"
+#include "optdiff/sampler.hpp"
 
 namespace optdiff {
 namespace gpu {
@@ -36,9 +36,9 @@ template <class T>
 struct DeviceHop {
     PropagationSpec spec;
     int64_t n = 0;
-    int64_t np = 0;                    // padded size n * padding
-    DeviceArray<cplx<T>> h;            // [np, np], normalised
-    DeviceArray<cplx<T>> tilt;         // [n, n]; empty when the hop has no tilt
+    int64_t np = 0;             // padded size n * padding
+    DeviceArray<cplx<T>> h;     // [np, np], normalised
+    DeviceArray<cplx<T>> tilt;  // [n, n]; empty when the hop has no tilt
 
     DeviceHop(const PropagationSpec& spec, int64_t n);
     const cplx<T>* tilt_or_null() const { return tilt.empty() ? nullptr : tilt.get(); }
@@ -82,12 +82,15 @@ public:
     // intensity [B, n, n] = |camera field|^2 (may be null when camera_field is
     // given); saved (nullable) receives [B, L+1, n, n] (w_0 .. w_{L-1}, E_L),
     // the layout of the CPU back end; camera_field (nullable) [B, n, n].
-    void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
-                 cplx<T>* saved, cplx<T>* camera_field, Stream stream) const;
+    // check_intensity: wait for the stream, then throw std::invalid_argument
+    // (the CPU's message) when an intensity is not finite (|E|^2 overflowed).
+    void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity, cplx<T>* saved,
+                 cplx<T>* camera_field, Stream stream, bool check_intensity = false) const;
     // forward for a real input field [B, n, n] (amplitudes): the same as the
     // complex field amplitude + 0i; the first pad kernel reads it directly.
     void forward_real(const T* amplitude, const T* phases, int64_t batch, T* intensity,
-                      cplx<T>* saved, cplx<T>* camera_field, Stream stream) const;
+                      cplx<T>* saved, cplx<T>* camera_field, Stream stream,
+                      bool check_intensity = false) const;
 
     // grad_phases [L, n, n] (summed over the batch, overwritten) and, when
     // grad_input is non-null, grad_input [B, n, n]. saved from forward, or
@@ -113,11 +116,12 @@ private:
         const cplx<T>* field = nullptr;
         const T* amplitude = nullptr;
         Input skip(int64_t elements) const {  // the input from element `elements` on
-            return Input{field ? field + elements : nullptr, amplitude ? amplitude + elements : nullptr};
+            return Input{field ? field + elements : nullptr,
+                         amplitude ? amplitude + elements : nullptr};
         }
     };
     void forward_impl(Input input, const T* phases, int64_t batch, T* intensity, cplx<T>* saved,
-                      cplx<T>* camera_field, Stream stream) const;
+                      cplx<T>* camera_field, Stream stream, bool check_intensity) const;
     void forward_chunk(Call& call, Input input, int64_t bc, T* intensity, cplx<T>* saved,
                        cplx<T>* camera_field) const;
     void backward_chunk(Call& call, const cplx<T>* saved, const T* grad_intensity, int64_t bc,
@@ -132,13 +136,10 @@ private:
     bool mixed_padding_ = false;  // consecutive hops with different padded sizes
 };
 
-// Validates the parameters of a stack (throws std::invalid_argument).
-void validate_stack(const StackSpec& spec);
-
 // Read-out binning (see kernels.hpp), on device memory.
 template <class T>
-void bin_readout(const T* in, T* out, int64_t batch, int64_t n, int64_t h, int64_t w,
-                 int64_t k, Stream stream);
+void bin_readout(const T* in, T* out, int64_t batch, int64_t n, int64_t h, int64_t w, int64_t k,
+                 Stream stream);
 template <class T>
 void bin_readout_backward(const T* grad_out, T* grad_in, int64_t batch, int64_t n, int64_t h,
                           int64_t w, int64_t k, Stream stream);
@@ -149,8 +150,8 @@ void validate_binning(int64_t n, int64_t h, int64_t w, int64_t k);
 // argument checks (count >= 0, offset + count <= 2^64, sigma >= 0, out
 // either exactly x / v or disjoint from them), then the launch.
 template <class T>
-void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream,
-                           uint64_t offset, Stream cuda_stream);
+void standard_normal_async(T* out, int64_t count, uint64_t seed, uint64_t stream, uint64_t offset,
+                           Stream cuda_stream);
 template <class T>
 void ddpm_update_async(const T* x, const T* v, int64_t count, const DdpmStep& step, uint64_t seed,
                        uint64_t stream, uint64_t offset, T* out, Stream cuda_stream);

@@ -13,6 +13,15 @@ def random_field(rng, shape, dtype=np.complex128):
     return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
 
 
+def unaligned(a):
+    """A C-contiguous, writeable copy of `a` whose data is not aligned (flags.aligned is False)."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    v = np.frombuffer(raw.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    v[...] = a
+    assert not v.flags.aligned and v.flags.c_contiguous and v.flags.writeable
+    return v
+
+
 def rel_err(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 

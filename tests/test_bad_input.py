@@ -1,10 +1,12 @@
 """Bad input never crashes and never returns garbage: it raises, naming the argument."""
 
+import re
+
 import numpy as np
 import pytest
 
 import optdiff
-from helpers import GEOM, random_field
+from helpers import GEOM, random_field, unaligned
 
 N, L = 12, 2
 
@@ -30,6 +32,41 @@ def test_bad_physics_parameters(kw, needle, backend):
     args.update(kw)
     with pytest.raises(ValueError, match=needle):
         optdiff.Propagator(N, backend=backend, **args)
+
+
+@pytest.mark.parametrize("method", ["as", "bl-as", "fresnel"])
+@pytest.mark.parametrize("kw,needle", [
+    (dict(distance=1e300), "distance"), (dict(distance=-1e300), "distance"),
+    (dict(wavelength=1.7e308), "wavelength"), (dict(wavelength=1e-300), "wavelength"),
+    (dict(pitch=5e-324), "pitch"), (dict(pitch=1e-160), "pitch"), (dict(pitch=1e308), "pitch"),
+    (dict(pitch=1e300, tilt=(0.1, 0.0)), "tilt"),
+])
+def test_finite_but_absurd_parameters(method, kw, needle):
+    """Finite values whose transfer function or tilt would overflow (all-NaN fields) are refused."""
+    args = dict(GEOM, distance=1e-3, padding=2, method=method)
+    args.update(kw)
+    with pytest.raises(ValueError, match=needle):
+        optdiff.Propagator(64, **args)
+    tilt = args.pop("tilt", (0.0, 0.0))
+    d = args.pop("distance")
+    layer = 1 if needle in ("distance", "tilt") else 0  # wavelength and pitch are every hop's
+    with pytest.raises(ValueError, match=f"layer {layer}: .*{needle}"):
+        optdiff.PhaseStack(64, distances=[1e-3, d], tilts=[(0.0, 0.0), tilt], **args)
+    if layer == 1:
+        with pytest.raises(ValueError, match=f"input hop: .*{needle}"):
+            optdiff.PhaseStack(64, distances=[1e-3], input_distance=d, input_tilt=tilt, **args)
+
+
+@pytest.mark.parametrize("method", ["as", "bl-as", "fresnel"])
+def test_largest_allowed_distance_gives_a_finite_field(method, rng):
+    """The bound in the message is the real one: just inside it the field stays finite."""
+    with pytest.raises(ValueError, match="distance") as e:
+        optdiff.Propagator(32, distance=1e300, method=method, padding=2, **GEOM)
+    limit = float(re.search(r"below ([0-9.e+]+) m", str(e.value)).group(1))
+    x = random_field(rng, (2, 32, 32), np.complex128)
+    for d in (0.99 * limit, -0.99 * limit):
+        y = optdiff.Propagator(32, distance=d, method=method, padding=2, **GEOM).forward(x)
+        assert np.isfinite(y).all()
 
 
 @pytest.mark.parametrize("n", [0, 1, -5, 2.5, "8", None, True])
@@ -185,3 +222,58 @@ def test_fuzz_random_bad_inputs_never_crash(rng):
                 continue
             res = out[0] if isinstance(out, tuple) else out
             assert np.all(np.isfinite(res))
+
+
+@pytest.mark.parametrize("dtype,big,name", [(np.complex64, 1e30, "float32"), (np.complex128, 1e200, "float64")])
+def test_intensity_overflow_is_an_error(dtype, big, name):
+    """A finite field whose |E|^2 overflows raises instead of returning Inf (issue #13 item 7)."""
+    s = stack()
+    x = np.full((2, N, N), big, dtype)
+    ph = np.zeros((L, N, N), np.float32 if dtype == np.complex64 else np.float64)
+    message = f"field is too large: the intensity overflows {name}"
+    with pytest.raises(ValueError, match=message):
+        s.forward(x, ph)
+    with pytest.raises(ValueError, match=message):
+        s.forward_train(x, ph)
+    with pytest.raises(ValueError, match=message):
+        s.forward(x.real.copy(), ph)  # a real (amplitude) field
+    with pytest.raises(ValueError, match="intensity overflows"):
+        s.mse_loss_and_grad(x, ph, np.zeros(x.shape, ph.dtype))
+    ok = np.full((2, N, N), np.sqrt(big), dtype)  # |E|^2 ~ big * (gain of the stack): finite
+    assert np.isfinite(s.forward(ok, ph)).all()
+
+
+def test_misaligned_arrays_are_refused(rng):
+    """Views whose data is not aligned to their dtype (np.frombuffer at an odd offset) never
+    reach the C++ loops: every public entry point raises ValueError naming the argument."""
+    p, s = prop(), stack()
+    x = random_field(rng, (2, N, N), np.complex64)
+    ph = np.zeros((L, N, N), np.float32)
+    t = np.ones((2, N, N), np.float32)
+    _, tape = s.forward_train(x, ph)
+    cases = [
+        ("field", lambda: p.forward(unaligned(x))),
+        ("field", lambda: p.adjoint(unaligned(x))),
+        ("out", lambda: p.forward(x, out=unaligned(x))),
+        ("out", lambda: p.adjoint(x, out=unaligned(x))),
+        ("field", lambda: s.forward(unaligned(x), ph)),
+        ("field", lambda: s.forward(unaligned(np.abs(x)), ph)),  # a real field
+        ("phases", lambda: s.forward(x, unaligned(ph))),
+        ("intensity", lambda: s.forward(x, ph, out=unaligned(t))),
+        ("field", lambda: s.forward_train(unaligned(x), ph)),
+        ("phases", lambda: s.forward_train(x, unaligned(ph))),
+        ("grad_intensity", lambda: s.backward(tape, unaligned(t))),
+        ("field", lambda: s.mse_loss_and_grad(unaligned(x), ph, t)),
+        ("phases", lambda: s.mse_loss_and_grad(x, unaligned(ph), t)),
+        ("target", lambda: s.mse_loss_and_grad(x, ph, unaligned(t))),
+        ("out", lambda: optdiff.standard_normal(t.shape, seed=0, out=unaligned(t))),
+        ("x", lambda: optdiff.ddpm_update(unaligned(t), t, c1=1, c2=0, sigma=1, seed=0, stream=0)),
+        ("eps", lambda: optdiff.ddpm_update(t, unaligned(t), c1=1, c2=0, sigma=1, seed=0, stream=0)),
+        ("out", lambda: optdiff.ddpm_update(t, t, c1=1, c2=0, sigma=1, seed=0, stream=0, out=unaligned(t))),
+    ]
+    for name, call in cases:
+        with pytest.raises(ValueError, match=f"^{name} is not aligned"):
+            call()
+    tape.saved = unaligned(tape.saved)
+    with pytest.raises(ValueError, match="^saved is not aligned"):
+        s.backward(tape, t)

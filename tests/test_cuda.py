@@ -9,7 +9,7 @@ These tests run
   * on a CUDA device ("cuda"), when optdiff._cuda is built and a device is
     present: NumPy inputs, device arrays through __cuda_array_interface__,
     and CuPy / PyTorch arrays when those are installed;
-  * through optdiff._cuda_emu ("emulated"), when it was built
+  * through optdiff._cuda_emu ("cuda-emu"), when it was built
     (-DOPTDIFF_CUDA_EMULATION=ON): the same host code and kernel bodies on the
     CPU, with FFTW standing in for cuFFT;
 and are skipped otherwise. test_import_and_device_count_without_gpu always runs.
@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import optdiff
+from helpers import unaligned
 from optdiff.optics.backends import cuda as cb
 from optdiff.optics.backends.cuda_arrays import DeviceArray
 
@@ -380,6 +381,86 @@ def test_bin_readout(backend, kind, dtype, h, w, k):
 # Errors
 # ---------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------
+# One hop tuple and one set of messages for both compiled modules
+# ---------------------------------------------------------------------------
+
+def _hop_modules():
+    """The compiled CUDA-side modules that are built (neither needs a device to check a hop)."""
+    mods = [_EMU] if _EMU is not None else []
+    try:
+        mods.append(importlib.import_module("optdiff._cuda"))
+    except ImportError:
+        pass
+    if not mods:
+        pytest.skip("neither optdiff._cuda nor optdiff._cuda_emu is built")
+    return mods
+
+
+GOOD_HOP = (WL, PITCH, 3e-3, "bl-as", 2, 0.01, -0.02)
+BAD_HOPS = [
+    ((WL, PITCH, 1e-3, "rayleigh", 2, 0.0, 0.0), "method must be 'as' .* got 'rayleigh'"),
+    ((WL, PITCH, 1e-3, 1, 2, 0.0, 0.0), "method must be 'as' .* got 1"),  # the old integer code
+    ((WL, PITCH, 1e-3, "as", True, 0.0, 0.0), "padding must be 1 .* got True"),
+    ((WL, PITCH, 1e-3, "as", 2.0, 0.0, 0.0), "padding must be 1 .* got 2.0"),
+    ((WL, PITCH, 1e-3, "as", 3, 0.0, 0.0), "padding must be 1 .* got 3"),
+    ((-1.0, PITCH, 1e-3, "as", 2, 0.0, 0.0), "wavelength"),
+    ((WL, "x", 1e-3, "as", 2, 0.0, 0.0), "pitch must be a real number"),
+    ((WL, PITCH, 1e-3, "as", 2, 2.0, 0.0), "tilt"),
+    ((WL, PITCH, 1e-3, "as", 2, 0.0), "a hop must be a tuple"),
+]
+
+
+def test_hop_tuple_is_taken_by_both_modules():
+    from optdiff import _core
+
+    cpu = _core.Propagator64(8, GOOD_HOP)
+    assert cpu.spec == GOOD_HOP
+    for mod in _hop_modules():
+        mod.validate_hop(8, GOOD_HOP)
+        mod.validate_stack(8, [GOOD_HOP, GOOD_HOP], GOOD_HOP)
+        np.testing.assert_array_equal(mod.transfer_function(8, GOOD_HOP, True, False), cpu.transfer_function())
+
+
+@pytest.mark.parametrize("hop,message", BAD_HOPS)
+def test_bad_hop_gives_one_message_from_both_modules(hop, message):
+    from optdiff import _core
+
+    with pytest.raises(ValueError, match=message) as cpu:
+        _core.Propagator64(8, hop)
+    with pytest.raises(ValueError) as cpu_stack:
+        _core.PhaseStack32(8, [GOOD_HOP, hop], None)
+    assert str(cpu_stack.value) == "layer 1: " + str(cpu.value)
+    for mod in _hop_modules():
+        for call in (lambda: mod.validate_hop(8, hop), lambda: mod.transfer_function(8, hop)):
+            with pytest.raises(ValueError) as gpu:
+                call()
+            assert str(gpu.value) == str(cpu.value)
+        with pytest.raises(ValueError) as gpu_stack:
+            mod.validate_stack(8, [GOOD_HOP], hop)
+        assert str(gpu_stack.value) == "input hop: " + str(cpu.value)
+
+
+@pytest.mark.parametrize("kw", [dict(input_distance=float("nan")), dict(input_tilt=(2.0, 0.0)),
+                                dict(distances=[4e-3, float("inf")]), dict(method="rayleigh"),
+                                dict(padding=True), dict(padding=3), dict(wavelength=0.0)])
+def test_stack_errors_are_the_same_on_both_backends(backend, kw):
+    args = dict(wavelength=WL, pitch=PITCH, distances=[4e-3, 5e-3], padding=2, input_distance=3e-3)
+    args.update(kw)
+    with pytest.raises(ValueError) as cpu:
+        optdiff.PhaseStack(12, **args)
+    with pytest.raises(ValueError) as gpu:
+        optdiff.PhaseStack(12, backend=backend, **args)
+    assert str(gpu.value) == str(cpu.value)
+    single = {k: v for k, v in args.items() if k not in ("distances", "input_distance", "input_tilt")}
+    if "distances" not in kw and "input_distance" not in kw and "input_tilt" not in kw:
+        with pytest.raises(ValueError) as cpu:
+            optdiff.Propagator(12, distance=4e-3, **single)
+        with pytest.raises(ValueError) as gpu:
+            optdiff.Propagator(12, backend=backend, distance=4e-3, **single)
+        assert str(gpu.value) == str(cpu.value)
+
+
 @pytest.mark.gpu
 def test_argument_errors(backend):
     n = 8
@@ -685,3 +766,45 @@ def test_sampler_and_real_field_errors(backend):
         s.camera_field(amp, np.zeros((2, n, n), np.float32))  # only forward reads amplitudes
     with pytest.raises(TypeError, match="host"):
         s.forward(_to_kind(amp, "cai", backend), np.zeros((2, n, n), np.float32))
+
+
+@pytest.mark.gpu
+def test_overflowing_intensity_and_misaligned_arrays(backend):
+    """Issue #13 items 7 and 8 on the CUDA back end: an intensity that overflows raises the CPU's
+    ValueError; NumPy inputs are copied to the device (alignment does not matter), misaligned
+    device addresses are refused naming the argument."""
+    n = 8
+    geom = dict(wavelength=WL, pitch=PITCH, distances=[1e-3, 2e-3])
+    s, cpu = optdiff.PhaseStack(n, backend=backend, **geom), optdiff.PhaseStack(n, **geom)
+    big = np.full((2, n, n), 1e30, np.complex64)
+    ph = np.zeros((2, n, n), np.float32)
+    with pytest.raises(ValueError) as want:
+        cpu.forward(big, ph)
+    for call in (lambda: s.forward(big, ph), lambda: s.forward_train(big, ph),
+                 lambda: s.forward(big.real.copy(), ph),
+                 lambda: s.forward(_to_kind(big, "cai", backend), _to_kind(ph, "cai", backend))):
+        with pytest.raises(ValueError) as got:
+            call()
+        assert str(got.value) == str(want.value)
+
+    rng = np.random.default_rng(3)
+    x = _field(rng, (2, n, n), np.complex64)
+    p = optdiff.Propagator(n, backend=backend, wavelength=WL, pitch=PITCH, distance=1e-3)
+    np.testing.assert_array_equal(p.forward(unaligned(x)), p.forward(x))
+    np.testing.assert_array_equal(s.forward(unaligned(x), unaligned(ph)), s.forward(x, ph))
+    if backend != "cuda-emu":
+        return
+    # Host memory posing as device memory (emulation only): the module checks the addresses.
+    f32 = np.zeros(10, np.float32)
+    cases = [
+        ("field", lambda: p.forward(_HostCAI(unaligned(x)))),
+        ("field", lambda: s.forward(_HostCAI(unaligned(x)), _HostCAI(ph))),
+        ("phases", lambda: s.forward(_HostCAI(x), _HostCAI(unaligned(ph)))),
+        ("target", lambda: s.mse_loss_and_grad(_HostCAI(x), _HostCAI(ph), _HostCAI(unaligned(ph)))),
+        ("out", lambda: _normal(backend, _HostCAI(unaligned(f32)), seed=0)),
+        ("x", lambda: _ddpm(backend, _HostCAI(unaligned(f32)), _HostCAI(f32), **_ddpm_args(0.3))),
+        ("eps", lambda: _ddpm(backend, _HostCAI(f32), _HostCAI(unaligned(f32)), **_ddpm_args(0.3))),
+    ]
+    for name, call in cases:
+        with pytest.raises(ValueError, match=f"^{name} is not aligned"):
+            call()

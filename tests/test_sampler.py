@@ -7,10 +7,16 @@ a million draws; and the numbering promises (thread count, offsets, dtypes).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import optdiff
+from optdiff import _core
 
 M32 = 0xFFFFFFFF
 
@@ -87,6 +93,50 @@ def test_offsets_cut_one_stream_into_pieces():
         np.testing.assert_array_equal(part, full[offset:offset + count])
     np.testing.assert_allclose(optdiff.standard_normal(5, seed=7, stream=3, offset=2**62 + 3),
                                normals_ref(7, 3, 5, offset=2**62 + 3), rtol=0, atol=3e-5)
+
+
+def test_end_of_stream_reproducers_of_issue_13_do_not_crash():
+    """Issue #13 item 1: offset + count = 2**64 wrapped to 0 in C++ (a segfault, or reads past a
+    stack buffer for smaller counts). Run in a child process so a crash fails only this test."""
+    code = ("import numpy as np, optdiff\n"
+            "z = optdiff.standard_normal(4096, seed=0, offset=2**64 - 4096)\n"
+            "x = np.zeros(4096, np.float32)\n"
+            "y = optdiff.ddpm_update(x, x, c1=1, c2=0, sigma=1, seed=0, stream=0, offset=2**64 - 4096)\n"
+            "assert np.array_equal(y, z) and np.isfinite(z).all()\n")
+    env = dict(os.environ)
+    pkg_parent = str(Path(optdiff.__file__).resolve().parent.parent)  # the optdiff imported here
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=str(Path(__file__).resolve().parent))
+    assert r.returncode == 0, f"exit status {r.returncode}\n{r.stderr}"
+
+
+@pytest.mark.parametrize("count", [1, 3, 4, 5, 255, 256, 257, 1000, 4096, 4099])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_last_numbers_of_a_stream(count, dtype):
+    """offset + count may be exactly 2**64: the last numbers of the stream, for any count."""
+    offset = 2**64 - count
+    z = optdiff.standard_normal(count, seed=5, stream=6, offset=offset, dtype=dtype)
+    want = normals_ref(5, 6, count, offset)
+    np.testing.assert_allclose(z, want, rtol=0, atol=4e-6 * max(1.0, float(np.abs(want).max())))
+    longer = optdiff.standard_normal(count + 3, seed=5, stream=6, offset=offset - 3, dtype=dtype)
+    np.testing.assert_array_equal(longer[3:], z)
+    x = np.linspace(-1.0, 1.0, count).astype(dtype)
+    out = optdiff.ddpm_update(x, np.zeros_like(x), c1=1.0, c2=0.0, sigma=1.0, seed=5, stream=6, offset=offset)
+    np.testing.assert_array_equal(out, x + z)
+
+
+def test_the_core_checks_the_stream_range():
+    """The range check is the C++ one (no Python copy): ValueError naming offset."""
+    for count, offset in [(8, 2**64 - 4), (4097, 2**64 - 4096), (2, 2**64 - 1)]:
+        with pytest.raises(ValueError, match=f"^offset {offset} \\+ count {count} runs past the end of the stream"):
+            _core.standard_normal(np.empty(count, np.float32), 0, 0, offset)
+        with pytest.raises(ValueError, match="offset .* runs past the end of the stream"):
+            x = np.zeros(count, np.float64)
+            _core.ddpm_update(x, x, np.empty_like(x), 1.0, 0.0, 1.0, 1.0, 0.0, 0, 0, offset)
+        with pytest.raises(ValueError, match="offset .* runs past the end of the stream"):
+            optdiff.standard_normal(count, seed=0, offset=offset)
+    _core.standard_normal(np.empty(4, np.float32), 0, 0, 2**64 - 4)  # exactly to the end: fine
 
 
 def test_same_numbers_for_any_thread_count_and_dtype():

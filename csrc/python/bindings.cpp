@@ -13,10 +13,15 @@
 #include <string>
 #include <vector>
 
+#include "array_checks.hpp"
 #include "optdiff/optdiff.hpp"
+#include "spec_from_python.hpp"
 
 namespace py = pybind11;
 using namespace optdiff;
+using optdiff::python::hop_from_python;
+using optdiff::python::hop_to_python;
+using optdiff::python::stack_from_python;
 
 namespace {
 
@@ -41,13 +46,13 @@ template <class S>
 void check_basic(const py::array& a, const char* name, bool writeable) {
     if (!a.dtype().is(py::dtype::of<S>()))
         type_error(std::string(name) + " must have dtype " + dtype_name<S>() + ", got " +
-                   py::str(a.dtype()).cast<std::string>() +
-                   " (convert with .astype(np." + dtype_name<S>() + ") first)");
+                   py::str(a.dtype()).cast<std::string>() + " (convert with .astype(np." +
+                   dtype_name<S>() + ") first)");
     if (!(a.flags() & py::array::c_style))
-        value_error(std::string(name) +
-                    " must be C-contiguous; pass np.ascontiguousarray(" + name +
+        value_error(std::string(name) + " must be C-contiguous; pass np.ascontiguousarray(" + name +
                     ") (optdiff never copies silently)");
     if (writeable && !a.writeable()) value_error(std::string(name) + " must be writeable");
+    optdiff::python::require_aligned(a.data(), alignof(S), name);
 }
 
 // A field batch [B, n, n] or a single [n, n]; returns B.
@@ -55,30 +60,34 @@ template <class S>
 int64_t check_batch(const py::array& a, const char* name, int64_t n, bool writeable) {
     check_basic<S>(a, name, writeable);
     if (a.ndim() != 2 && a.ndim() != 3)
-        value_error(std::string(name) + " must have shape [B, n, n] or [n, n] with n = " +
-                    std::to_string(n) + ", got rank " + std::to_string(a.ndim()) + " shape " + shape_str(a));
+        value_error(std::string(name) +
+                    " must have shape [B, n, n] or [n, n] with n = " + std::to_string(n) +
+                    ", got rank " + std::to_string(a.ndim()) + " shape " + shape_str(a));
     const py::ssize_t r = a.ndim();
     if (a.shape(r - 1) != n || a.shape(r - 2) != n)
         value_error(std::string(name) + " must end in (" + std::to_string(n) + ", " +
                     std::to_string(n) + ") to match the propagator's n, got shape " + shape_str(a));
     const int64_t b = r == 3 ? a.shape(0) : 1;
-    if (b == 0) value_error(std::string(name) + " has a batch of 0 samples; pass at least one field");
+    if (b == 0)
+        value_error(std::string(name) + " has a batch of 0 samples; pass at least one field");
     return b;
 }
 
 template <class S>
-void check_same_shape(const py::array& a, const char* name, const py::array& ref, const char* refname) {
+void check_same_shape(const py::array& a, const char* name, const py::array& ref,
+                      const char* refname) {
     bool same = a.ndim() == ref.ndim();
     for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == ref.shape(i);
     if (!same)
-        value_error(std::string(name) + " must have the shape of " + refname + " " + shape_str(ref) +
-                    ", got " + shape_str(a));
+        value_error(std::string(name) + " must have the shape of " + refname + " " +
+                    shape_str(ref) + ", got " + shape_str(a));
 }
 
 template <class R>
 void check_finite(const py::array& a, const char* name) {
     const auto* p = static_cast<const R*>(a.data());
-    const int64_t count = static_cast<int64_t>(a.size()) * static_cast<int64_t>(a.itemsize() / sizeof(R));
+    const int64_t count =
+        static_cast<int64_t>(a.size()) * static_cast<int64_t>(a.itemsize() / sizeof(R));
     bool ok;
     {
         py::gil_scoped_release nogil;
@@ -95,39 +104,13 @@ void check_overlap(const py::array& a, const py::array& b, const char* an, const
     const char* b1 = b0 + b.nbytes();
     if (a0 == b0 && a1 == b1) return;
     if (a0 < b1 && b0 < a1)
-        value_error(std::string(an) + " and " + bn + " overlap in memory without being the same array");
-}
-
-Method parse_method(const std::string& m) {
-    if (m == "as" || m == "angular_spectrum") return Method::AngularSpectrum;
-    if (m == "bl-as" || m == "band_limited") return Method::BandLimitedAS;
-    if (m == "fresnel") return Method::Fresnel;
-    value_error("method must be 'as' (angular spectrum), 'bl-as' (band-limited angular spectrum) or 'fresnel', got '" + m + "'");
-}
-
-std::string method_name(Method m) {
-    switch (m) {
-        case Method::BandLimitedAS: return "bl-as";
-        case Method::Fresnel: return "fresnel";
-        default: return "as";
-    }
-}
-
-PropagationSpec make_spec(double wavelength, double pitch, double distance, const std::string& method,
-                          int padding, double tilt_x, double tilt_y) {
-    PropagationSpec s;
-    s.wavelength = wavelength;
-    s.pitch = pitch;
-    s.distance = distance;
-    s.method = parse_method(method);
-    s.padding = padding;
-    s.tilt_x = tilt_x;
-    s.tilt_y = tilt_y;
-    return s;
+        value_error(std::string(an) + " and " + bn +
+                    " overlap in memory without being the same array");
 }
 
 template <class T>
-void run_propagator(const Propagator<T>& p, const py::array& x, py::array& out, int nthreads, bool adjoint) {
+void run_propagator(const Propagator<T>& p, const py::array& x, py::array& out, int nthreads,
+                    bool adjoint) {
     using C = std::complex<T>;
     const int64_t b = check_batch<C>(x, "field", p.n(), false);
     check_batch<C>(out, "out", p.n(), true);
@@ -147,35 +130,47 @@ template <class T>
 void bind_propagator(py::module_& m, const char* name) {
     using C = std::complex<T>;
     py::class_<Propagator<T>>(m, name)
-        .def(py::init([](int64_t n, const PropagationSpec& s) { return new Propagator<T>(n, s); }),
-             py::arg("n"), py::arg("spec"))
+        .def(py::init([](int64_t n, const py::object& hop) {
+                 const PropagationSpec s = hop_from_python(hop);
+                 py::gil_scoped_release nogil;  // planning may time FFTs
+                 return new Propagator<T>(n, s);
+             }),
+             py::arg("n"), py::arg("hop"))
         .def_property_readonly("n", &Propagator<T>::n)
-        .def_property_readonly("spec", &Propagator<T>::spec)
-        .def("forward", [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
+        .def_property_readonly("spec",
+                               [](const Propagator<T>& p) { return hop_to_python(p.spec()); })
+        .def(
+            "forward",
+            [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
                 run_propagator(p, x, out, nthreads, false);
-            }, py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
-        .def("adjoint", [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
+            },
+            py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
+        .def(
+            "adjoint",
+            [](const Propagator<T>& p, const py::array& x, py::array& out, int nthreads) {
                 run_propagator(p, x, out, nthreads, true);
-            }, py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
+            },
+            py::arg("field"), py::arg("out"), py::arg("nthreads") = 0)
         .def("transfer_function", [](const Propagator<T>& p) {
-                std::vector<cplx<T>> h;
-                {
-                    py::gil_scoped_release nogil;
-                    h = p.transfer_function();
-                }
-                const int64_t np_ = p.n() * p.spec().padding;
-                py::array_t<C> a({np_, np_});
-                std::memcpy(static_cast<void*>(a.mutable_data()), static_cast<const void*>(h.data()), h.size() * sizeof(C));
-                return a;
-            });
+            std::vector<cplx<T>> h;
+            {
+                py::gil_scoped_release nogil;
+                h = p.transfer_function();
+            }
+            const int64_t np_ = p.n() * p.spec().padding;
+            py::array_t<C> a({np_, np_});
+            std::memcpy(static_cast<void*>(a.mutable_data()), static_cast<const void*>(h.data()),
+                        h.size() * sizeof(C));
+            return a;
+        });
 }
 
 template <class T>
 void check_phases(const py::array& ph, int64_t n, int64_t L) {
     check_basic<T>(ph, "phases", false);
     if (ph.ndim() != 3 || ph.shape(0) != L || ph.shape(1) != n || ph.shape(2) != n)
-        value_error("phases must have shape (L, n, n) = (" + std::to_string(L) + ", " + std::to_string(n) +
-                    ", " + std::to_string(n) + "), got " + shape_str(ph));
+        value_error("phases must have shape (L, n, n) = (" + std::to_string(L) + ", " +
+                    std::to_string(n) + ", " + std::to_string(n) + "), got " + shape_str(ph));
     check_finite<T>(ph, "phases");
 }
 
@@ -184,8 +179,8 @@ template <class T>
 cplx<T>* modulation_table(py::array& a, int64_t n, int64_t L, bool writeable) {
     check_basic<std::complex<T>>(a, "modulation", writeable);
     if (a.ndim() != 3 || a.shape(0) != L || a.shape(1) != n || a.shape(2) != n)
-        value_error("modulation must have shape (L, n, n) = (" + std::to_string(L) + ", " + std::to_string(n) +
-                    ", " + std::to_string(n) + "), got " + shape_str(a));
+        value_error("modulation must have shape (L, n, n) = (" + std::to_string(L) + ", " +
+                    std::to_string(n) + ", " + std::to_string(n) + "), got " + shape_str(a));
     return static_cast<cplx<T>*>(a.mutable_data());
 }
 
@@ -194,31 +189,33 @@ void bind_stack(py::module_& m, const char* name) {
     using C = std::complex<T>;
     using S = PhaseStack<T>;
     py::class_<S>(m, name)
-        .def(py::init([](int64_t n, const std::vector<PropagationSpec>& hops, std::optional<PropagationSpec> input_hop) {
-                 StackSpec s;
-                 s.n = n;
-                 s.hops = hops;
-                 s.has_input_hop = input_hop.has_value();
-                 if (input_hop) s.input_hop = *input_hop;
+        .def(py::init([](int64_t n, const py::object& hops, const py::object& input_hop) {
+                 const StackSpec s = stack_from_python(n, hops, input_hop);
+                 py::gil_scoped_release nogil;
                  return new S(s);
              }),
              py::arg("n"), py::arg("hops"), py::arg("input_hop") = py::none())
         .def_property_readonly("n", &S::n)
         .def_property_readonly("num_layers", &S::layers)
-        .def("forward", [](const S& s, const py::array& x, const py::array& ph, py::array& inten,
-                           std::optional<py::array> saved, std::optional<py::array> camera, int nthreads,
-                           std::optional<py::array> modulation) {
+        .def(
+            "forward",
+            [](const S& s, const py::array& x, const py::array& ph, py::array& inten,
+               std::optional<py::array> saved, std::optional<py::array> camera, int nthreads,
+               std::optional<py::array> modulation) {
                 const int64_t n = s.n(), L = s.layers();
                 // A real field (an amplitude-encoded image) is read as is, no complex copy.
                 const bool real = x.dtype().is(py::dtype::of<T>());
-                const int64_t b = real ? check_batch<T>(x, "field", n, false) : check_batch<C>(x, "field", n, false);
+                const int64_t b = real ? check_batch<T>(x, "field", n, false)
+                                       : check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
                 check_batch<T>(inten, "intensity", n, true);
-                if (inten.size() != x.size()) value_error("intensity must have the field's shape " + shape_str(x));
+                if (inten.size() != x.size())
+                    value_error("intensity must have the field's shape " + shape_str(x));
                 cplx<T>* sp = nullptr;
                 if (saved) {
                     check_basic<C>(*saved, "saved", true);
-                    if (saved->size() != b * (L + 1) * n * n) value_error("saved must hold B*(L+1)*n*n values");
+                    if (saved->size() != b * (L + 1) * n * n)
+                        value_error("saved must hold B*(L+1)*n*n values");
                     sp = static_cast<cplx<T>*>(saved->mutable_data());
                 }
                 cplx<T>* cp = nullptr;
@@ -232,28 +229,36 @@ void bind_stack(py::module_& m, const char* name) {
                 check_finite<T>(x, "field");
                 py::gil_scoped_release nogil;
                 if (real)
-                    s.forward_real(static_cast<const T*>(x.data()), static_cast<const T*>(ph.data()), b,
+                    s.forward_real(static_cast<const T*>(x.data()),
+                                   static_cast<const T*>(ph.data()), b,
                                    static_cast<T*>(inten.mutable_data()), sp, cp, nthreads, mp);
                 else
-                    s.forward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), b,
+                    s.forward(static_cast<const cplx<T>*>(x.data()),
+                              static_cast<const T*>(ph.data()), b,
                               static_cast<T*>(inten.mutable_data()), sp, cp, nthreads, mp);
-            }, py::arg("field"), py::arg("phases"), py::arg("intensity"), py::arg("saved") = py::none(),
-            py::arg("camera_field") = py::none(), py::arg("nthreads") = 0, py::arg("modulation") = py::none())
-        .def("backward", [](const S& s, const py::array& x, const py::array& ph, std::optional<py::array> saved,
-                            const py::array& g, py::array& gph, std::optional<py::array> gx, int nthreads,
-                            std::optional<py::array> modulation) {
+            },
+            py::arg("field"), py::arg("phases"), py::arg("intensity"),
+            py::arg("saved") = py::none(), py::arg("camera_field") = py::none(),
+            py::arg("nthreads") = 0, py::arg("modulation") = py::none())
+        .def(
+            "backward",
+            [](const S& s, const py::array& x, const py::array& ph, std::optional<py::array> saved,
+               const py::array& g, py::array& gph, std::optional<py::array> gx, int nthreads,
+               std::optional<py::array> modulation) {
                 const int64_t n = s.n(), L = s.layers();
                 const int64_t b = check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
                 check_batch<T>(g, "grad_intensity", n, false);
-                if (g.size() != x.size()) value_error("grad_intensity must have the intensity's shape " + shape_str(x));
+                if (g.size() != x.size())
+                    value_error("grad_intensity must have the intensity's shape " + shape_str(x));
                 check_finite<T>(g, "grad_intensity");
                 check_basic<T>(gph, "grad_phases", true);
                 if (gph.size() != L * n * n) value_error("grad_phases must have shape (L, n, n)");
                 const cplx<T>* sp = nullptr;
                 if (saved) {
                     check_basic<C>(*saved, "saved", false);
-                    if (saved->size() != b * (L + 1) * n * n) value_error("saved must hold B*(L+1)*n*n values");
+                    if (saved->size() != b * (L + 1) * n * n)
+                        value_error("saved must hold B*(L+1)*n*n values");
                     sp = static_cast<const cplx<T>*>(saved->data());
                 }
                 cplx<T>* gp = nullptr;
@@ -262,26 +267,33 @@ void bind_stack(py::module_& m, const char* name) {
                     check_same_shape<C>(*gx, "grad_field", x, "field");
                     gp = static_cast<cplx<T>*>(gx->mutable_data());
                 }
-                const cplx<T>* mp = modulation ? modulation_table<T>(*modulation, n, L, false) : nullptr;
+                const cplx<T>* mp =
+                    modulation ? modulation_table<T>(*modulation, n, L, false) : nullptr;
                 py::gil_scoped_release nogil;
-                s.backward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), sp,
-                           static_cast<const T*>(g.data()), b, static_cast<T*>(gph.mutable_data()), gp, nthreads, mp);
-            }, py::arg("field"), py::arg("phases"), py::arg("saved"), py::arg("grad_intensity"),
+                s.backward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()),
+                           sp, static_cast<const T*>(g.data()), b,
+                           static_cast<T*>(gph.mutable_data()), gp, nthreads, mp);
+            },
+            py::arg("field"), py::arg("phases"), py::arg("saved"), py::arg("grad_intensity"),
             py::arg("grad_phases"), py::arg("grad_field") = py::none(), py::arg("nthreads") = 0,
             py::arg("modulation") = py::none())
-        .def("mse_loss_and_grad", [](const S& s, const py::array& x, const py::array& ph, const py::array& target,
-                                     py::array& gph, std::optional<py::array> inten, int nthreads) {
+        .def(
+            "mse_loss_and_grad",
+            [](const S& s, const py::array& x, const py::array& ph, const py::array& target,
+               py::array& gph, std::optional<py::array> inten, int nthreads) {
                 const int64_t n = s.n(), L = s.layers();
                 const int64_t b = check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
                 check_batch<T>(target, "target", n, false);
-                if (target.size() != x.size()) value_error("target must have the field's shape " + shape_str(x));
+                if (target.size() != x.size())
+                    value_error("target must have the field's shape " + shape_str(x));
                 check_basic<T>(gph, "grad_phases", true);
                 if (gph.size() != L * n * n) value_error("grad_phases must have shape (L, n, n)");
                 T* ip = nullptr;
                 if (inten) {
                     check_batch<T>(*inten, "intensity", n, true);
-                    if (inten->size() != x.size()) value_error("intensity must have the field's shape " + shape_str(x));
+                    if (inten->size() != x.size())
+                        value_error("intensity must have the field's shape " + shape_str(x));
                     check_overlap(target, *inten, "target", "intensity");
                     check_overlap(x, *inten, "field", "intensity");
                     ip = static_cast<T*>(inten->mutable_data());
@@ -289,18 +301,23 @@ void bind_stack(py::module_& m, const char* name) {
                 double loss;
                 {
                     py::gil_scoped_release nogil;
-                    loss = s.mse_loss_and_grad(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()),
+                    loss = s.mse_loss_and_grad(static_cast<const cplx<T>*>(x.data()),
+                                               static_cast<const T*>(ph.data()),
                                                static_cast<const T*>(target.data()), b,
                                                static_cast<T*>(gph.mutable_data()), ip, nthreads);
                 }
                 // Any NaN or infinity in field or target reaches the loss: one test
                 // here instead of two passes over the inputs before the work.
                 if (!std::isfinite(loss))
-                    value_error("the loss is not finite: field or target contains NaN or infinite values, or "
-                                "the intensity overflows " + std::string(sizeof(T) == 4 ? "float32" : "float64") +
-                                " (scale the field down)");
+                    value_error(
+                        "the loss is not finite: field or target contains NaN or infinite values, "
+                        "or "
+                        "the intensity overflows " +
+                        std::string(sizeof(T) == 4 ? "float32" : "float64") +
+                        " (scale the field down)");
                 return loss;
-            }, py::arg("field"), py::arg("phases"), py::arg("target"), py::arg("grad_phases"),
+            },
+            py::arg("field"), py::arg("phases"), py::arg("target"), py::arg("grad_phases"),
             py::arg("intensity") = py::none(), py::arg("nthreads") = 0);
 }
 
@@ -310,70 +327,62 @@ template <class T>
 void normal_into(py::array& out, uint64_t seed, uint64_t stream, uint64_t offset, int nthreads) {
     check_basic<T>(out, "out", true);
     py::gil_scoped_release nogil;
-    standard_normal<T>(static_cast<T*>(out.mutable_data()), static_cast<int64_t>(out.size()), seed, stream, offset,
-                       nthreads);
+    standard_normal<T>(static_cast<T*>(out.mutable_data()), static_cast<int64_t>(out.size()), seed,
+                       stream, offset, nthreads);
 }
 
 template <class T>
-void ddpm_update_into(const py::array& x, const py::array& v, py::array& out, const DdpmStep& st, uint64_t seed,
-                      uint64_t stream, uint64_t offset, int nthreads) {
+void ddpm_update_into(const py::array& x, const py::array& v, py::array& out, const DdpmStep& st,
+                      uint64_t seed, uint64_t stream, uint64_t offset, int nthreads) {
     check_basic<T>(x, "x", false);
     check_basic<T>(v, "eps", false);
     check_basic<T>(out, "out", true);
     if (v.size() != x.size() || out.size() != x.size())
-        value_error("x, eps and out must have the same number of elements, got shapes " + shape_str(x) + ", " +
-                    shape_str(v) + " and " + shape_str(out));
+        value_error("x, eps and out must have the same number of elements, got shapes " +
+                    shape_str(x) + ", " + shape_str(v) + " and " + shape_str(out));
     check_overlap(x, out, "x", "out");
     check_overlap(v, out, "eps", "out");
     py::gil_scoped_release nogil;
-    ddpm_update<T>(static_cast<const T*>(x.data()), static_cast<const T*>(v.data()), static_cast<int64_t>(x.size()),
-                   st, seed, stream, offset, static_cast<T*>(out.mutable_data()), nthreads);
+    ddpm_update<T>(static_cast<const T*>(x.data()), static_cast<const T*>(v.data()),
+                   static_cast<int64_t>(x.size()), st, seed, stream, offset,
+                   static_cast<T*>(out.mutable_data()), nthreads);
 }
 
 bool is_float64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
 
 void bind_sampler(py::module_& m) {
-    m.def("standard_normal", [](py::array& out, uint64_t seed, uint64_t stream, uint64_t offset, int nthreads) {
+    m.def(
+        "standard_normal",
+        [](py::array& out, uint64_t seed, uint64_t stream, uint64_t offset, int nthreads) {
             if (is_float64(out))
                 normal_into<double>(out, seed, stream, offset, nthreads);
             else
                 normal_into<float>(out, seed, stream, offset, nthreads);
-        }, py::arg("out"), py::arg("seed"), py::arg("stream"), py::arg("offset"), py::arg("nthreads") = 0);
-    m.def("ddpm_update", [](const py::array& x, const py::array& v, py::array& out, double c1, double c2,
-                            double sigma, double eps_scale, double eps_offset, uint64_t seed, uint64_t stream,
-                            uint64_t offset, int nthreads) {
+        },
+        py::arg("out"), py::arg("seed"), py::arg("stream"), py::arg("offset"),
+        py::arg("nthreads") = 0);
+    m.def(
+        "ddpm_update",
+        [](const py::array& x, const py::array& v, py::array& out, double c1, double c2,
+           double sigma, double eps_scale, double eps_offset, uint64_t seed, uint64_t stream,
+           uint64_t offset, int nthreads) {
             const DdpmStep st{c1, c2, sigma, eps_scale, eps_offset};
             if (is_float64(x))
                 ddpm_update_into<double>(x, v, out, st, seed, stream, offset, nthreads);
             else
                 ddpm_update_into<float>(x, v, out, st, seed, stream, offset, nthreads);
-        }, py::arg("x"), py::arg("eps"), py::arg("out"), py::arg("c1"), py::arg("c2"), py::arg("sigma"),
-        py::arg("eps_scale"), py::arg("eps_offset"), py::arg("seed"), py::arg("stream"), py::arg("offset"),
-        py::arg("nthreads") = 0);
+        },
+        py::arg("x"), py::arg("eps"), py::arg("out"), py::arg("c1"), py::arg("c2"),
+        py::arg("sigma"), py::arg("eps_scale"), py::arg("eps_offset"), py::arg("seed"),
+        py::arg("stream"), py::arg("offset"), py::arg("nthreads") = 0);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "optdiff CPU core: batched free-space propagation and phase stacks with exact adjoints (FFTW3)";
-
-    py::class_<PropagationSpec>(m, "HopSpec")
-        .def(py::init(&make_spec), py::arg("wavelength"), py::arg("pitch"), py::arg("distance"),
-             py::arg("method") = "as", py::arg("padding") = 1, py::arg("tilt_x") = 0.0, py::arg("tilt_y") = 0.0)
-        .def_readonly("wavelength", &PropagationSpec::wavelength)
-        .def_readonly("pitch", &PropagationSpec::pitch)
-        .def_readonly("distance", &PropagationSpec::distance)
-        .def_readonly("padding", &PropagationSpec::padding)
-        .def_readonly("tilt_x", &PropagationSpec::tilt_x)
-        .def_readonly("tilt_y", &PropagationSpec::tilt_y)
-        .def_property_readonly("method", [](const PropagationSpec& s) { return method_name(s.method); })
-        .def("__repr__", [](const PropagationSpec& s) {
-            std::ostringstream o;
-            o << "HopSpec(wavelength=" << s.wavelength << ", pitch=" << s.pitch << ", distance=" << s.distance
-              << ", method='" << method_name(s.method) << "', padding=" << s.padding << ", tilt=(" << s.tilt_x
-              << ", " << s.tilt_y << "))";
-            return o.str();
-        });
+    m.doc() =
+        "optdiff CPU core: batched free-space propagation and phase stacks with exact adjoints "
+        "(FFTW3)";
 
     bind_propagator<float>(m, "Propagator32");
     bind_propagator<double>(m, "Propagator64");
@@ -386,7 +395,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_planner_effort", &set_planner_effort, py::arg("effort"));
     m.def("get_planner_effort", &get_planner_effort);
     m.def("_set_periodic_path", &set_periodic_path, py::arg("path"),
-          "Testing hook: 0 auto, 1 FFTW 2-D (resident), 2 blocked, for padding-1 plans made from now on.");
+          "Testing hook: 0 auto, 1 FFTW 2-D (resident), 2 blocked, for padding-1 plans made from "
+          "now on.");
     m.def("_get_periodic_path", &get_periodic_path);
 #ifdef OPTDIFF_HAVE_OPENMP
     m.attr("has_openmp") = true;

@@ -34,8 +34,8 @@ template <>
 struct Traits<double> {
     using complex_t = fftw_complex;
     using plan_t = fftw_plan;
-    static plan_t many(int rank, const int* n, int howmany, complex_t* data, int stride,
-                       int dist, int sign, unsigned flags) {
+    static plan_t many(int rank, const int* n, int howmany, complex_t* data, int stride, int dist,
+                       int sign, unsigned flags) {
         return fftw_plan_many_dft(rank, n, howmany, data, nullptr, stride, dist, data, nullptr,
                                   stride, dist, sign, flags);
     }
@@ -51,8 +51,8 @@ template <>
 struct Traits<float> {
     using complex_t = fftwf_complex;
     using plan_t = fftwf_plan;
-    static plan_t many(int rank, const int* n, int howmany, complex_t* data, int stride,
-                       int dist, int sign, unsigned flags) {
+    static plan_t many(int rank, const int* n, int howmany, complex_t* data, int stride, int dist,
+                       int sign, unsigned flags) {
         return fftwf_plan_many_dft(rank, n, howmany, data, nullptr, stride, dist, data, nullptr,
                                    stride, dist, sign, flags);
     }
@@ -101,9 +101,10 @@ Plan<T> get_plan(int64_t len, int64_t howmany, int64_t dist, int sign) {
     const int n = static_cast<int>(len);
     const int fsign = sign < 0 ? FFTW_FORWARD : FFTW_BACKWARD;
     const int dims[2] = {n, n};
-    typename Tr::plan_t p = two_d ? Tr::many(2, dims, 1, scratch, 1, n * n, fsign, static_cast<unsigned>(fl))
-                                  : Tr::many(1, &n, static_cast<int>(howmany), scratch, 1, static_cast<int>(dist),
-                                             fsign, static_cast<unsigned>(fl));
+    typename Tr::plan_t p =
+        two_d ? Tr::many(2, dims, 1, scratch, 1, n * n, fsign, static_cast<unsigned>(fl))
+              : Tr::many(1, &n, static_cast<int>(howmany), scratch, 1, static_cast<int>(dist),
+                         fsign, static_cast<unsigned>(fl));
     Tr::free(scratch);
     if (!p) throw std::runtime_error("FFTW could not create a plan for this grid size");
     c.emplace(key, static_cast<void*>(p));
@@ -119,7 +120,9 @@ void* aligned_alloc_bytes(size_t bytes) {
 void aligned_free(void* p) { fftw_free(p); }
 
 void set_planner_effort(int e) {
-    if (e < 0 || e > 2) throw std::invalid_argument("planner effort must be 0 (estimate), 1 (measure) or 2 (patient)");
+    if (e < 0 || e > 2)
+        throw std::invalid_argument(
+            "planner effort must be 0 (estimate), 1 (measure) or 2 (patient)");
     effort.store(e);
 }
 
@@ -130,7 +133,8 @@ std::atomic<int> periodic(0);
 }
 
 void set_periodic_path(int p) {
-    if (p < 0 || p > 2) throw std::invalid_argument("periodic path must be 0 (auto), 1 (2-D) or 2 (blocked)");
+    if (p < 0 || p > 2)
+        throw std::invalid_argument("periodic path must be 0 (auto), 1 (2-D) or 2 (blocked)");
     periodic.store(p);
 }
 

@@ -23,7 +23,9 @@ bool all_finite_impl(const T* d, int64_t count) {
 }
 }  // namespace
 
-bool all_finite(const float* d, int64_t count) { return all_finite_impl<float, uint32_t, 0x7f800000u>(d, count); }
+bool all_finite(const float* d, int64_t count) {
+    return all_finite_impl<float, uint32_t, 0x7f800000u>(d, count);
+}
 bool all_finite(const double* d, int64_t count) {
     return all_finite_impl<double, uint64_t, 0x7ff0000000000000ull>(d, count);
 }

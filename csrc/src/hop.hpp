@@ -19,17 +19,18 @@
 #include <vector>
 
 #include "fft_fftw.hpp"
-#include "passes.hpp"
 #include "optdiff/plan.hpp"
+#include "passes.hpp"
 
 namespace optdiff {
 
 inline double now_seconds() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
 }
 
-constexpr int64_t kRowBlock = 4;   // rows loaded and transformed together
-constexpr int64_t kColBlock = 8;   // columns gathered, transformed, multiplied together
+constexpr int64_t kRowBlock = 4;  // rows loaded and transformed together
+constexpr int64_t kColBlock = 8;  // columns gathered, transformed, multiplied together
 
 // Row stride rounded up to 64 bytes so every row (and block) keeps the
 // alignment FFTW planned for.
@@ -46,8 +47,10 @@ struct Workspace {
     cplx<T>* cols = nullptr;
     Workspace() = default;
     Workspace(int64_t buf_elems, int64_t col_elems) {
-        buf = static_cast<cplx<T>*>(fft::aligned_alloc_bytes(sizeof(cplx<T>) * static_cast<size_t>(buf_elems)));
-        cols = static_cast<cplx<T>*>(fft::aligned_alloc_bytes(sizeof(cplx<T>) * static_cast<size_t>(col_elems)));
+        buf = static_cast<cplx<T>*>(
+            fft::aligned_alloc_bytes(sizeof(cplx<T>) * static_cast<size_t>(buf_elems)));
+        cols = static_cast<cplx<T>*>(
+            fft::aligned_alloc_bytes(sizeof(cplx<T>) * static_cast<size_t>(col_elems)));
     }
     Workspace(const Workspace&) = delete;
     Workspace& operator=(const Workspace&) = delete;
@@ -74,7 +77,10 @@ private:
 // Sizes a workspace must have to serve a set of hops.
 struct WorkspaceSize {
     int64_t buf = 0, cols = 0;
-    void cover(int64_t b, int64_t c) { buf = std::max(buf, b); cols = std::max(cols, c); }
+    void cover(int64_t b, int64_t c) {
+        buf = std::max(buf, b);
+        cols = std::max(cols, c);
+    }
 };
 
 template <class T>
@@ -98,7 +104,8 @@ struct HopPlan {
         const std::vector<cplx<T>> h = make_transfer_function<T>(s, n, /*normalised=*/true);
         ht.resize(h.size());
         for (int64_t r = 0; r < np; ++r)
-            for (int64_t c = 0; c < np; ++c) ht[static_cast<size_t>(c * np + r)] = h[static_cast<size_t>(r * np + c)];
+            for (int64_t c = 0; c < np; ++c)
+                ht[static_cast<size_t>(c * np + r)] = h[static_cast<size_t>(r * np + c)];
         if (has_tilt(s)) tilt = make_tilt<T>(s, n);
         row_f = fft::get_plan<T>(np, kRowBlock, ld, -1);
         row_b = fft::get_plan<T>(np, kRowBlock, ld, +1);
@@ -142,12 +149,14 @@ struct HopPlan {
         }
         const bool two_d_faster = time_strategies();
         std::lock_guard<std::mutex> lock(mutex);
-        return chosen.emplace(key, two_d_faster).first->second;  // another thread may have been first
+        return chosen.emplace(key, two_d_faster)
+            .first->second;  // another thread may have been first
     }
 
     // True when FFTW's 2-D path ran faster than the blocked one.
     bool time_strategies() {
-        if (fft::planner_effort() == 0) return n <= 128;  // FFTW_ESTIMATE: no timing, a rule of thumb
+        if (fft::planner_effort() == 0)
+            return n <= 128;  // FFTW_ESTIMATE: no timing, a rule of thumb
         WorkspaceSize size;
         add_to(size);
         Workspace<T> ws(size.buf, size.cols);
@@ -159,7 +168,9 @@ struct HopPlan {
             double best = 1e30;
             for (int rep = 0; rep < 3; ++rep) {
                 const auto t0 = now_seconds();
-                run(ws, false, [&](int64_t) { return one; }, [&](int64_t, cplx<T> v) { sink.re += v.re; });
+                run(
+                    ws, false, [&](int64_t) { return one; },
+                    [&](int64_t, cplx<T> v) { sink.re += v.re; });
                 best = std::min(best, now_seconds() - t0);
             }
             return best;

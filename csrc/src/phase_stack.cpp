@@ -5,6 +5,7 @@
 // own padded buffer, so a sample's field stays in cache from layer to layer
 // instead of streaming the batch through memory once per layer.
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -52,24 +53,15 @@ struct PhaseStack<T>::Impl {
     WorkspaceSize ws_size;
 
     explicit Impl(const StackSpec& s) : spec(s), n(s.n) {
-        validate_grid_size(s.n);
-        if (s.hops.empty()) throw std::invalid_argument("a phase stack needs at least one layer (distances must not be empty)");
+        validate_stack(s);  // before any plan is made: the messages of every back end
         L = static_cast<int64_t>(s.hops.size());
         nn = n * n;
-        for (size_t l = 0; l < s.hops.size(); ++l) {
-            try {
-                hops.emplace_back(new HopPlan<T>(n, s.hops[l]));
-            } catch (const std::invalid_argument& e) {
-                throw std::invalid_argument("layer " + std::to_string(l) + ": " + e.what());
-            }
+        for (const PropagationSpec& h : s.hops) {
+            hops.emplace_back(new HopPlan<T>(n, h));
             hops.back()->add_to(ws_size);
         }
         if (s.has_input_hop) {
-            try {
-                input_hop.reset(new HopPlan<T>(n, s.input_hop));
-            } catch (const std::invalid_argument& e) {
-                throw std::invalid_argument(std::string("input hop: ") + e.what());
-            }
+            input_hop.reset(new HopPlan<T>(n, s.input_hop));
             input_hop->add_to(ws_size);
         }
         resident = true;
@@ -88,7 +80,9 @@ struct PhaseStack<T>::Impl {
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t rr = 0; rr < rows; ++rr) {
             const int64_t l = rr / n;
-            const cplx<T>* tilt = hops[static_cast<size_t>(l)]->tilt.empty() ? nullptr : hops[static_cast<size_t>(l)]->tilt.data();
+            const cplx<T>* tilt = hops[static_cast<size_t>(l)]->tilt.empty()
+                                      ? nullptr
+                                      : hops[static_cast<size_t>(l)]->tilt.data();
             const int64_t off = rr * n;
             const int64_t toff = (rr % n) * n;
             for (int64_t c = 0; c < n; ++c) {
@@ -102,7 +96,8 @@ struct PhaseStack<T>::Impl {
         std::vector<Scratch<T>> s(static_cast<size_t>(nt));
         for (auto& x : s) {
             x.ws = Workspace<T>(ws_size.buf, ws_size.cols);
-            if (!resident) x.field.resize(static_cast<size_t>(nn));  // resident stacks carry it in ws
+            if (!resident)
+                x.field.resize(static_cast<size_t>(nn));  // resident stacks carry it in ws
             if (with_tape) x.tape.resize(static_cast<size_t>((L + 1) * nn));
         }
         return s;
@@ -124,11 +119,19 @@ struct PhaseStack<T>::Impl {
         modulation(phases, resolve_threads(num_threads, L * n), mod);
         std::vector<Scratch<T>> scr = scratch(nt, false);
         const int64_t per = (L + 1) * nn;
+        std::atomic<bool> overflow{false};
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int64_t b = 0; b < batch; ++b) {
-            forward_sample(input + b * nn, mod, saved ? saved + b * per : nullptr, inten ? inten + b * nn : nullptr,
-                           camera ? camera + b * nn : nullptr, scr[static_cast<size_t>(thread_index())]);
+            T* ib = inten ? inten + b * nn : nullptr;
+            forward_sample(input + b * nn, mod, saved ? saved + b * per : nullptr, ib,
+                           camera ? camera + b * nn : nullptr,
+                           scr[static_cast<size_t>(thread_index())]);
+            // The sample's intensity is still in cache: checking it here costs a read of n^2
+            // values, not another pass over the batch. A finite field can give |E|^2 = inf.
+            if (ib && !all_finite(ib, nn)) overflow.store(true, std::memory_order_relaxed);
         }
+        if (overflow.load())
+            throw std::invalid_argument(intensity_overflow_message(sizeof(T) == 8));
     }
 
     // forward_sample for resident stacks: ws.buf holds the field throughout
@@ -155,7 +158,8 @@ struct PhaseStack<T>::Impl {
         cplx<T>* b = s.ws.buf;
         for (int64_t l = L - 1; l >= 0; --l) {
             hops[static_cast<size_t>(l)]->run_resident(s.ws, true);
-            pass::mask_adjoint(b, tape + l * nn, mod + l * nn, acc + l * nn, nn, l > 0 || grad_u != nullptr);
+            pass::mask_adjoint(b, tape + l * nn, mod + l * nn, acc + l * nn, nn,
+                               l > 0 || grad_u != nullptr);
         }
         if (!grad_u) return;
         if (input_hop) input_hop->run_resident(s.ws, true);
@@ -175,8 +179,8 @@ struct PhaseStack<T>::Impl {
     // receives [w_0..w_{L-1}, E_L]; `inten` and `camera` (nullable) receive
     // |E_L|^2 and E_L.
     template <class In>
-    void forward_sample(const In* u, const cplx<T>* mod, cplx<T>* tape, T* inten,
-                        cplx<T>* camera, Scratch<T>& s) const {
+    void forward_sample(const In* u, const cplx<T>* mod, cplx<T>* tape, T* inten, cplx<T>* camera,
+                        Scratch<T>& s) const {
         if (resident) {
             propagate_resident(u, mod, tape, s);
             pass::camera(s.ws.buf, inten, tape ? tape + L * nn : nullptr, camera, nn);
@@ -187,11 +191,13 @@ struct PhaseStack<T>::Impl {
         if (input_hop) {
             const cplx<T>* tin = input_tilt();
             if (tin)
-                input_hop->run(s.ws, false, [&](int64_t i) { return cmul(as_field<T>(u[i]), tin[i]); },
-                               [&](int64_t i, cplx<T> v) { a[i] = v; });
+                input_hop->run(
+                    s.ws, false, [&](int64_t i) { return cmul(as_field<T>(u[i]), tin[i]); },
+                    [&](int64_t i, cplx<T> v) { a[i] = v; });
             else
-                input_hop->run(s.ws, false, [&](int64_t i) { return as_field<T>(u[i]); },
-                               [&](int64_t i, cplx<T> v) { a[i] = v; });
+                input_hop->run(
+                    s.ws, false, [&](int64_t i) { return as_field<T>(u[i]); },
+                    [&](int64_t i, cplx<T> v) { a[i] = v; });
         } else if constexpr (std::is_same<In, cplx<T>>::value) {
             src = u;
         } else {  // a real field meets mask 0 directly: widen it into the carry buffer
@@ -207,7 +213,8 @@ struct PhaseStack<T>::Impl {
                 return v;
             };
             if (l + 1 < L) {
-                hops[static_cast<size_t>(l)]->run(s.ws, false, load, [&](int64_t i, cplx<T> v) { a[i] = v; });
+                hops[static_cast<size_t>(l)]->run(s.ws, false, load,
+                                                  [&](int64_t i, cplx<T> v) { a[i] = v; });
                 src = a;
             } else {
                 cplx<T>* eL = tape ? tape + L * nn : nullptr;
@@ -243,18 +250,21 @@ struct PhaseStack<T>::Impl {
                 if (carry) a[i] = modulation_backward(gw, m[i]);
             };
             if (l == L - 1 && g)
-                hops[static_cast<size_t>(l)]->run(s.ws, true, [&](int64_t i) { return intensity_backward(eL[i], g[i]); }, store);
+                hops[static_cast<size_t>(l)]->run(
+                    s.ws, true, [&](int64_t i) { return intensity_backward(eL[i], g[i]); }, store);
             else if (l == L - 1)
-                hops[static_cast<size_t>(l)]->run(s.ws, true, [&](int64_t i) { return eL[i]; }, store);
+                hops[static_cast<size_t>(l)]->run(
+                    s.ws, true, [&](int64_t i) { return eL[i]; }, store);
             else
-                hops[static_cast<size_t>(l)]->run(s.ws, true, [&](int64_t i) { return a[i]; }, store);
+                hops[static_cast<size_t>(l)]->run(
+                    s.ws, true, [&](int64_t i) { return a[i]; }, store);
         }
         if (!grad_u) return;
         if (input_hop) {
             const cplx<T>* tin = input_tilt();
-            input_hop->run(s.ws, true, [&](int64_t i) { return a[i]; }, [&](int64_t i, cplx<T> v) {
-                grad_u[i] = tin ? cmul_conj(v, tin[i]) : v;
-            });
+            input_hop->run(
+                s.ws, true, [&](int64_t i) { return a[i]; },
+                [&](int64_t i, cplx<T> v) { grad_u[i] = tin ? cmul_conj(v, tin[i]) : v; });
         } else {
             std::copy(a, a + nn, grad_u);
         }
@@ -279,8 +289,8 @@ struct PhaseStack<T>::Impl {
     }
 
     // exp(i phi) * tilt: the caller's table when given, else computed into `own`.
-    const cplx<T>* modulation_table(const T* phases, const cplx<T>* given, std::vector<cplx<T>>& own,
-                                    int num_threads) const {
+    const cplx<T>* modulation_table(const T* phases, const cplx<T>* given,
+                                    std::vector<cplx<T>>& own, int num_threads) const {
         if (given) return given;
         own.resize(static_cast<size_t>(L * nn));
         modulation(phases, resolve_threads(num_threads, L * n), own.data());
@@ -293,7 +303,8 @@ struct PhaseStack<T>::Impl {
     // returned values; both are added in group order, so they are the same
     // for any thread count.
     template <class Sample>
-    double over_groups(int64_t batch, int num_threads, bool with_tape, T* grad, Sample&& sample) const {
+    double over_groups(int64_t batch, int num_threads, bool with_tape, T* grad,
+                       Sample&& sample) const {
         const int64_t groups = std::min<int64_t>(batch, kGradientGroups);
         const int nt = resolve_threads(num_threads, groups);
         std::vector<Scratch<T>> scr = scratch(nt, with_tape);
@@ -344,11 +355,17 @@ PhaseStack<T>::PhaseStack(PhaseStack&&) noexcept = default;
 template <class T>
 PhaseStack<T>& PhaseStack<T>::operator=(PhaseStack&&) noexcept = default;
 template <class T>
-int64_t PhaseStack<T>::n() const { return impl_->n; }
+int64_t PhaseStack<T>::n() const {
+    return impl_->n;
+}
 template <class T>
-int64_t PhaseStack<T>::layers() const { return impl_->L; }
+int64_t PhaseStack<T>::layers() const {
+    return impl_->L;
+}
 template <class T>
-const StackSpec& PhaseStack<T>::spec() const { return impl_->spec; }
+const StackSpec& PhaseStack<T>::spec() const {
+    return impl_->spec;
+}
 
 template <class T>
 void PhaseStack<T>::forward(const cplx<T>* input, const T* phases, int64_t batch, T* inten,
@@ -379,17 +396,21 @@ void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T
     const bool recompute = saved == nullptr;
     std::vector<cplx<T>> own;
     const cplx<T>* mod = s.modulation_table(phases, modulation, own, num_threads);
-    s.over_groups(batch, num_threads, recompute, grad_phases, [&](int64_t b, T* acc, Scratch<T>& sc) {
-        const cplx<T>* tape = saved ? saved + b * per : sc.tape.data();
-        if (recompute) s.forward_sample(input + b * nn, mod, sc.tape.data(), nullptr, nullptr, sc);
-        s.backward_sample(tape, grad_intensity + b * nn, mod, acc, grad_input ? grad_input + b * nn : nullptr, sc);
-        return 0.0;
-    });
+    s.over_groups(
+        batch, num_threads, recompute, grad_phases, [&](int64_t b, T* acc, Scratch<T>& sc) {
+            const cplx<T>* tape = saved ? saved + b * per : sc.tape.data();
+            if (recompute)
+                s.forward_sample(input + b * nn, mod, sc.tape.data(), nullptr, nullptr, sc);
+            s.backward_sample(tape, grad_intensity + b * nn, mod, acc,
+                              grad_input ? grad_input + b * nn : nullptr, sc);
+            return 0.0;
+        });
 }
 
 template <class T>
-double PhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases, const T* target, int64_t batch,
-                                        T* grad_phases, T* intensity, int num_threads) const {
+double PhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases, const T* target,
+                                        int64_t batch, T* grad_phases, T* intensity,
+                                        int num_threads) const {
     if (batch < 0) throw std::invalid_argument("batch must be >= 0");
     const Impl& s = *impl_;
     const int64_t nn = s.nn, L = s.L;
@@ -402,10 +423,11 @@ double PhaseStack<T>::mse_loss_and_grad(const cplx<T>* input, const T* phases, c
     // loss = sum d^2 / count, so dLoss/dI = 2 d / count.
     const double count = static_cast<double>(batch) * static_cast<double>(nn);
     const T grad_scale = static_cast<T>(2.0 / count);
-    const double sq = s.over_groups(batch, num_threads, true, grad_phases, [&](int64_t b, T* acc, Scratch<T>& sc) {
-        return s.mse_sample(input + b * nn, target + b * nn, grad_scale, mod, acc,
-                            intensity ? intensity + b * nn : nullptr, sc);
-    });
+    const double sq = s.over_groups(
+        batch, num_threads, true, grad_phases, [&](int64_t b, T* acc, Scratch<T>& sc) {
+            return s.mse_sample(input + b * nn, target + b * nn, grad_scale, mod, acc,
+                                intensity ? intensity + b * nn : nullptr, sc);
+        });
     return sq / count;
 }
 

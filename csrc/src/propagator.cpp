@@ -24,9 +24,13 @@ template <class T>
 Propagator<T>& Propagator<T>::operator=(Propagator&&) noexcept = default;
 
 template <class T>
-int64_t Propagator<T>::n() const { return plan_->n; }
+int64_t Propagator<T>::n() const {
+    return plan_->n;
+}
 template <class T>
-const PropagationSpec& Propagator<T>::spec() const { return plan_->spec; }
+const PropagationSpec& Propagator<T>::spec() const {
+    return plan_->spec;
+}
 
 template <class T>
 std::vector<cplx<T>> Propagator<T>::transfer_function() const {
@@ -58,14 +62,17 @@ void run_batch(const HopPlan<T>& hop, const cplx<T>* in, cplx<T>* out, int64_t b
         const cplx<T>* src = in + b * nn;
         cplx<T>* dst = out + b * nn;
         if (!tilt) {
-            hop.run(w, adjoint, [&](int64_t i) { return src[i]; },
-                    [&](int64_t i, cplx<T> v) { dst[i] = v; });
+            hop.run(
+                w, adjoint, [&](int64_t i) { return src[i]; },
+                [&](int64_t i, cplx<T> v) { dst[i] = v; });
         } else if (!adjoint) {
-            hop.run(w, false, [&](int64_t i) { return cmul(src[i], tilt[i]); },
-                    [&](int64_t i, cplx<T> v) { dst[i] = v; });
+            hop.run(
+                w, false, [&](int64_t i) { return cmul(src[i], tilt[i]); },
+                [&](int64_t i, cplx<T> v) { dst[i] = v; });
         } else {
-            hop.run(w, true, [&](int64_t i) { return src[i]; },
-                    [&](int64_t i, cplx<T> v) { dst[i] = cmul_conj(v, tilt[i]); });
+            hop.run(
+                w, true, [&](int64_t i) { return src[i]; },
+                [&](int64_t i, cplx<T> v) { dst[i] = cmul_conj(v, tilt[i]); });
         }
     }
 }

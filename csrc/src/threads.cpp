@@ -5,8 +5,8 @@
 #include <stdexcept>
 #include <thread>
 
-#include "optdiff/optdiff.hpp"
 #include "fft_fftw.hpp"
+#include "optdiff/optdiff.hpp"
 
 #ifdef OPTDIFF_HAVE_OPENMP
 #include <omp.h>
@@ -36,7 +36,8 @@ int get_num_threads() {
 }
 
 int resolve_threads(int requested, int64_t work_items) {
-    if (requested < 0) throw std::invalid_argument("nthreads must be >= 1 (or None for the default)");
+    if (requested < 0)
+        throw std::invalid_argument("nthreads must be >= 1 (or None for the default)");
     int t = requested > 0 ? requested : get_num_threads();
 #ifndef OPTDIFF_HAVE_OPENMP
     t = 1;

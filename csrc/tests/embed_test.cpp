@@ -47,7 +47,8 @@ int main() {
     auto x = rand_field(batch * n * n), y = rand_field(batch * n * n);
     std::vector<cplx<double>> ax(x.size()), ahy(y.size());
     p1.forward(x.data(), ax.data(), batch);
-    expect(std::fabs(norm2(ax) / norm2(x) - 1.0) < 1e-12, "energy conserved (padding 1)", norm2(ax) / norm2(x) - 1.0);
+    expect(std::fabs(norm2(ax) / norm2(x) - 1.0) < 1e-12, "energy conserved (padding 1)",
+           norm2(ax) / norm2(x) - 1.0);
 
     // Adjointness with padding 2 and a tilt: <Ax, y> = <x, A^H y>.
     spec.padding = 2;
@@ -66,13 +67,15 @@ int main() {
     ss.has_input_hop = true;
     ss.input_hop = spec;
     optdiff::PhaseStack<double> stack(ss);
-    std::vector<double> phases(static_cast<size_t>(L * n * n)), weights(static_cast<size_t>(batch * n * n));
+    std::vector<double> phases(static_cast<size_t>(L * n * n)),
+        weights(static_cast<size_t>(batch * n * n));
     for (auto& v : phases) v = nd(rng);
     for (auto& v : weights) v = nd(rng);
     std::vector<double> inten(weights.size()), grad(phases.size());
     std::vector<cplx<double>> saved(static_cast<size_t>(batch * (L + 1) * n * n));
     stack.forward(x.data(), phases.data(), batch, inten.data(), saved.data(), nullptr);
-    stack.backward(x.data(), phases.data(), saved.data(), weights.data(), batch, grad.data(), nullptr);
+    stack.backward(x.data(), phases.data(), saved.data(), weights.data(), batch, grad.data(),
+                   nullptr);
     auto loss = [&](const std::vector<double>& ph) {
         std::vector<double> in(weights.size());
         stack.forward(x.data(), ph.data(), batch, in.data(), nullptr, nullptr);
@@ -88,7 +91,8 @@ int main() {
         pp[static_cast<size_t>(k)] += h;
         pm[static_cast<size_t>(k)] -= h;
         const double fd = (loss(pp) - loss(pm)) / (2 * h);
-        worst = std::fmax(worst, std::fabs(fd - grad[static_cast<size_t>(k)]) / (std::fabs(fd) + 1e-3));
+        worst =
+            std::fmax(worst, std::fabs(fd - grad[static_cast<size_t>(k)]) / (std::fabs(fd) + 1e-3));
     }
     expect(worst < 1e-5, "stack phase gradient vs finite differences", worst);
 
@@ -104,19 +108,21 @@ int main() {
         sq += d * d;
         dloss[i] = 2.0 * d / static_cast<double>(inten.size());
     }
-    stack.backward(x.data(), phases.data(), saved.data(), dloss.data(), batch, grad.data(), nullptr);
+    stack.backward(x.data(), phases.data(), saved.data(), dloss.data(), batch, grad.data(),
+                   nullptr);
     double gdiff = 0, gnorm = 0;
     for (size_t i = 0; i < grad.size(); ++i) {
         gdiff = std::fmax(gdiff, std::fabs(grad[i] - g_fused[i]));
         gnorm = std::fmax(gnorm, std::fabs(grad[i]));
     }
-    const double mse_err = std::fabs(loss_fused - sq / static_cast<double>(inten.size())) / loss_fused + gdiff / gnorm;
+    const double mse_err =
+        std::fabs(loss_fused - sq / static_cast<double>(inten.size())) / loss_fused + gdiff / gnorm;
     expect(mse_err < 1e-12, "fused mse_loss_and_grad = forward + loss + backward", mse_err);
 
     // Sampler noise: Philox4x32-10 against a Random123 known-answer vector,
     // and the threaded normals against normal4 evaluated here one by one.
-    const optdiff::u32x4 kat = optdiff::philox4x32_10({0x243F6A88u, 0x85A308D3u, 0x13198A2Eu, 0x03707344u},
-                                                      0xA4093822u, 0x299F31D0u);
+    const optdiff::u32x4 kat = optdiff::philox4x32_10(
+        {0x243F6A88u, 0x85A308D3u, 0x13198A2Eu, 0x03707344u}, 0xA4093822u, 0x299F31D0u);
     const bool kat_ok = kat.v0 == 0xD16CFE09u && kat.v1 == 0x94FDCCEBu && kat.v2 == 0x5001E420u &&
                         kat.v3 == 0x24126EA1u;
     std::vector<float> z(1003);

@@ -21,7 +21,8 @@ void* poisoned_alloc(size_t bytes) {
     if (bytes == 0) return nullptr;
     const size_t rounded = (bytes + 255) / 256 * 256;
     void* p = std::aligned_alloc(256, rounded);
-    if (p == nullptr) throw CudaOutOfMemory("emulated allocation of " + std::to_string(bytes) + " bytes failed");
+    if (p == nullptr)
+        throw CudaOutOfMemory("emulated allocation of " + std::to_string(bytes) + " bytes failed");
     std::memset(p, 0xFF, rounded);  // all-ones: NaN for float and double
     return p;
 }
@@ -31,7 +32,9 @@ int device_count() noexcept { return 1; }
 std::string no_device_reason() { return ""; }
 int current_device() { return 0; }
 void set_device(int device) {
-    if (device != 0) throw std::invalid_argument("CUDA device " + std::to_string(device) + " does not exist (1 device(s) visible)");
+    if (device != 0)
+        throw std::invalid_argument("CUDA device " + std::to_string(device) +
+                                    " does not exist (1 device(s) visible)");
 }
 std::string device_name(int) { return "host emulation"; }
 int runtime_version() noexcept { return 0; }
@@ -50,7 +53,9 @@ void workspace_free(void* ptr, Stream) noexcept { std::free(ptr); }
 void trim_workspace_pool() {}
 
 void set_workspace_limit(int64_t bytes) {
-    if (bytes < (int64_t(1) << 20)) throw std::invalid_argument("workspace limit must be at least 1 MiB, got " + std::to_string(bytes) + " bytes");
+    if (bytes < (int64_t(1) << 20))
+        throw std::invalid_argument("workspace limit must be at least 1 MiB, got " +
+                                    std::to_string(bytes) + " bytes");
     g_workspace_limit.store(bytes);
 }
 int64_t get_workspace_limit() { return g_workspace_limit.load(); }

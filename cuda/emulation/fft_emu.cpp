@@ -24,11 +24,12 @@ public:
         if (g.rank != 1 && g.rank != 2) throw std::invalid_argument("FFT rank must be 1 or 2");
         if (g.size < 1 || g.batch < 1 || g.stride < 1 || g.dist < 1)
             throw std::invalid_argument("FFT geometry must be positive");
-        if (g.rank == 2 && g.stride != 1) throw std::invalid_argument("2-D FFTs must be contiguous");
+        if (g.rank == 2 && g.stride != 1)
+            throw std::invalid_argument("2-D FFTs must be contiguous");
         const int n[2] = {static_cast<int>(g.size), static_cast<int>(g.size)};
-        const int extent = static_cast<int>(
-            g.rank == 1 ? (g.batch - 1) * g.dist + (g.size - 1) * g.stride + 1
-                        : (g.batch - 1) * g.dist + g.size * g.size);
+        const int extent =
+            static_cast<int>(g.rank == 1 ? (g.batch - 1) * g.dist + (g.size - 1) * g.stride + 1
+                                         : (g.batch - 1) * g.dist + g.size * g.size);
         std::lock_guard<std::mutex> lock(planner_mutex());
         const unsigned flags = FFTW_ESTIMATE | FFTW_UNALIGNED;
         if (dbl) {

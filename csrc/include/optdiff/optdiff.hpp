@@ -65,15 +65,7 @@ private:
     std::unique_ptr<HopPlan<T>> plan_;
 };
 
-// Description of a stack: optional input hop, then for each layer l a phase
-// mask followed by hop l (the last hop ends at the camera).
-struct StackSpec {
-    int64_t n = 0;
-    std::vector<PropagationSpec> hops;  // one per layer; tilt of hop l acts on mask l's output
-    bool has_input_hop = false;
-    PropagationSpec input_hop;          // propagation of the input before mask 0
-};
-
+// A stack of phase layers (StackSpec, validated by validate_stack: plan.hpp).
 template <class T>
 class PhaseStack {
 public:
@@ -93,9 +85,10 @@ public:
     // [B, L+1, n, n]; `camera_field` (nullable) receives the complex field;
     // `modulation` (nullable) receives exp(i phi_l) * tilt_l [L, n, n] so that
     // backward need not evaluate L n^2 sines and cosines again.
-    void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity,
-                 cplx<T>* saved, cplx<T>* camera_field, int num_threads = 0,
-                 cplx<T>* modulation = nullptr) const;
+    // Throws std::invalid_argument (after writing the outputs) when an
+    // intensity is not finite: |E|^2 overflowed T, or the input held NaN/Inf.
+    void forward(const cplx<T>* input, const T* phases, int64_t batch, T* intensity, cplx<T>* saved,
+                 cplx<T>* camera_field, int num_threads = 0, cplx<T>* modulation = nullptr) const;
 
     // forward for a real input field (e.g. an amplitude-encoded image)
     // [B,n,n]: the same as passing it with zero imaginary part, without the
@@ -110,9 +103,8 @@ public:
     // bounded by threads * (L+1) fields instead of B * (L+1)).
     // `modulation` (nullable): the table forward wrote for these phases.
     void backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
-                  const T* grad_intensity, int64_t batch, T* grad_phases,
-                  cplx<T>* grad_input, int num_threads = 0,
-                  const cplx<T>* modulation = nullptr) const;
+                  const T* grad_intensity, int64_t batch, T* grad_phases, cplx<T>* grad_input,
+                  int num_threads = 0, const cplx<T>* modulation = nullptr) const;
 
     // Fused training step for intensity matching:
     // loss = mean over the batch and pixels of (|E_L|^2 - target)^2.

@@ -78,8 +78,8 @@ enum class Method : int { AngularSpectrum = 0, BandLimitedAS = 1, Fresnel = 2 };
 // This form keeps full precision for small angles, where kz - k computed
 // directly would cancel catastrophically. `evanescent` is set when
 // kx^2+ky^2 >= k^2; those waves are cut (transfer 0).
-OPTDIFF_HD double angular_spectrum_phase(double fx, double fy, double wavelength,
-                                         double dz, bool* evanescent) {
+OPTDIFF_HD double angular_spectrum_phase(double fx, double fy, double wavelength, double dz,
+                                         bool* evanescent) {
     const double two_pi = 6.283185307179586476925286766559;
     const double k = two_pi / wavelength;
     const double kx = two_pi * fx;
@@ -110,9 +110,9 @@ OPTDIFF_HD double band_limit_frequency(double wavelength, double dz, int64_t n_p
 // Transfer function value at FFT bin (ky_bin, kx_bin) of an n_padded grid,
 // times `scale` (the caller folds the inverse-FFT 1/n^2 in here).
 template <class T>
-OPTDIFF_HD cplx<T> transfer_function_value(int64_t row, int64_t col, int64_t n_padded,
-                                           double pitch, double wavelength, double dz,
-                                           Method method, double scale) {
+OPTDIFF_HD cplx<T> transfer_function_value(int64_t row, int64_t col, int64_t n_padded, double pitch,
+                                           double wavelength, double dz, Method method,
+                                           double scale) {
     const double fy = fft_frequency(row, n_padded, pitch);
     const double fx = fft_frequency(col, n_padded, pitch);
     double phase = 0.0;
@@ -134,8 +134,8 @@ OPTDIFF_HD cplx<T> transfer_function_value(int64_t row, int64_t col, int64_t n_p
 // axis: exp(i k (sin(theta_x) x + sin(theta_y) y)) on centred coordinates.
 // A mirror tilted by alpha deviates the beam by 2 alpha: pass 2 alpha here.
 template <class T>
-OPTDIFF_HD cplx<T> tilt_value(int64_t row, int64_t col, int64_t n, double pitch,
-                              double wavelength, double theta_x, double theta_y) {
+OPTDIFF_HD cplx<T> tilt_value(int64_t row, int64_t col, int64_t n, double pitch, double wavelength,
+                              double theta_x, double theta_y) {
     const double two_pi = 6.283185307179586476925286766559;
     const double k = two_pi / wavelength;
     const double x = centred_coordinate(col, n, pitch);

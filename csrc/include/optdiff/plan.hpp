@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "optdiff/physics.hpp"
@@ -16,16 +17,48 @@ struct PropagationSpec {
     double pitch = 0.0;       // pixel pitch of the field [m], > 0
     double distance = 0.0;    // propagation distance [m], any sign
     Method method = Method::AngularSpectrum;
-    int padding = 1;          // 1: periodic, 2: linear (zero-pad, propagate, crop)
-    double tilt_x = 0.0;      // beam angle applied to the input [rad]
+    int padding = 1;      // 1: periodic, 2: linear (zero-pad, propagate, crop)
+    double tilt_x = 0.0;  // beam angle applied to the input [rad]
     double tilt_y = 0.0;
 };
 
-// Throws std::invalid_argument naming the offending field.
+// Description of a stack: optional input hop, then for each layer l a phase
+// mask followed by hop l (the last hop ends at the camera).
+struct StackSpec {
+    int64_t n = 0;
+    std::vector<PropagationSpec> hops;  // one per layer; tilt of hop l acts on mask l's output
+    bool has_input_hop = false;
+    PropagationSpec input_hop;  // propagation of the input before mask 0
+};
+
+// Method names as the Python API spells them: 'as', 'bl-as', 'fresnel' (also
+// 'angular_spectrum', 'band_limited'). parse_method throws
+// std::invalid_argument with method_error(repr of what was given).
+Method parse_method(const std::string& name);
+const char* method_name(Method m);
+std::string method_error(const std::string& got);
+// validate()'s message for a padding that is not 1 or 2 (also used for
+// values that are not integers at all, e.g. True or 1.5 from Python).
+std::string padding_error(const std::string& got);
+
+// Throw std::invalid_argument naming the offending field; the messages are
+// the same for every back end because both call these.
 void validate(const PropagationSpec& spec, int64_t n);
 void validate_grid_size(int64_t n);
+// The grid size, at least one layer, then every hop ("layer 2: ..." or
+// "input hop: ..." in front of the hop's own message).
+void validate_stack(const StackSpec& spec);
 
 inline int64_t padded_size(int64_t n, int padding) { return n * padding; }
+
+// The noise numbers offset .. offset + count - 1 of a stream (sampler.hpp)
+// must exist: count >= 0 and offset + count <= 2^64 (exactly 2^64 is fine).
+// Throws std::invalid_argument naming offset and count otherwise.
+void validate_noise_range(int64_t count, uint64_t offset);
+
+// The error of a forward pass whose camera intensity |E|^2 is not finite
+// although its inputs are: the field is too large for the precision.
+std::string intensity_overflow_message(bool double_precision);
 
 // Transfer function on the padded grid, FFT order, row-major [np, np], with
 // the inverse FFT's 1/np^2 folded in (`normalised`) so one multiply does both.

@@ -75,7 +75,8 @@ OPTDIFF_HD uint32_t bits_from_float(float f) {
 // Uniform in (0, 1]: 31 random bits, shifted by half a step so 0 never
 // occurs (the signed conversion vectorises; an unsigned one does not on SSE2).
 OPTDIFF_HD float uniform_open0(uint32_t b) {
-    return static_cast<float>(static_cast<int32_t>(b >> 1)) * 4.656612873077393e-10f + 2.3283064365386963e-10f;
+    return static_cast<float>(static_cast<int32_t>(b >> 1)) * 4.656612873077393e-10f +
+           2.3283064365386963e-10f;
 }
 
 // Uniform in [-1/2, 1/2]: the bits read as a signed fraction of 2^32.
@@ -105,11 +106,15 @@ OPTDIFF_HD float log_positive(float u) {
 // (sin) and r^10 (cos) leave < 2e-9. The quadrant q then rotates (sin, cos).
 OPTDIFF_HD void sincos_turns(float v, float* s, float* c) {
     const float two_pi = 6.28318530717958647f;
-    const int32_t q = static_cast<int32_t>(4.0f * v + 2.5f) - 2;  // nearest integer to 4v (4v + 2.5 > 0)
+    const int32_t q =
+        static_cast<int32_t>(4.0f * v + 2.5f) - 2;  // nearest integer to 4v (4v + 2.5 > 0)
     const float r = (v - 0.25f * static_cast<float>(q)) * two_pi;
     const float r2 = r * r;
+    // The nested series read best on one line each.
+    // clang-format off
     const float sr = r * (1.0f - r2 * (1.0f / 6) * (1.0f - r2 * (1.0f / 20) * (1.0f - r2 * (1.0f / 42) * (1.0f - r2 * (1.0f / 72)))));
     const float cr = 1.0f - r2 * 0.5f * (1.0f - r2 * (1.0f / 12) * (1.0f - r2 * (1.0f / 30) * (1.0f - r2 * (1.0f / 56) * (1.0f - r2 * (1.0f / 90)))));
+    // clang-format on
     // sin(r + q pi/2), cos(r + q pi/2) for q mod 4 = 0, 1, 2, 3.
     const int32_t k = q & 3;
     const float sa = (k & 1) ? cr : sr;
@@ -129,9 +134,10 @@ OPTDIFF_HD void box_muller(uint32_t radius_bits, uint32_t angle_bits, float* z0,
 
 // Normals 4j .. 4j+3 of the stream (seed, stream).
 OPTDIFF_HD void normal4(uint64_t seed, uint64_t stream, uint64_t j, float z[4]) {
-    const u32x4 ctr{static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32), static_cast<uint32_t>(stream),
-                    static_cast<uint32_t>(stream >> 32)};
-    const u32x4 b = philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+    const u32x4 ctr{static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32),
+                    static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32)};
+    const u32x4 b =
+        philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
     box_muller(b.v0, b.v1, &z[0], &z[1]);
     box_muller(b.v2, b.v3, &z[2], &z[3]);
 }

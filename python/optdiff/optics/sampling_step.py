@@ -38,12 +38,6 @@ def _shape(shape) -> tuple:
     return dims
 
 
-def _check_range(offset: int, size: int) -> None:
-    if offset + size > _args.U64:
-        raise ValueError(f"offset + size = {offset + size} runs past the end of the stream (2**64 numbers); "
-                         "use a smaller offset or another stream")
-
-
 def _coefficients(c1, c2, sigma, eps_scale, eps_offset) -> list:
     names = ("c1", "c2", "sigma", "eps_scale", "eps_offset")
     coeffs = [_args.real(v, k) for k, v in zip(names, (c1, c2, sigma, eps_scale, eps_offset))]
@@ -67,8 +61,6 @@ def standard_normal(shape: Union[int, Sequence[int], None] = None, *, seed: int,
         raise TypeError("standard_normal needs a shape or an out array")
     seed, stream, offset = _args.u64(seed, "seed"), _args.u64(stream, "stream"), _args.u64(offset, "offset")
     shape = None if shape is None else _shape(shape)
-    size = int(np.prod(shape if shape is not None else getattr(out, "shape", ()), dtype=np.int64))
-    _check_range(offset, size)
     impl = backend_for(out) if backend is None else get_backend(backend)
     return impl.standard_normal(shape, seed=seed, stream=stream, offset=offset, dtype=dtype,
                                             out=out, nthreads=nthreads)
@@ -94,6 +86,5 @@ def ddpm_update(x, eps, *, c1: float, c2: float, sigma: float, seed: int, stream
             if abs(v) > big:
                 raise ValueError(f"{k} = {v:g} is beyond float32's range (x is float32); use float64 arrays")
     seed, stream, offset = _args.u64(seed, "seed"), _args.u64(stream, "stream"), _args.u64(offset, "offset")
-    _check_range(offset, int(np.prod(getattr(x, "shape", ()), dtype=np.int64)))
     impl = backend_for(x, eps, out) if backend is None else get_backend(backend)
     return impl.ddpm_update(x, eps, out, coeffs, seed, stream, offset, nthreads)

@@ -46,8 +46,8 @@ def set_planner_effort(effort: str) -> None:
     _core.set_planner_effort(_EFFORTS[effort])
 
 
-def _core_hop(hop: HopSpec):
-    return _core.HopSpec(*hop.as_tuple())
+def _core_hop(hop: HopSpec) -> tuple:
+    return hop.as_tuple()
 
 
 def _numpy(x, name: str, kinds: str) -> np.ndarray:

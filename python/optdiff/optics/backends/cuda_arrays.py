@@ -26,6 +26,10 @@ def set_finite_checks(enabled: bool) -> None:
     _finite_checks["enabled"] = bool(enabled)
 
 
+def finite_checks_enabled() -> bool:
+    return _finite_checks["enabled"]
+
+
 class DeviceArray:
     """Device memory returned for device inputs that are neither CuPy nor PyTorch.
 
@@ -260,7 +264,7 @@ class Session:
         real = _REAL_OF.get(a.dtype, a.dtype)
         count = a.size * (2 if a.dtype.kind == "c" else 1)
         fn = getattr(self.mod, "all_finite" + SUFFIX[real])
-        if not fn(a.ptr, count, self.stream, self.device):
+        if not fn(a.ptr, count, self.stream, self.device, name):
             raise ValueError(rules.finite_message(name))
 
     def device_ptr(self, a: Arr) -> int:

@@ -20,15 +20,7 @@ from .cuda_arrays import SUFFIX as _SUFFIX
 from .cuda_arrays import Session as _Session
 from .cuda_arrays import empty as _empty
 from .cuda_arrays import field_batch as _field
-from .cuda_arrays import wrap
-
-# Until both modules take the same hop tuple, the CUDA module takes the method as an integer.
-_METHOD_CODES = {"as": 0, "bl-as": 1, "fresnel": 2}
-
-
-def _cuda_hop(hop: HopSpec) -> tuple:
-    t = hop.as_tuple()
-    return (t[0], t[1], t[2], _METHOD_CODES.get(t[3], -1), *t[4:])
+from .cuda_arrays import finite_checks_enabled, wrap
 
 class CudaPropagator:
     """One free-space hop on the GPU; ``nthreads`` is accepted for API compatibility and ignored."""
@@ -36,8 +28,8 @@ class CudaPropagator:
     def __init__(self, mod, backend, n: int, hop: HopSpec):
         self.n = n
         self._mod, self._backend = mod, backend
-        self._args = (n, *_cuda_hop(hop))
-        mod.validate_hop(*self._args)
+        self._hop = hop.as_tuple()
+        mod.validate_hop(n, self._hop)
         self._impl = {}
         self._lock = threading.Lock()
 
@@ -47,7 +39,7 @@ class CudaPropagator:
             impl = self._impl.get(key)
             if impl is None:
                 cls = getattr(self._mod, "Propagator" + _SUFFIX[np.dtype(dtype)])
-                impl = cls(*self._args, device=device)
+                impl = cls(self.n, self._hop, device=device)
                 self._impl[key] = impl
             return impl
 
@@ -81,9 +73,7 @@ class CudaPropagator:
 
     def transfer_function(self, dtype) -> np.ndarray:
         """Transfer function on the padded grid ``[n*padding]^2``, FFT order, unnormalised (NumPy)."""
-        n, wl, pitch, dist, method, padding, _, _ = self._args
-        return self._mod.transfer_function(n, wl, pitch, dist, method, padding,
-                                           np.dtype(dtype) == np.complex128, False)
+        return self._mod.transfer_function(self.n, self._hop, np.dtype(dtype) == np.complex128, False)
 
 
 # ---------------------------------------------------------------------------
@@ -128,17 +118,9 @@ class CudaPhaseStack:
         self.spec = spec
         self.n, self.num_layers = spec.n, spec.num_layers
         self._mod, self._backend = mod, backend
-        self._hops = [_cuda_hop(h) for h in spec.hops]
-        self._input_hop = None if spec.input_hop is None else _cuda_hop(spec.input_hop)
-        for i, h in enumerate(self._hops):
-            try:
-                mod.validate_hop(self.n, *h)
-            except ValueError as exc:
-                raise ValueError(f"layer {i}: {exc}") from None
-        if not self._hops:
-            raise ValueError("a phase stack needs at least one layer (distances must not be empty)")
-        if self._input_hop is not None:
-            mod.validate_hop(self.n, *self._input_hop)
+        self._hops = [h.as_tuple() for h in spec.hops]
+        self._input_hop = None if spec.input_hop is None else spec.input_hop.as_tuple()
+        mod.validate_stack(self.n, self._hops, self._input_hop)  # the CPU stack's checks and messages
         self._impl = {}
         self._lock = threading.Lock()
 
@@ -203,7 +185,9 @@ class CudaPhaseStack:
             else:
                 saved, sptr = _empty(f, shape, cdtype, self._mod, self._backend)
         run = impl.forward_real if amplitude else impl.forward  # real: read in the first kernel
-        run(fptr, pptr, batch, iptr, sptr, cptr, s.stream)
+        # An overflowed intensity raises like on the CPU; for device arrays only with the finite
+        # checks on (reading the kernel's flag synchronises the stream).
+        run(fptr, pptr, batch, iptr, sptr, cptr, s.stream, s.host or finite_checks_enabled())
         if s.host:
             if inten is not None:
                 s.fetch(inten, iptr)
