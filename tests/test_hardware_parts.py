@@ -31,7 +31,7 @@ def test_box_gauss_kernel_is_a_partition_of_unity_and_identity_without_blur():
     for sigma, shift in ((0.3, 0.0), (0.3, 0.37), (1.2, -2.6)):
         x = np.arange(-40, 41) - shift
         assert abs(resample.box_gauss(x, sigma).sum() - 1.0) < 1e-12
-    assert resample.blur_matrix(9, 0.0) is None and resample.shift_matrix(9, 0.0) is None
+    assert resample.blur_kernel(0.0) is None and resample.shift_matrix(9, 0.0) is None
     S = resample.shift_matrix(9, 2.0)               # an integer shift: a pure displacement
     np.testing.assert_array_equal(S, np.eye(9, k=-2))
 

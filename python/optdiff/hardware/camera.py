@@ -171,26 +171,30 @@ class CameraReadout:
 
     def frames(self, intensity: np.ndarray, rng: np.random.Generator,
                exposure: float | None = None) -> np.ndarray:
-        """One exposure: noise and digitisation drawn from ``rng``."""
+        """One exposure: noise and digitisation drawn from ``rng`` (float32 arithmetic, in place)."""
         c = self.camera
         scale = self._scale(exposure)
         irr = self.intensity(intensity)
         if (c.bits is None and not c.shot_noise and c.read_noise == 0 and c.full_well is None
                 and scale == 1.0 and c.dn_per_electron == 1.0 and c.dark_level == 0):
             return np.ascontiguousarray(irr, dtype=np.float32)   # the ideal camera: intensity itself
-        e = scale * np.maximum(irr.astype(np.float64), 0.0)
+        e = np.maximum(irr, 0.0).astype(np.float32, copy=False)
+        e *= np.float32(scale)
         if c.shot_noise:
             lit = e > 0          # a dark pixel has no shot noise: draw only where light falls
-            e[lit] = rng.poisson(e[lit])
+            e[lit] = rng.poisson(e[lit].astype(np.float64))
         if c.full_well is not None:
-            e = np.minimum(e, c.full_well)
+            np.minimum(e, np.float32(c.full_well), out=e)
         if c.read_noise > 0:   # counter-based normals (threaded C++), keyed by a draw from rng
             seed = int(rng.integers(0, 1 << 63))
-            e += c.read_noise * standard_normal(e.shape, seed=seed, stream=0, dtype=np.float32)
-        dn = c.dn_per_electron * e + c.dark_level
+            e += np.float32(c.read_noise) * standard_normal(e.shape, seed=seed, stream=0, dtype=np.float32)
+        e *= np.float32(c.dn_per_electron)
+        e += np.float32(c.dark_level)
         if c.bits is None:
-            return dn.astype(np.float32)
-        return np.clip(np.rint(dn), 0, (1 << c.bits) - 1).astype(c.frame_dtype)
+            return e
+        np.rint(e, out=e)
+        np.clip(e, 0, (1 << c.bits) - 1, out=e)
+        return e.astype(c.frame_dtype)
 
 
 def _seen(matrix: np.ndarray | None, size: int) -> tuple[int, int]:

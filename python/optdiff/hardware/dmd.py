@@ -122,7 +122,7 @@ class DMDRelay:
     """Shown grey levels or amplitudes ``[B, H, W]`` -> real field ``[B, n, n]`` (float32) on the SLM.
 
     The image is centred on the grid like the ideal ODU's (``(n - k H) // 2`` dark pixels before
-    it), then moved by ``DMD.offset``. Each SLM pixel takes the mean amplitude of the relayed
+    it), then moved by ``DMD.offset`` and ``shift`` (where the fold puts the grid). Each SLM pixel takes the mean amplitude of the relayed
     mirrors it covers (area resampling); the aperture low-pass follows. When a superpixel spans
     exactly k SLM pixels (the matched relay) each grey level's footprint is a fixed (k+1)^2 stamp,
     precomputed; otherwise (or with ``fast=False``) the full mirror pattern is resampled by two
@@ -186,8 +186,9 @@ class DMDRelay:
                 g = v.astype(np.float32)[..., None, None] * stamp
             else:
                 g = self._stamps[v]
-            out = self._overlap_add(g)
+            out, band = self._overlap_add(g)
         else:
+            band = (slice(None), slice(None))
             s = self.dmd.superpixel
             if kind == "grey":
                 pat = np.repeat(np.repeat(v, s, axis=-2), s, axis=-1)
@@ -195,11 +196,14 @@ class DMDRelay:
                 rank = np.tile(bayer_matrix(s), (self.H, self.W)).astype(np.int64)
                 pat = (np.repeat(np.repeat(v, s, axis=-2), s, axis=-1) > rank).astype(np.float64)
             out = resample.apply(pat, self._ry, self._rx)
-        out = resample.apply(out.astype(np.float32), self.lowpass, self.lowpass)
+        if self.lowpass is not None:   # only the rows and columns the image lights go through it
+            by, bx = band
+            out = resample.apply(out[:, by, bx].astype(np.float32), self.lowpass[:, by], self.lowpass[:, bx])
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def _overlap_add(self, g: np.ndarray) -> np.ndarray:
-        """Add the (k+1)^2 stamps ``g [B, H, W, k+1, k+1]`` of the superpixels onto the n x n grid."""
+    def _overlap_add(self, g: np.ndarray):
+        """Add the (k+1)^2 stamps ``g [B, H, W, k+1, k+1]`` of the superpixels onto the n x n grid;
+        also returns the rows and columns they cover."""
         B, H, W, k, n = g.shape[0], self.H, self.W, self.k, self.n
         canvas = np.zeros((B, H * k + 1, W * k + 1), dtype=g.dtype)
         canvas[:, :H * k, :W * k] = g[..., :k, :k].transpose(0, 1, 3, 2, 4).reshape(B, H * k, W * k)
@@ -212,4 +216,4 @@ class DMDRelay:
         ye, xe = min(y0 + H * k + 1, n), min(x0 + W * k + 1, n)
         if ye > ys and xe > xs:
             out[:, ys:ye, xs:xe] = canvas[:, ys - y0:ye - y0, xs - x0:xe - x0]
-        return out
+        return out, (slice(ys, max(ye, ys)), slice(xs, max(xe, xs)))

@@ -147,7 +147,7 @@ class SLMGrid:
     def __init__(self, slm: SLM, n: int, shifts_px):
         self.slm = slm
         self.shifts = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
-        self.blur = resample.blur_matrix(n, slm.crosstalk)
+        self.kernel = resample.blur_kernel(slm.crosstalk)
         self.moves = [(resample.shift_matrix(n, float(y)), resample.shift_matrix(n, float(x)))
                       for x, y in self.shifts]
         self.passthrough = slm.is_ideal and not np.any(self.shifts)
@@ -155,7 +155,7 @@ class SLMGrid:
     def phases(self, slm: np.ndarray) -> np.ndarray:
         if self.passthrough and not np.issubdtype(slm.dtype, np.integer):
             return np.ascontiguousarray(slm, dtype=np.float32)
-        shown = resample.apply(self.slm.shown_phase(slm), self.blur, self.blur)
+        shown = resample.blur(self.slm.shown_phase(slm), self.kernel)
         out = np.empty(shown.shape, dtype=np.float32)
         outside = np.exp(1j * self.slm.true_lut()[0])     # what the SLM shows beyond the pattern
         for layer, (wy, wx) in enumerate(self.moves):
