@@ -259,7 +259,7 @@ def test_misaligned_arrays_are_refused(rng):
         ("field", lambda: s.forward(unaligned(x), ph)),
         ("field", lambda: s.forward(unaligned(np.abs(x)), ph)),  # a real field
         ("phases", lambda: s.forward(x, unaligned(ph))),
-        ("intensity", lambda: s.forward(x, ph, out=unaligned(t))),
+        ("out", lambda: s.forward(x, ph, out=unaligned(t))),
         ("field", lambda: s.forward_train(unaligned(x), ph)),
         ("phases", lambda: s.forward_train(x, unaligned(ph))),
         ("grad_intensity", lambda: s.backward(tape, unaligned(t))),

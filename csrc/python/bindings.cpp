@@ -96,16 +96,31 @@ void check_finite(const py::array& a, const char* name) {
     if (!ok) value_error(std::string(name) + " contains NaN or infinite values");
 }
 
-// Partial overlap would corrupt results; identical buffers mean "in place".
-void check_overlap(const py::array& a, const py::array& b, const char* an, const char* bn) {
+// Finite inputs can still give gradients beyond the float range (a huge field or
+// grad_intensity): one pass over the L*n*n (or B*n*n) result, not over the batch's inputs.
+void check_gradient_finite(const py::array& g) {
+    const bool f32 =
+        g.dtype().is(py::dtype::of<std::complex<float>>()) || g.dtype().is(py::dtype::of<float>());
+    const int64_t count = static_cast<int64_t>(g.nbytes()) / (f32 ? 4 : 8);
+    const bool ok = f32 ? all_finite(static_cast<const float*>(g.data()), count)
+                        : all_finite(static_cast<const double*>(g.data()), count);
+    if (!ok)
+        value_error(std::string("the gradients overflow ") + (f32 ? "float32" : "float64") +
+                    ": field or grad_intensity too large (scale them down)");
+}
+
+// Partial overlap would corrupt results; identical buffers mean "in place" unless
+// `allow_same` is false (an output that must not replace an input read throughout).
+void check_overlap(const py::array& a, const py::array& b, const char* an, const char* bn,
+                   bool allow_same = true) {
     const char* a0 = static_cast<const char*>(a.data());
     const char* b0 = static_cast<const char*>(b.data());
     const char* a1 = a0 + a.nbytes();
     const char* b1 = b0 + b.nbytes();
-    if (a0 == b0 && a1 == b1) return;
+    if (allow_same && a0 == b0 && a1 == b1) return;
     if (a0 < b1 && b0 < a1)
-        value_error(std::string(an) + " and " + bn +
-                    " overlap in memory without being the same array");
+        value_error(std::string(an) + " and " + bn + " overlap in memory" +
+                    (allow_same ? " without being the same array" : ""));
 }
 
 template <class T>
@@ -208,9 +223,11 @@ void bind_stack(py::module_& m, const char* name) {
                 const int64_t b = real ? check_batch<T>(x, "field", n, false)
                                        : check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
-                check_batch<T>(inten, "intensity", n, true);
-                if (inten.size() != x.size())
-                    value_error("intensity must have the field's shape " + shape_str(x));
+                // `out` of PhaseStack.forward (forward_train and camera_field pass their own).
+                check_batch<T>(inten, "out", n, true);
+                check_same_shape<T>(inten, "out", x, "field");
+                check_overlap(x, inten, "field", "out");
+                check_overlap(ph, inten, "phases", "out", false);
                 cplx<T>* sp = nullptr;
                 if (saved) {
                     check_basic<C>(*saved, "saved", true);
@@ -249,8 +266,7 @@ void bind_stack(py::module_& m, const char* name) {
                 const int64_t b = check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
                 check_batch<T>(g, "grad_intensity", n, false);
-                if (g.size() != x.size())
-                    value_error("grad_intensity must have the intensity's shape " + shape_str(x));
+                check_same_shape<T>(g, "grad_intensity", x, "field");
                 check_finite<T>(g, "grad_intensity");
                 check_basic<T>(gph, "grad_phases", true);
                 if (gph.size() != L * n * n) value_error("grad_phases must have shape (L, n, n)");
@@ -269,10 +285,15 @@ void bind_stack(py::module_& m, const char* name) {
                 }
                 const cplx<T>* mp =
                     modulation ? modulation_table<T>(*modulation, n, L, false) : nullptr;
-                py::gil_scoped_release nogil;
-                s.backward(static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()),
-                           sp, static_cast<const T*>(g.data()), b,
-                           static_cast<T*>(gph.mutable_data()), gp, nthreads, mp);
+                {
+                    py::gil_scoped_release nogil;
+                    s.backward(static_cast<const cplx<T>*>(x.data()),
+                               static_cast<const T*>(ph.data()), sp,
+                               static_cast<const T*>(g.data()), b,
+                               static_cast<T*>(gph.mutable_data()), gp, nthreads, mp);
+                }
+                check_gradient_finite(gph);
+                if (gx) check_gradient_finite(*gx);
             },
             py::arg("field"), py::arg("phases"), py::arg("saved"), py::arg("grad_intensity"),
             py::arg("grad_phases"), py::arg("grad_field") = py::none(), py::arg("nthreads") = 0,
@@ -285,8 +306,7 @@ void bind_stack(py::module_& m, const char* name) {
                 const int64_t b = check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
                 check_batch<T>(target, "target", n, false);
-                if (target.size() != x.size())
-                    value_error("target must have the field's shape " + shape_str(x));
+                check_same_shape<T>(target, "target", x, "field");
                 check_basic<T>(gph, "grad_phases", true);
                 if (gph.size() != L * n * n) value_error("grad_phases must have shape (L, n, n)");
                 T* ip = nullptr;
@@ -315,6 +335,7 @@ void bind_stack(py::module_& m, const char* name) {
                         "the intensity overflows " +
                         std::string(sizeof(T) == 4 ? "float32" : "float64") +
                         " (scale the field down)");
+                check_gradient_finite(gph);
                 return loss;
             },
             py::arg("field"), py::arg("phases"), py::arg("target"), py::arg("grad_phases"),
@@ -342,10 +363,25 @@ void ddpm_update_into(const py::array& x, const py::array& v, py::array& out, co
                     shape_str(x) + ", " + shape_str(v) + " and " + shape_str(out));
     check_overlap(x, out, "x", "out");
     check_overlap(v, out, "eps", "out");
-    py::gil_scoped_release nogil;
-    ddpm_update<T>(static_cast<const T*>(x.data()), static_cast<const T*>(v.data()),
-                   static_cast<int64_t>(x.size()), st, seed, stream, offset,
-                   static_cast<T*>(out.mutable_data()), nthreads);
+    const int64_t count = static_cast<int64_t>(x.size());
+    bool ok;
+    {
+        py::gil_scoped_release nogil;
+        ddpm_update<T>(static_cast<const T*>(x.data()), static_cast<const T*>(v.data()), count, st,
+                       seed, stream, offset, static_cast<T*>(out.mutable_data()), nthreads);
+        // NaN/Inf in x or eps reaches out: one read of the result instead of two of the inputs.
+        ok = all_finite(static_cast<const T*>(out.data()), count);
+    }
+    if (ok) return;
+    const bool in_place = out.data() == x.data() || out.data() == v.data();
+    if (!in_place) {
+        check_finite<T>(x, "x");
+        check_finite<T>(v, "eps");
+    }
+    value_error(std::string(in_place ? "x or eps contains NaN or infinite values, or " : "") +
+                "the update overflows " + (sizeof(T) == 4 ? "float32" : "float64") +
+                " (c1, c2, sigma, eps_scale, eps_offset or the values too large); out holds the "
+                "non-finite result");
 }
 
 bool is_float64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }

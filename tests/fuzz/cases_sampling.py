@@ -46,10 +46,10 @@ def gen_standard_normal(rng, ctx):
     b.arg("offset", pick(rng, [0, 7, int(rng.integers(0, 2**62)), edge - 1 if edge else 0]),
           bad=[("bad", bad_u64), ("pastend", lambda r: U64 - size + int(r.integers(1, 5000)))],
           odd=[("lastnumbers", lambda r: edge)])     # numbers 2**64 - size .. 2**64 - 1: the very end
-    b.arg("dtype", pick(rng, [np.float32, np.float64, "float32"]),
-          bad=[("bad", lambda r: pick(r, [np.int32, np.complex64, "float", None, np.float16, object]))])
+    b.arg("dtype", pick(rng, [np.float32, np.float64, "float32", None]),  # None: float32, or out's dtype
+          bad=[("bad", lambda r: pick(r, [np.int32, np.complex64, "int", np.float16, object]))])
     _out = pick(rng, [None, NEW])
-    dt0 = np.dtype(b.args["dtype"])
+    dt0 = np.dtype(np.float32 if b.args["dtype"] is None else b.args["dtype"])
     b.arg("out", _out, bad=[("dtype", lambda r: np.empty(shape, pick(r, [np.int32, np.float16, np.complex64]))),
                             ("shape", lambda r: np.empty((size + 1,), dt0)),
                             ("readonly", lambda r: readonly_copy(np.empty(shape, dt0))),
@@ -63,7 +63,7 @@ def gen_standard_normal(rng, ctx):
     kw = {k: v[k] for k in ("seed", "stream", "offset", "dtype", "out", "nthreads")}
 
     def check(z):
-        dt = np.dtype(v["dtype"]) if v["out"] is None else v["out"].dtype
+        dt = np.dtype(v["dtype"] or np.float32) if v["out"] is None else v["out"].dtype
         want_shape = (shape,) if isinstance(shape, int) else shape
         prob = expect_array(z, want_shape, dt)
         if prob:

@@ -252,6 +252,8 @@ class ODU:
                              f"got {tuple(np.shape(r))}")
         if not np.issubdtype(r.dtype, np.floating) and not np.issubdtype(r.dtype, np.integer):
             raise TypeError(f"{name} must be real numbers, got {r.dtype}")
+        if not np.isfinite(r).all():  # the encoding would clip +-Inf silently
+            raise ValueError(f"{name} contains NaN or infinite values")
         return r
 
     # ------------------------------------------------------------------ encode / bin

@@ -53,15 +53,26 @@ def loss_not_finite(real) -> str:
             f"overflows {np.dtype(real)} (scale the field down)")
 
 
-def overlap(a, b, an: str, bn: str) -> None:
-    """Partial overlap of host arrays would corrupt results; the same array means in place."""
+def overlap(a, b, an: str, bn: str, allow_same: bool = True) -> None:
+    """Partial overlap of host arrays would corrupt results; the same array means in place
+    (unless ``allow_same`` is false: an output must not replace an input read throughout)."""
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.nbytes == 0 or b.nbytes == 0:
         return
     a0, b0 = a.__array_interface__["data"][0], b.__array_interface__["data"][0]
-    if a0 == b0 and a.nbytes == b.nbytes:
+    if allow_same and a0 == b0 and a.nbytes == b.nbytes:
         return
     if a0 < b0 + b.nbytes and b0 < a0 + a.nbytes:
-        raise ValueError(f"{an} and {bn} overlap in memory without being the same array")
+        raise ValueError(f"{an} and {bn} overlap in memory" + (" without being the same array" if allow_same else ""))
+
+
+def gradients_overflow(real) -> str:
+    return (f"the gradients overflow {np.dtype(real)}: field or grad_intensity too large (scale them down)")
+
+
+def update_overflows(real, in_place: bool) -> str:
+    return (("x or eps contains NaN or infinite values, or " if in_place else "") +
+            f"the update overflows {np.dtype(real)} (c1, c2, sigma, eps_scale, eps_offset or the values too "
+            "large); out holds the non-finite result")
 
 
 def finite_message(name: str) -> str:

@@ -74,7 +74,10 @@ class Propagator:
 
     def transfer_function(self, dtype=np.complex128) -> np.ndarray:
         """Transfer function H on the padded grid ``[n*padding]^2`` in FFT order (unnormalised)."""
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be complex64 or complex128, got {dtype!r}") from None
         if dtype not in _args.REAL_OF:
             raise TypeError(f"dtype must be complex64 or complex128, got {dtype}")
         return self._impl.transfer_function(dtype)

@@ -35,7 +35,20 @@ def _shape(shape) -> tuple:
     dims = tuple(_args.integer(s, "shape") for s in shape)
     if any(s < 0 for s in dims):
         raise ValueError(f"shape must not have negative sizes, got {dims}")
+    size = 1
+    for s in dims:
+        size *= s
+    if size >= 1 << 62:
+        raise ValueError(f"shape {dims} has too many elements for one array")
     return dims
+
+
+def _arrays(**named) -> None:
+    """NumPy or device arrays only: anything else would be sent to a backend that cannot take it."""
+    for name, a in named.items():
+        if a is not None and not isinstance(a, np.ndarray) and not (
+                hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__")):
+            raise TypeError(f"{name} must be a NumPy array or a CUDA device array, got {type(a).__name__}")
 
 
 def _coefficients(c1, c2, sigma, eps_scale, eps_offset) -> list:
@@ -50,17 +63,29 @@ def _coefficients(c1, c2, sigma, eps_scale, eps_offset) -> list:
 
 
 def standard_normal(shape: Union[int, Sequence[int], None] = None, *, seed: int, stream: int = 0,
-                    offset: int = 0, dtype=np.float32, out=None, nthreads: Optional[int] = None, backend=None):
+                    offset: int = 0, dtype=None, out=None, nthreads: Optional[int] = None, backend=None):
     """Standard normal numbers ``offset .. offset + size - 1`` of the stream ``(seed, stream)``.
 
     ``out`` (float32/float64, C-contiguous, of ``shape``; ``shape`` may then be omitted) is filled
-    instead of a new array; a device array there is filled on the GPU. ``backend`` (None: the one
+    instead of a new array; a device array there is filled on the GPU. ``dtype``: float32 (default)
+    or float64; with ``out`` it may be omitted or must be out's dtype. ``backend`` (None: the one
     that owns ``out``, else the CPU) names where the numbers are made.
     """
     if shape is None and out is None:
         raise TypeError("standard_normal needs a shape or an out array")
+    _arrays(out=out)
     seed, stream, offset = _args.u64(seed, "seed"), _args.u64(stream, "stream"), _args.u64(offset, "offset")
     shape = None if shape is None else _shape(shape)
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+        if dtype not in _args.FLOATS:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        if out is not None and np.dtype(getattr(out, "dtype", dtype)) != dtype:
+            raise TypeError(f"dtype {dtype} does not match out's dtype {out.dtype}; omit dtype or pass out of it")
+    dtype = np.float32 if dtype is None else dtype
     impl = backend_for(out) if backend is None else get_backend(backend)
     return impl.standard_normal(shape, seed=seed, stream=stream, offset=offset, dtype=dtype,
                                             out=out, nthreads=nthreads)
@@ -79,6 +104,7 @@ def ddpm_update(x, eps, *, c1: float, c2: float, sigma: float, seed: int, stream
     Device arrays run on the GPU (the same numbers); ``backend`` (None: the one that owns the
     arrays) may name another.
     """
+    _arrays(x=x, eps=eps, out=out)
     coeffs = _coefficients(c1, c2, sigma, eps_scale, eps_offset)
     if np.dtype(getattr(x, "dtype", np.float64)) == np.float32:  # the update runs in float32
         big = float(np.finfo(np.float32).max)

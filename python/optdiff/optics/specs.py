@@ -67,9 +67,12 @@ def stack_spec(n, *, wavelength, pitch, distances: Sequence[float], method="as",
     n = _args.grid_size(n)
     if isinstance(distances, (str, bytes)) or not hasattr(distances, "__len__"):
         raise ValueError(f"distances must be a sequence of L hop lengths in metres, got {distances!r}")
-    dist = [_args.real(d, f"distances[{i}]") for i, d in enumerate(np.asarray(distances).reshape(-1).tolist())]
+    flat = np.asarray(distances, dtype=object)
+    if flat.ndim != 1:
+        raise ValueError(f"distances must be a flat sequence of L hop lengths in metres, got shape {flat.shape}")
+    dist = [_args.real(d, f"distances[{i}]") for i, d in enumerate(flat.tolist())]
     L = len(dist)
-    if tilts is None:
+    if tilts is None or L == 0:  # no layers: the core's error says so, whatever the tilts
         tilt_list = [(0.0, 0.0)] * L
     else:
         arr = np.asarray(tilts, dtype=object)

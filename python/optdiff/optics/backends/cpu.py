@@ -29,7 +29,7 @@ def set_num_threads(n: int) -> None:
     except ValueError:
         count = 0
     if not 1 <= count < 1 << 31:
-        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+        raise ValueError(f"n (the number of threads) must be a positive integer, got {n!r}")
     n = count
     _core.set_num_threads(n)
 

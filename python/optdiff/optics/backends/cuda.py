@@ -196,6 +196,7 @@ class CudaBackend:
         if not s.host:  # device addresses as they are; the module rejects partial overlaps
             result, optr = (out, o.ptr) if o is not None else empty(a, a.shape, a.dtype, self.mod, self)
             fn(a.ptr, e.ptr, optr, a.size, *coeffs, seed, stream, offset, s.stream, s.device)
+            self._check_update(s, result, optr, a, e, optr in (a.ptr, e.ptr))
             return result
         # NumPy: staged copies; out is written in place of x's or eps's copy when it is that array.
         xptr, eptr, optr = s.device_ptr(a), s.device_ptr(e), 0
@@ -213,7 +214,18 @@ class CudaBackend:
             optr = int(buf.ptr)
         fn(xptr, eptr, optr, a.size, *coeffs, seed, stream, offset, 0, s.device)
         s.fetch(result, optr)
+        self._check_update(s, result, optr, a, e, optr in (xptr, eptr))
         return result
+
+    @staticmethod
+    def _check_update(s, result, optr, a, e, in_place: bool) -> None:
+        """NaN/Inf in x or eps reaches the result: one read of it, as on the CPU."""
+        if s.result_finite(result, optr, a.dtype, "out"):
+            return
+        if not in_place:
+            s.check_finite(a, "x")
+            s.check_finite(e, "eps")
+        raise ValueError(rules.update_overflows(a.dtype, in_place))
 
     # ---- read-out binning (device helpers) ---------------------------------------------------
 

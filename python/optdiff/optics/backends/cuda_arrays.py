@@ -267,6 +267,18 @@ class Session:
         if not fn(a.ptr, count, self.stream, self.device, name):
             raise ValueError(rules.finite_message(name))
 
+    def result_finite(self, obj, ptr: int, dtype, name: str) -> bool:
+        """Whether an output the kernels wrote is finite (device outputs: only with the finite
+        checks on, since reading the answer synchronises the stream)."""
+        if isinstance(obj, np.ndarray):
+            return bool(np.isfinite(obj).all())
+        dtype = np.dtype(dtype)
+        count = int(np.prod(getattr(obj, "shape", ()), dtype=np.int64)) * (2 if dtype.kind == "c" else 1)
+        if not _finite_checks["enabled"] or count == 0:
+            return True
+        fn = getattr(self.mod, "all_finite" + SUFFIX[_REAL_OF.get(dtype, dtype)])
+        return bool(fn(ptr, count, self.stream, self.device, name))
+
     def device_ptr(self, a: Arr) -> int:
         """Device address of `a`, uploading NumPy data into a scratch buffer."""
         if not a.host:

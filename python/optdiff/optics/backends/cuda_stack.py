@@ -165,7 +165,7 @@ class CudaPhaseStack:
                 rules.same_shape("out", o.shape, "field", f.shape)
                 rules.writeable("out", out)
                 rules.overlap(field, out, "field", "out")
-                rules.overlap(phases, out, "phases", "out")
+                rules.overlap(phases, out, "phases", "out", allow_same=False)
                 if s.host:
                     inten = out
                     buf = self._mod.DeviceBuffer(out.nbytes, s.device)
@@ -268,7 +268,16 @@ class CudaPhaseStack:
             s.fetch(gph, gph_ptr)
             if inten is not None:
                 s.fetch(inten, iptr)
+        self._check_gradients(s, (gph, gph_ptr), (None, 0), real)
         return (loss, gph, inten) if return_intensity else (loss, gph)
+
+    @staticmethod
+    def _check_gradients(s, gph, gx, real) -> None:
+        """Finite inputs can still give gradients beyond the float range (as on the CPU)."""
+        for (obj, ptr), name in ((gph, "grad_phases"), (gx, "grad_field")):
+            if obj is not None and not s.result_finite(obj, ptr, real if name == "grad_phases" else
+                                                       _args.COMPLEX_OF[np.dtype(real)], name):
+                raise ValueError(rules.gradients_overflow(real))
 
     def backward(self, tape: CudaTape, grad_intensity, input_grad: bool = False,
                  nthreads: Optional[int] = None):
@@ -303,6 +312,7 @@ class CudaPhaseStack:
             s.fetch(gph, gph_ptr)
             if gx is not None:
                 s.fetch(gx, gx_ptr)
+            self._check_gradients(s, (gph, gph_ptr), (gx, gx_ptr), real)
             return gph, gx
         s = _Session(self._mod, g, "grad_intensity", self._backend)
         s.check_finite(g, "grad_intensity")
@@ -311,6 +321,7 @@ class CudaPhaseStack:
         gx, gx_ptr = (_empty(like, tape.shape, tape.dtype, self._mod, self._backend) if input_grad else (None, 0))
         impl.backward(tape._field_ptr, tape._phases_ptr, tape._saved_ptr, g.ptr, tape.batch,
                       gph_ptr, gx_ptr, g.stream)
+        self._check_gradients(s, (gph, gph_ptr), (gx, gx_ptr), real)
         return gph, gx
 
 
