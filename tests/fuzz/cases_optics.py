@@ -313,6 +313,8 @@ def gen_stack(rng, ctx):
     _geometry(b, stack=True)
     b.arg("backend", "cpu", bad=[("bad", lambda r: pick(r, ["tpu", 3, None]))])
     v, kind, names, tags = b.finish()
+    if "distances" in names and v["tilts"] is not None:
+        names += ("tilts",)   # spoilt distances may change L, and then the tilts' shape is wrong first
     n = v["n"] if isinstance(v["n"], int) and 2 <= v["n"] <= 64 else 4
     L = len(v["distances"]) if isinstance(v["distances"], list) and v["distances"] else 1
 
