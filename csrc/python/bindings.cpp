@@ -261,7 +261,8 @@ void bind_stack(py::module_& m, const char* name) {
             "backward",
             [](const S& s, const py::array& x, const py::array& ph, std::optional<py::array> saved,
                const py::array& g, py::array& gph, std::optional<py::array> gx, int nthreads,
-               std::optional<py::array> modulation) {
+               std::optional<py::array> modulation, std::optional<py::array> gdist,
+               std::optional<py::array> gtilt) {
                 const int64_t n = s.n(), L = s.layers();
                 const int64_t b = check_batch<C>(x, "field", n, false);
                 check_phases<T>(ph, n, L);
@@ -285,19 +286,37 @@ void bind_stack(py::module_& m, const char* name) {
                 }
                 const cplx<T>* mp =
                     modulation ? modulation_table<T>(*modulation, n, L, false) : nullptr;
+                // Parameter gradients (float64): distances [L + 1] and tilts [L + 1, 2], the
+                // input hop's last.
+                StackParamGrads pg;
+                if (gdist) {
+                    check_basic<double>(*gdist, "grad_distances", true);
+                    if (gdist->ndim() != 1 || gdist->shape(0) != L + 1)
+                        value_error("grad_distances must have shape (L + 1,)");
+                    pg.distances = static_cast<double*>(gdist->mutable_data());
+                    pg.input_distance = pg.distances + L;
+                }
+                if (gtilt) {
+                    check_basic<double>(*gtilt, "grad_tilts", true);
+                    if (gtilt->ndim() != 2 || gtilt->shape(0) != L + 1 || gtilt->shape(1) != 2)
+                        value_error("grad_tilts must have shape (L + 1, 2)");
+                    pg.tilts = static_cast<double*>(gtilt->mutable_data());
+                    pg.input_tilt = pg.tilts + 2 * L;
+                }
                 {
                     py::gil_scoped_release nogil;
-                    s.backward(static_cast<const cplx<T>*>(x.data()),
-                               static_cast<const T*>(ph.data()), sp,
-                               static_cast<const T*>(g.data()), b,
-                               static_cast<T*>(gph.mutable_data()), gp, nthreads, mp);
+                    s.backward(
+                        static_cast<const cplx<T>*>(x.data()), static_cast<const T*>(ph.data()), sp,
+                        static_cast<const T*>(g.data()), b, static_cast<T*>(gph.mutable_data()), gp,
+                        nthreads, mp, pg.any() ? &pg : nullptr);
                 }
                 check_gradient_finite(gph);
                 if (gx) check_gradient_finite(*gx);
             },
             py::arg("field"), py::arg("phases"), py::arg("saved"), py::arg("grad_intensity"),
             py::arg("grad_phases"), py::arg("grad_field") = py::none(), py::arg("nthreads") = 0,
-            py::arg("modulation") = py::none())
+            py::arg("modulation") = py::none(), py::arg("grad_distances") = py::none(),
+            py::arg("grad_tilts") = py::none())
         .def(
             "mse_loss_and_grad",
             [](const S& s, const py::array& x, const py::array& ph, const py::array& target,

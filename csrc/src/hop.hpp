@@ -184,20 +184,56 @@ struct HopPlan {
     // work on it between hops, saving a load and a store pass per hop.
     bool resident() const { return use_2d; }
     void run_resident(Workspace<T>& ws, bool adjoint) const {
+        run_resident_with(ws, adjoint, h_rows.data());
+    }
+    void run_resident_with(Workspace<T>& ws, bool adjoint, const cplx<T>* rows) const {
         f2d.execute(ws.buf);
-        pass::mul(ws.buf, h_rows.data(), n * n, adjoint);
+        pass::mul(ws.buf, rows, n * n, adjoint);
         b2d.execute(ws.buf);
+    }
+
+    // dH/d(distance) in the layouts of ht and h_rows, made on first use
+    // (parameter gradients only; thread-safe).
+    mutable std::once_flag dz_once;
+    mutable std::vector<cplx<T>> dht, dh_rows;
+    void ensure_dz_tables() const {
+        std::call_once(dz_once, [this] {
+            std::vector<cplx<T>> d = make_transfer_function_dz<T>(spec, n, /*normalised=*/true);
+            if (use_2d) {
+                dh_rows = std::move(d);
+                return;
+            }
+            dht.resize(d.size());
+            for (int64_t r = 0; r < np; ++r)
+                for (int64_t c = 0; c < np; ++c)
+                    dht[static_cast<size_t>(c * np + r)] = d[static_cast<size_t>(r * np + c)];
+        });
     }
 
     // Runs the hop (or its adjoint when `adjoint`, i.e. with conj(H)) on one
     // sample: input(r,c) = load(r*n+c), then store(r*n+c, output(r,c)).
     template <class Load, class Store>
     void run(Workspace<T>& ws, bool adjoint, Load&& load, Store&& store) const {
+        run_with(ws, adjoint, ht.data(), h_rows.data(), load, store);
+    }
+
+    // run() with dH/d(distance) in place of H: the derivative of the hop's
+    // output with respect to its distance (ensure_dz_tables() first).
+    template <class Load, class Store>
+    void run_dz(Workspace<T>& ws, Load&& load, Store&& store) const {
+        run_with(ws, false, dht.data(), dh_rows.data(), load, store);
+    }
+
+    // run() with the transfer function given in both layouts (transposed for
+    // the blocked path, row-major for the 2-D path).
+    template <class Load, class Store>
+    void run_with(Workspace<T>& ws, bool adjoint, const cplx<T>* table_t, const cplx<T>* table_rows,
+                  Load&& load, Store&& store) const {
         cplx<T>* b = ws.buf;
         if (use_2d) {  // periodic: contiguous n x n, FFTW 2-D, H in place
             const int64_t nn = n * n;
             for (int64_t i = 0; i < nn; ++i) b[i] = load(i);
-            run_resident(ws, adjoint);
+            run_resident_with(ws, adjoint, table_rows);
             for (int64_t i = 0; i < nn; ++i) store(i, b[i]);
             return;
         }
@@ -230,7 +266,7 @@ struct HopPlan {
             pf.execute(t);
             for (int64_t j = 0; j < cb; ++j) {
                 cplx<T>* col = t + j * ld;
-                const cplx<T>* hc = ht.data() + (c0 + j) * np;
+                const cplx<T>* hc = table_t + (c0 + j) * np;
                 if (adjoint)
                     for (int64_t r = 0; r < np; ++r) col[r] = cmul_conj(col[r], hc[r]);
                 else

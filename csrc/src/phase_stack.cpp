@@ -92,11 +92,13 @@ struct PhaseStack<T>::Impl {
         }
     }
 
-    std::vector<Scratch<T>> scratch(int nt, bool with_tape) const {
+    // `carry`: every stack needs the field buffer (the parameter-gradient path
+    // runs the generic hops, which carry the field outside the workspace).
+    std::vector<Scratch<T>> scratch(int nt, bool with_tape, bool carry = false) const {
         std::vector<Scratch<T>> s(static_cast<size_t>(nt));
         for (auto& x : s) {
             x.ws = Workspace<T>(ws_size.buf, ws_size.cols);
-            if (!resident)
+            if (!resident || carry)
                 x.field.resize(static_cast<size_t>(nn));  // resident stacks carry it in ws
             if (with_tape) x.tape.resize(static_cast<size_t>((L + 1) * nn));
         }
@@ -270,6 +272,131 @@ struct PhaseStack<T>::Impl {
         }
     }
 
+    // Backward of one sample with the parameter gradients, on the generic hop
+    // runs (any stack). Adds dLoss/dphi into acc [L, nn], dLoss/d(phase of the
+    // input plane, where the input tilt acts) into acc_in [nn], and
+    // dLoss/d(distance) of hop l into dz[l] (dz[L]: the input hop).
+    void backward_sample_params(const cplx<T>* u, const cplx<T>* tape, const T* g,
+                                const cplx<T>* mod, T* acc, T* acc_in, double* dz, cplx<T>* grad_u,
+                                Scratch<T>& s) const {
+        cplx<T>* a = s.field.data();  // dLoss/dconj of the field after the current hop
+        const cplx<T>* eL = tape + L * nn;
+        for (int64_t i = 0; i < nn; ++i) a[i] = intensity_backward(eL[i], g[i]);
+        for (int64_t l = L - 1; l >= 0; --l) {
+            const HopPlan<T>& hop = *hops[static_cast<size_t>(l)];
+            const cplx<T>* w = tape + l * nn;
+            const cplx<T>* m = mod + l * nn;
+            T* d = acc + l * nn;
+            dz[l] += distance_derivative(
+                hop, [&](int64_t i) { return w[i]; }, a, s);
+            hop.run(
+                s.ws, true, [&](int64_t i) { return a[i]; },
+                [&](int64_t i, cplx<T> gw) {
+                    d[i] += phase_gradient(gw, w[i]);
+                    a[i] = modulation_backward(gw, m[i]);
+                });
+        }
+        // a: the gradient at mask 0's input (the input hop's output, or the input).
+        const cplx<T>* tin = input_tilt();
+        auto w_in = [&](int64_t i) { return tin ? cmul(u[i], tin[i]) : u[i]; };
+        if (!input_hop) {
+            for (int64_t i = 0; i < nn; ++i) acc_in[i] += phase_gradient(a[i], u[i]);
+            if (grad_u) std::copy(a, a + nn, grad_u);
+            return;
+        }
+        dz[L] += distance_derivative(*input_hop, w_in, a, s);
+        input_hop->run(
+            s.ws, true, [&](int64_t i) { return a[i]; },
+            [&](int64_t i, cplx<T> gw) {
+                acc_in[i] += phase_gradient(gw, w_in(i));
+                if (grad_u) grad_u[i] = tin ? cmul_conj(gw, tin[i]) : gw;
+            });
+    }
+
+    // Re sum conj(grad_out) * dP/d(distance)(input): the loss's derivative with
+    // respect to the hop's distance, for one sample (summed in a fixed order).
+    template <class Load>
+    static double distance_derivative(const HopPlan<T>& hop, Load&& load, const cplx<T>* grad_out,
+                                      Scratch<T>& s) {
+        double sum = 0.0;
+        hop.run_dz(s.ws, load, [&](int64_t i, cplx<T> v) {
+            sum += static_cast<double>(grad_out[i].re) * static_cast<double>(v.re) +
+                   static_cast<double>(grad_out[i].im) * static_cast<double>(v.im);
+        });
+        return sum;
+    }
+
+    // dLoss/d(tilt_x, tilt_y) of a ramp acting where dLoss/dphi is `grad`
+    // [nn]: k cos(theta) times the first moments of grad (fixed order, double).
+    void tilt_gradient(const T* grad, const PropagationSpec& hop, double* out) const {
+        double sx = 0.0, sy = 0.0;
+        for (int64_t r = 0; r < n; ++r) {
+            const double y = centred_coordinate(r, n, hop.pitch);
+            double row = 0.0, rowx = 0.0;
+            for (int64_t c = 0; c < n; ++c) {
+                const double v = static_cast<double>(grad[r * n + c]);
+                row += v;
+                rowx += centred_coordinate(c, n, hop.pitch) * v;
+            }
+            sx += rowx;
+            sy += y * row;
+        }
+        out[0] = tilt_phase_slope(hop.wavelength, hop.tilt_x) * sx;
+        out[1] = tilt_phase_slope(hop.wavelength, hop.tilt_y) * sy;
+    }
+
+    void backward_params(const cplx<T>* input, const T* phases, const cplx<T>* saved,
+                         const T* grad_intensity, int64_t batch, T* grad_phases,
+                         cplx<T>* grad_input, int num_threads, const cplx<T>* modulation,
+                         const StackParamGrads& p) const {
+        const int64_t per_group = (L + 1) * nn;  // L phase layers + the input plane
+        std::vector<T> total(static_cast<size_t>(per_group), T(0));
+        std::vector<double> dz(static_cast<size_t>(L + 1), 0.0);
+        if (batch > 0) {
+            for (const auto& h : hops) h->ensure_dz_tables();
+            if (input_hop) input_hop->ensure_dz_tables();
+            std::vector<cplx<T>> own;
+            const cplx<T>* mod = modulation_table(phases, modulation, own, num_threads);
+            const bool recompute = saved == nullptr;
+            const int64_t groups = std::min<int64_t>(batch, kGradientGroups);
+            const int nt = resolve_threads(num_threads, groups);
+            std::vector<Scratch<T>> scr = scratch(nt, recompute, /*carry=*/true);
+            std::vector<T> acc(static_cast<size_t>(groups * per_group), T(0));
+            std::vector<double> dzg(static_cast<size_t>(groups * (L + 1)), 0.0);
+            const int64_t per = (L + 1) * nn;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+            for (int64_t gi = 0; gi < groups; ++gi) {
+                Scratch<T>& sc = scr[static_cast<size_t>(thread_index())];
+                T* a = acc.data() + gi * per_group;
+                double* d = dzg.data() + gi * (L + 1);
+                const int64_t b0 = gi * batch / groups, b1 = (gi + 1) * batch / groups;
+                for (int64_t b = b0; b < b1; ++b) {
+                    const cplx<T>* u = input + b * nn;
+                    if (recompute) forward_sample(u, mod, sc.tape.data(), nullptr, nullptr, sc);
+                    const cplx<T>* tape = recompute ? sc.tape.data() : saved + b * per;
+                    backward_sample_params(u, tape, grad_intensity + b * nn, mod, a, a + L * nn, d,
+                                           grad_input ? grad_input + b * nn : nullptr, sc);
+                }
+            }
+            reduce_groups(acc, groups, per_group, total.data(), num_threads);
+            for (int64_t gi = 0; gi < groups; ++gi)  // groups in order: any thread count
+                for (int64_t l = 0; l <= L; ++l)
+                    dz[static_cast<size_t>(l)] += dzg[static_cast<size_t>(gi * (L + 1) + l)];
+        }
+        std::copy(total.begin(), total.begin() + L * nn, grad_phases);
+        if (p.distances) std::copy(dz.begin(), dz.begin() + L, p.distances);
+        if (p.input_distance) *p.input_distance = input_hop ? dz[static_cast<size_t>(L)] : 0.0;
+        if (p.tilts)
+            for (int64_t l = 0; l < L; ++l)
+                tilt_gradient(total.data() + l * nn, hops[static_cast<size_t>(l)]->spec,
+                              p.tilts + 2 * l);
+        if (p.input_tilt) {
+            PropagationSpec at_input = input_hop ? input_hop->spec : hops[0]->spec;
+            if (!input_hop) at_input.tilt_x = at_input.tilt_y = 0.0;
+            tilt_gradient(total.data() + L * nn, at_input, p.input_tilt);
+        }
+    }
+
     // Forward, loss and backward of one sample for the fused MSE step; the
     // tape lives in the thread's scratch (in cache). Adds dLoss/dphi into
     // acc and returns sum (I - target)^2 over the sample.
@@ -384,10 +511,13 @@ void PhaseStack<T>::forward_real(const T* amplitude, const T* phases, int64_t ba
 template <class T>
 void PhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
                              const T* grad_intensity, int64_t batch, T* grad_phases,
-                             cplx<T>* grad_input, int num_threads,
-                             const cplx<T>* modulation) const {
+                             cplx<T>* grad_input, int num_threads, const cplx<T>* modulation,
+                             const StackParamGrads* params) const {
     if (batch < 0) throw std::invalid_argument("batch must be >= 0");
     const Impl& s = *impl_;
+    if (params && params->any())
+        return s.backward_params(input, phases, saved, grad_intensity, batch, grad_phases,
+                                 grad_input, num_threads, modulation, *params);
     const int64_t nn = s.nn, L = s.L, per = (L + 1) * nn;
     if (batch == 0) {
         std::fill(grad_phases, grad_phases + L * nn, T(0));

@@ -162,6 +162,20 @@ std::vector<cplx<T>> make_transfer_function(const PropagationSpec& s, int64_t n,
 }
 
 template <class T>
+std::vector<cplx<T>> make_transfer_function_dz(const PropagationSpec& s, int64_t n,
+                                               bool normalised) {
+    const int64_t np = padded_size(n, s.padding);
+    const double scale =
+        normalised ? 1.0 / (static_cast<double>(np) * static_cast<double>(np)) : 1.0;
+    std::vector<cplx<T>> h(static_cast<size_t>(np * np));
+    for (int64_t r = 0; r < np; ++r)
+        for (int64_t c = 0; c < np; ++c)
+            h[static_cast<size_t>(r * np + c)] = transfer_function_dz_value<T>(
+                r, c, np, s.pitch, s.wavelength, s.distance, s.method, scale);
+    return h;
+}
+
+template <class T>
 std::vector<cplx<T>> make_tilt(const PropagationSpec& s, int64_t n) {
     std::vector<cplx<T>> t(static_cast<size_t>(n * n));
     for (int64_t r = 0; r < n; ++r)
@@ -175,6 +189,10 @@ template std::vector<cplx<float>> make_transfer_function<float>(const Propagatio
                                                                 bool);
 template std::vector<cplx<double>> make_transfer_function<double>(const PropagationSpec&, int64_t,
                                                                   bool);
+template std::vector<cplx<float>> make_transfer_function_dz<float>(const PropagationSpec&, int64_t,
+                                                                   bool);
+template std::vector<cplx<double>> make_transfer_function_dz<double>(const PropagationSpec&,
+                                                                     int64_t, bool);
 template std::vector<cplx<float>> make_tilt<float>(const PropagationSpec&, int64_t);
 template std::vector<cplx<double>> make_tilt<double>(const PropagationSpec&, int64_t);
 

@@ -70,8 +70,12 @@ class _PhaseStackBase:
                  grad_intensity: npt.NDArray[np.floating], grad_phases: npt.NDArray[np.floating],
                  grad_field: Optional[npt.NDArray[np.complexfloating]] = None,
                  nthreads: int = 0,
-                 modulation: Optional[npt.NDArray[np.complexfloating]] = None) -> None:
-        """grad_phases[L,n,n] (batch sum) and grad_field[B,n,n]; saved=None recomputes."""
+                 modulation: Optional[npt.NDArray[np.complexfloating]] = None,
+                 grad_distances: Optional[npt.NDArray[np.float64]] = None,
+                 grad_tilts: Optional[npt.NDArray[np.float64]] = None) -> None:
+        """grad_phases[L,n,n] (batch sum) and grad_field[B,n,n]; saved=None recomputes.
+        grad_distances[L+1] and grad_tilts[L+1,2] (float64, the input hop's last) receive the
+        parameter gradients when given."""
     def mse_loss_and_grad(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
                           target: npt.NDArray[np.floating], grad_phases: npt.NDArray[np.floating],
                           intensity: Optional[npt.NDArray[np.floating]] = None,

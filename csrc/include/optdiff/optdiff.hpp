@@ -65,6 +65,24 @@ private:
     std::unique_ptr<HopPlan<T>> plan_;
 };
 
+// Where PhaseStack::backward writes the gradients of the loss with respect to
+// the stack's physical parameters (all optional; summed over the batch, in
+// double precision whatever T is). Asking for none costs nothing.
+//  * distances [L]: d/d(distance of hop l), exact for every method (the
+//    band-limited method's cut-off is a step in the distance: its derivative
+//    is 0 almost everywhere, so the cut waves stay cut);
+//  * tilts [L, 2]: d/d(tilt_x, tilt_y of hop l), the ramp applied after mask l;
+//  * input_distance [1]: d/d(distance of the input hop) (0 without one);
+//  * input_tilt [2]: d/d(input tilt), also without an input hop (the derivative
+//    at tilt 0 of a ramp applied to the input field).
+struct StackParamGrads {
+    double* distances = nullptr;
+    double* tilts = nullptr;
+    double* input_distance = nullptr;
+    double* input_tilt = nullptr;
+    bool any() const { return distances || tilts || input_distance || input_tilt; }
+};
+
 // A stack of phase layers (StackSpec, validated by validate_stack: plan.hpp).
 template <class T>
 class PhaseStack {
@@ -102,9 +120,12 @@ public:
     // `saved` from forward, or nullptr to recompute it per sample (memory
     // bounded by threads * (L+1) fields instead of B * (L+1)).
     // `modulation` (nullable): the table forward wrote for these phases.
+    // `params` (nullable): also the parameter gradients (StackParamGrads);
+    // they cost one extra hop per layer and sample when asked, nothing when not.
     void backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
                   const T* grad_intensity, int64_t batch, T* grad_phases, cplx<T>* grad_input,
-                  int num_threads = 0, const cplx<T>* modulation = nullptr) const;
+                  int num_threads = 0, const cplx<T>* modulation = nullptr,
+                  const StackParamGrads* params = nullptr) const;
 
     // Fused training step for intensity matching:
     // loss = mean over the batch and pixels of (|E_L|^2 - target)^2.

@@ -130,6 +130,43 @@ OPTDIFF_HD cplx<T> transfer_function_value(int64_t row, int64_t col, int64_t n_p
     return {static_cast<T>(scale * cos(phase)), static_cast<T>(scale * sin(phase))};
 }
 
+// d/d(dz) of transfer_function_value: i psi H, where psi = phase / dz is the
+// transfer function's phase per metre (the phase is linear in dz): for the
+// angular spectrum psi = -(kx^2+ky^2) / (k + sqrt(k^2-kx^2-ky^2)), for Fresnel
+// -pi lambda (fx^2+fy^2). Cut waves (evanescent, or beyond the band limit of
+// the band-limited method, a step in dz whose derivative is 0 almost
+// everywhere) stay 0.
+template <class T>
+OPTDIFF_HD cplx<T> transfer_function_dz_value(int64_t row, int64_t col, int64_t n_padded,
+                                              double pitch, double wavelength, double dz,
+                                              Method method, double scale) {
+    const double fy = fft_frequency(row, n_padded, pitch);
+    const double fx = fft_frequency(col, n_padded, pitch);
+    double psi = 0.0;
+    if (method == Method::Fresnel) {
+        psi = fresnel_phase(fx, fy, wavelength, 1.0);
+    } else {
+        bool evanescent = false;
+        psi = angular_spectrum_phase(fx, fy, wavelength, 1.0, &evanescent);
+        if (evanescent) return {T(0), T(0)};
+        if (method == Method::BandLimitedAS) {
+            const double lim = band_limit_frequency(wavelength, dz, n_padded, pitch);
+            if (fabs(fx) >= lim || fabs(fy) >= lim) return {T(0), T(0)};
+        }
+    }
+    const double phase = psi * dz;
+    // i psi exp(i phase) = psi (-sin, cos)
+    return {static_cast<T>(-scale * psi * sin(phase)), static_cast<T>(scale * psi * cos(phase))};
+}
+
+// d(tilt phase)/d(theta) per metre of the coordinate: k cos(theta). The
+// derivative of a loss with respect to a tilt angle is this times the sum of
+// x (or y) times dLoss/dphi over the plane where the tilt acts.
+OPTDIFF_HD double tilt_phase_slope(double wavelength, double theta) {
+    const double two_pi = 6.283185307179586476925286766559;
+    return two_pi / wavelength * cos(theta);
+}
+
 // Linear phase of a beam tilted by angles (theta_x, theta_y) from the optical
 // axis: exp(i k (sin(theta_x) x + sin(theta_y) y)) on centred coordinates.
 // A mirror tilted by alpha deviates the beam by 2 alpha: pass 2 alpha here.

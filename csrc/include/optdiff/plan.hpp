@@ -66,6 +66,12 @@ template <class T>
 std::vector<cplx<T>> make_transfer_function(const PropagationSpec& spec, int64_t n,
                                             bool normalised);
 
+// Its derivative with respect to the hop's distance (transfer_function_dz_value),
+// laid out and scaled the same way.
+template <class T>
+std::vector<cplx<T>> make_transfer_function_dz(const PropagationSpec& spec, int64_t n,
+                                               bool normalised);
+
 // Tilt phase on the unpadded [n, n] grid; all ones when both angles are 0.
 template <class T>
 std::vector<cplx<T>> make_tilt(const PropagationSpec& spec, int64_t n);

@@ -45,6 +45,21 @@ class StackSpec:
         return len(self.hops)
 
 
+@dataclass(frozen=True)
+class StackParamGrads:
+    """Gradients of a loss with respect to a stack's physical parameters (float64, batch-summed).
+
+    ``distances [L]`` (hop l's distance, metres), ``tilts [L, 2]`` (hop l's (x, y) tilt, rad),
+    ``input_distance`` (float; None when the stack has no input hop), ``input_tilt [2]`` (the
+    input tilt; also without an input hop: the derivative at tilt 0).
+    """
+
+    distances: np.ndarray
+    tilts: np.ndarray
+    input_distance: Optional[float]
+    input_tilt: np.ndarray
+
+
 def _method(method) -> str:
     if not isinstance(method, str):
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -14,9 +14,9 @@ import numpy as np
 
 from .backends import get_backend
 from .backends.cpu import Tape
-from .specs import stack_spec
+from .specs import StackParamGrads, stack_spec
 
-__all__ = ["PhaseStack", "Tape"]
+__all__ = ["PhaseStack", "Tape", "StackParamGrads"]
 
 
 class PhaseStack:
@@ -90,11 +90,23 @@ class PhaseStack:
         """
         return self._impl.forward_train(field, phases, bool(recompute), nthreads, reuse)
 
-    def backward(self, tape, grad_intensity, input_grad: bool = False, nthreads: Optional[int] = None):
+    def backward(self, tape, grad_intensity, input_grad: bool = False, nthreads: Optional[int] = None,
+                 param_grads: bool = False):
         """Exact gradients from dLoss/dIntensity (same shape as the intensity).
 
-        Returns ``(grad_phases [L, n, n] summed over the batch, grad_field or None)``.
+        Returns ``(grad_phases [L, n, n] summed over the batch, grad_field or None)``; with
+        ``param_grads`` also a :class:`StackParamGrads` (d loss / d each hop's distance and
+        tilt, and the input hop's): exact derivatives of the transfer functions and tilt ramps,
+        at the cost of one more hop per layer and sample (nothing when not asked). CPU only
+        for now: the CUDA backends raise NotImplementedError.
         """
+        if param_grads:
+            gph, gx, (gd, gt) = self._impl.backward(tape, grad_intensity, bool(input_grad), nthreads,
+                                                    param_grads=True)
+            L = self.num_layers
+            extra = StackParamGrads(gd[:L].copy(), gt[:L].copy(),
+                                    None if self.input_distance is None else float(gd[L]), gt[L].copy())
+            return gph, gx, extra
         return self._impl.backward(tape, grad_intensity, bool(input_grad), nthreads)
 
     def mse_loss_and_grad(self, field, phases, target, return_intensity: bool = False,

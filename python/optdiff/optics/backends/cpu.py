@@ -175,16 +175,20 @@ class CpuPhaseStack:
         keep = field.copy() if recompute else field
         return inten, Tape(field=keep, phases=phases.copy(), saved=saved, modulation=mod)
 
-    def backward(self, tape, grad_intensity, input_grad, nthreads):
+    def backward(self, tape, grad_intensity, input_grad, nthreads, param_grads=False):
         if not isinstance(tape, Tape):
             raise TypeError("tape must be the Tape returned by forward_train on this backend")
         field, phases, impl = self._prepare(tape.field, tape.phases)
         _numpy(grad_intensity, "grad_intensity", "shaped like the intensity")
         gph = np.empty_like(phases)
         gx = np.empty_like(field) if input_grad else None
+        gd = gt = None
+        if param_grads:   # distances [L + 1] and tilts [L + 1, 2], the input hop's last
+            gd = np.empty(self.num_layers + 1, np.float64)
+            gt = np.empty((self.num_layers + 1, 2), np.float64)
         impl.backward(field, phases, tape.saved, grad_intensity, gph, gx, _args.nthreads(nthreads),
-                      tape.modulation)
-        return gph, gx
+                      tape.modulation, gd, gt)
+        return (gph, gx, (gd, gt)) if param_grads else (gph, gx)
 
     def mse_loss_and_grad(self, field, phases, target, return_intensity, nthreads):
         field, phases, impl = self._prepare(field, phases)

@@ -280,9 +280,14 @@ class CudaPhaseStack:
                 raise ValueError(rules.gradients_overflow(real))
 
     def backward(self, tape: CudaTape, grad_intensity, input_grad: bool = False,
-                 nthreads: Optional[int] = None):
+                 nthreads: Optional[int] = None, param_grads: bool = False):
         """Gradients from dLoss/dIntensity: ``(grad_phases [L,n,n], grad_field or None)``."""
         _args.nthreads(nthreads)
+        if param_grads:
+            raise NotImplementedError(
+                f"param_grads (gradients with respect to distances and tilts) are computed by the CPU "
+                f"backend only; the {self._backend.name!r} backend has no kernels for them yet: use "
+                "backend='cpu' for the stack whose parameters you fit")
         if not isinstance(tape, CudaTape):
             raise TypeError("tape must be the CudaTape returned by CudaPhaseStack.forward_train")
         g = wrap(grad_intensity, "grad_intensity", self._mod, self._backend)
