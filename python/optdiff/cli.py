@@ -1,4 +1,4 @@
-"""Command line interface: ``optdiff {train, sample, denoise, show, demo}`` (also ``python -m optdiff``).
+"""Command line interface: ``optdiff {train, sample, denoise, show, demo, report}`` (also ``python -m optdiff``).
 
 Configuration comes from a TOML file (``--config run.toml``, see ``examples/``), then generic
 overrides (``--set section.key=value``, repeatable), then the dedicated flags (``--n``,
@@ -161,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "(no files needed) in under 10 minutes on 2 cores, then sample and draw figures.")
     m.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     _add_config_flags(m)
+    r = sub.add_parser("report", help="train or load the models a TOML names, evaluate, write a Markdown report",
+                       description="Train or load the models and data sets named in a report TOML (see "
+                       "docs/evaluation.md), evaluate them (per-set eps-MSE, FID/KID/IS, FID along the chain, "
+                       "speed and energy) and write report.md, report.json and figures to --out. Resumable: "
+                       "finished parts are not redone.")
+    r.add_argument("config", help="report TOML")
+    r.add_argument("--out", default="runs/report", help="output folder (default runs/report)")
+    r.add_argument("--inception-weights", metavar="PATH", help="pytorch-fid's Inception-v3 weights file on disk "
+                   "(pt_inception-2015-12-05-6726825d.pth) for the standard FID rows; nothing is downloaded")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     for sp in (t, s, d, w, m):
         sp.add_argument("--planner", choices=("estimate", "measure", "patient"),
                         help="FFTW planning (default measure: plans chosen by timing, fastest, but two "
@@ -408,7 +418,17 @@ def cmd_demo(args) -> Path:
     return out
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "denoise": cmd_denoise, "show": cmd_show, "demo": cmd_demo}
+def cmd_report(args) -> Path:
+    from .evaluation.report import run_report
+
+    path = run_report(args.config, args.out, inception_weights=args.inception_weights,
+                      progress=not args.no_progress, log=lambda msg: print(msg, file=sys.stderr))
+    print(path)
+    return path
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "denoise": cmd_denoise, "show": cmd_show, "demo": cmd_demo,
+            "report": cmd_report}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

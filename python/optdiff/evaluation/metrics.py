@@ -1,10 +1,17 @@
-"""Sample-quality metrics in the feature space of a small classifier.
+"""Sample-quality metrics: FID, KID (polynomial kernel, unbiased), Inception Score, per-set
+eps-MSE and the FID along the sampling chain (the reference work's Fig. 3), in any feature space.
 
-IMPORTANT: ``frechet_distance`` (FID), ``kid`` (KID) and ``inception_score`` (IS) here are
-computed on the hidden-layer activations / class probabilities of ``FeatureNet``, a small
-MLP trained on the data set itself, NOT on Inception-v3 features. They are useful to compare
-models and settings within this project (lower FID/KID = closer to the data, higher IS =
-more confident and diverse), but their values are not comparable with numbers in papers.
+A *feature space* is an object with ``features(images) -> [K, d]`` and ``predict_proba(images)
+-> [K, C]`` (and ideally ``name`` and ``dataset``): the MLP ``FeatureNet`` here, the CNN of
+:mod:`optdiff.evaluation.cnn_features`, or Inception-v3 (:mod:`optdiff.evaluation.inception`).
+The formulas follow pytorch-fid (FID) and torch-fidelity (KID, IS); ``tests/test_eval_metrics.py``
+checks them against both packages' numbers. ``check_samples`` and ``require_samples`` give the
+clear errors for sample arrays of the wrong shape or range and for too few samples.
+
+In a classifier trained on the data set itself (``FeatureNet``, the CNN) FID, KID and IS are
+useful to compare models and settings within this project (lower FID/KID = closer to the data,
+higher IS = more confident and diverse), but their values are not comparable with numbers in
+papers, which use Inception-v3 features.
 
 ``FeatureNet`` is fitted with scikit-learn's ``MLPClassifier`` and then evaluated with its
 own numpy forward pass, so a fitted net can be saved with ``to_arrays`` and restored with
@@ -18,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["FeatureNet", "frechet_distance", "kid", "inception_score", "fid_report", "METRICS_NOTE"]
+__all__ = ["FeatureNet", "frechet_distance", "kid", "inception_score", "fid_report", "METRICS_NOTE",
+           "check_samples", "require_samples", "MIN_SAMPLES", "eps_mse_per_set", "fid_along_chain"]
 
 METRICS_NOTE = ("FID/KID/IS computed in the feature space of a small MLP classifier trained on "
                 "the data set (not Inception-v3): comparable only within this project")
@@ -150,31 +158,26 @@ def _stats(f: np.ndarray):
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``[N_a, d]``, ``[N_b, d]``.
 
-    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrtm(S_a S_b))``. ``scipy.linalg.sqrtm``
-    is used; if it returns non-finite values both covariances get ``eps * I`` added; the
-    (tiny, round-off) imaginary part is dropped and the result is clamped at 0.
+    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrtm(S_a S_b))``, with the last trace from
+    symmetric eigenvalue problems: ``tr sqrtm(S_a S_b) = sum sqrt(eig(A S_b A))``, ``A = S_a^(1/2)``
+    (``S_a S_b`` and ``A S_b A`` have the same eigenvalues). Equal to pytorch-fid's ``sqrtm`` form
+    to ~1e-9 relative on well-conditioned covariances (tested), stable on rank-deficient ones
+    (round-off eigenvalues below 0 are clamped) and ~10x faster at d = 2048. ``eps`` is kept
+    for compatibility (unused). The result is clamped at 0.
     """
-    from scipy import linalg
-
     mu1, s1 = _stats(feats_a)
     mu2, s2 = _stats(feats_b)
     if mu1.shape != mu2.shape:
         raise ValueError(f"feature dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]}")
     diff = mu1 - mu2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        covmean = linalg.sqrtm(s1 @ s2)
-        if isinstance(covmean, tuple):  # older scipy with disp=False semantics
-            covmean = covmean[0]
-        if not np.all(np.isfinite(covmean)):
-            off = eps * np.eye(s1.shape[0])
-            covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
-            if isinstance(covmean, tuple):
-                covmean = covmean[0]
-    covmean = np.real(covmean)
-    if not np.all(np.isfinite(covmean)):
+    w, v = np.linalg.eigh(s1)
+    a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    m = a @ s2 @ a
+    ev = np.linalg.eigvalsh((m + m.T) / 2.0)
+    tr_covmean = float(np.sum(np.sqrt(np.clip(ev, 0.0, None))))
+    if not np.isfinite(tr_covmean):
         raise FloatingPointError("matrix square root of the covariance product is not finite")
-    fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
     return max(fd, 0.0)
 
 
@@ -189,7 +192,8 @@ def kid(feats_a: np.ndarray, feats_b: np.ndarray, subsets: int = 50, subset_size
     ``subsets`` random subsets of ``m = min(subset_size, N_a, N_b)`` rows are drawn (without
     replacement within a subset) from each set; each gives an unbiased MMD^2 estimate
     (diagonal terms excluded). Returns ``(mean, std)`` over subsets; the mean can be slightly
-    negative for identical distributions. Needs ``m >= 2``.
+    negative for identical distributions. Needs ``m >= 2``. ``rng``: a seed, a ``Generator`` or a
+    ``RandomState`` (``RandomState(seed)`` draws the subsets exactly as torch-fidelity does).
     """
     a = np.asarray(feats_a, dtype=np.float64)
     b = np.asarray(feats_b, dtype=np.float64)
@@ -198,7 +202,7 @@ def kid(feats_a: np.ndarray, feats_b: np.ndarray, subsets: int = 50, subset_size
     m = min(int(subset_size), a.shape[0], b.shape[0])
     if m < 2:
         raise ValueError("kid needs at least 2 samples in each set")
-    g = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    g = rng if isinstance(rng, (np.random.Generator, np.random.RandomState)) else np.random.default_rng(rng)
     vals = np.empty(int(subsets))
     for i in range(int(subsets)):
         x = a[g.choice(a.shape[0], m, replace=False)]
@@ -247,3 +251,79 @@ def fid_report(net: FeatureNet, real_images: np.ndarray, fake_images: np.ndarray
             "is": is_mean, "is_std": is_std, "is_real": is_real,
             "n_real": int(fr.shape[0]), "n_fake": int(ff.shape[0]),
             "feature_dim": int(fr.shape[1]), "note": METRICS_NOTE}
+
+
+# ------------------------------------------------------------------------------ checks
+#: Fewest samples each metric is defined for (FID: a covariance; KID: an unbiased pair sum;
+#: IS: one per split, checked against ``splits`` by :func:`require_samples`).
+MIN_SAMPLES = {"fid": 2, "kid": 2, "is": 1, "mse": 1}
+
+
+def require_samples(metric: str, count: int, what: str = "samples", splits: int = 1) -> None:
+    """ValueError naming ``metric`` when ``count`` samples are too few for it."""
+    if metric not in MIN_SAMPLES:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(sorted(MIN_SAMPLES))}")
+    need = max(MIN_SAMPLES[metric], int(splits) if metric == "is" else 0)
+    if int(count) < need:
+        raise ValueError(f"{metric.upper()} needs at least {need} {what}, got {count}")
+
+
+def check_samples(images, image_size: int | None = None, what: str = "samples", min_count: int = 1) -> np.ndarray:
+    """``images`` as float64 ``[K, H, W]`` in ``[-1, 1]``, or a ValueError naming the problem
+    (shape, image size, dtype, NaN/Inf, range, count)."""
+    x = np.asarray(images)
+    if x.ndim != 3 or x.shape[1] != x.shape[2]:
+        raise ValueError(f"{what}: expected square images [K, H, H], got an array of shape {x.shape}")
+    if image_size is not None and x.shape[1] != int(image_size):
+        raise ValueError(f"{what}: images are {x.shape[1]}x{x.shape[2]}, expected {image_size}x{image_size}")
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"{what}: expected real numbers, got dtype {x.dtype}")
+    x = x.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what}: {int(np.count_nonzero(~np.isfinite(x)))} values are NaN or Inf")
+    if x.size and (x.min() < -1.0 - 1e-6 or x.max() > 1.0 + 1e-6):
+        raise ValueError(f"{what}: values must lie in [-1, 1], got [{x.min():.4g}, {x.max():.4g}]")
+    if x.shape[0] < int(min_count):
+        raise ValueError(f"{what}: need at least {min_count} images, got {x.shape[0]}")
+    return x
+
+
+def eps_mse_per_set(predict_eps, x0, schedule, sets=10, rng=0, samples: int = 256) -> np.ndarray:
+    """Per-set eps-MSE of ``predict_eps`` on held-out ``x0`` (paired across predictors for one ``rng``);
+    see :func:`optdiff.evaluation.baselines.per_set_mse`."""
+    from .baselines import per_set_mse
+
+    return per_set_mse(predict_eps, check_samples(x0, what="held-out images"), schedule, sets, rng=rng,
+                       samples=samples)
+
+
+def fid_along_chain(predict_eps, schedule, space, real_images, count: int, timesteps, seed: int = 0,
+                    batch: int = 64, which: str = "x0") -> dict:
+    """FID of the DDPM chain's state at chosen timesteps (the reference work's Fig. 3).
+
+    ``count`` samples are drawn in chunks of ``batch`` (chunk ``i`` seeded ``[seed, i]``, as
+    :func:`optdiff.diffusion.model.generate` does); at each of ``timesteps`` the predicted x0
+    (``which="x0"``) or the noisy state x_t (``"xt"``, clipped to [-1, 1] for the feature net) is
+    compared with ``real_images``. Returns ``{"t": [...], "fid": [...], "final_fid": float}``
+    (``t`` descending, as the chain visits them).
+    """
+    from ..diffusion.samplers import ddpm_sample
+
+    if which not in ("x0", "xt"):
+        raise ValueError(f"which must be 'x0' or 'xt', got {which!r}")
+    require_samples("fid", count, "samples along the chain")
+    real = check_samples(real_images, what="real images", min_count=2)
+    H = real.shape[1]
+    states, finals, ts = None, [], None
+    for i, start in enumerate(range(0, int(count), int(batch))):
+        b = min(int(batch), int(count) - start)
+        x, traj = ddpm_sample(predict_eps, schedule, (b, H, H), np.random.default_rng([int(seed), i]),
+                              return_trajectory=True, trajectory_steps=timesteps)
+        part = traj["x0_pred"] if which == "x0" else traj["x"]
+        states = part if states is None else np.concatenate([states, part], axis=1)
+        finals.append(x)
+        ts = traj["t"]
+    fr = space.features(real)
+    fids = [frechet_distance(fr, space.features(np.clip(s, -1.0, 1.0))) for s in states]
+    final = frechet_distance(fr, space.features(np.clip(np.concatenate(finals), -1.0, 1.0)))
+    return {"t": [int(t) for t in ts], "fid": [float(f) for f in fids], "final_fid": float(final), "which": which}
