@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+
 GEOM = dict(wavelength=850e-9, pitch=9.2e-6)
 
 TOL = {np.complex64: 1e-5, np.complex128: 1e-12}

@@ -4,10 +4,10 @@ on a machine with a GPU also the real one)."""
 
 import numpy as np
 import pytest
+from test_trainer import images, tiny_cfg
 
 from optdiff.cli import main
 from optdiff.diffusion.trainer import Trainer, load_model
-from test_trainer import images, tiny_cfg
 
 
 def _train(tmp_path, backend, steps=6):

@@ -4,9 +4,9 @@ import re
 
 import numpy as np
 import pytest
+from helpers import GEOM, random_field, unaligned
 
 import optdiff
-from helpers import GEOM, random_field, unaligned
 
 N, L = 12, 2
 

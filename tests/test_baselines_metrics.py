@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from optdiff.evaluation.baselines import LinearDenoiser, ZeroPredictor, normalize_sets, per_set_mse
 from optdiff.data import load_dataset
+from optdiff.diffusion.schedule import NoiseSchedule, timestep_sets
+from optdiff.evaluation.baselines import LinearDenoiser, ZeroPredictor, normalize_sets, per_set_mse
 from optdiff.evaluation.metrics import (
     METRICS_NOTE,
     FeatureNet,
@@ -15,7 +16,6 @@ from optdiff.evaluation.metrics import (
     inception_score,
     kid,
 )
-from optdiff.diffusion.schedule import NoiseSchedule, timestep_sets
 
 SCHED = NoiseSchedule()
 

@@ -22,9 +22,9 @@ import importlib
 
 import numpy as np
 import pytest
+from helpers import unaligned
 
 import optdiff
-from helpers import unaligned
 from optdiff.optics.backends import cuda as cb
 from optdiff.optics.backends.cuda_arrays import DeviceArray
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optdiff.data import datasets as data
 from optdiff.data import (
     DATASETS,
     load_dataset,
@@ -17,6 +16,7 @@ from optdiff.data import (
     resize_images,
     to_model_range,
 )
+from optdiff.data import datasets as data
 
 _CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from helpers import random_field, rel_err
 
 import optdiff
-from helpers import random_field, rel_err
 
 LAM = 850e-9
 

@@ -54,7 +54,7 @@ def test_posterior_terms():
     assert np.all(np.isfinite(s.posterior_log_variance_clipped))
     # check mean coefficients and variance against Gaussian conditioning of (x_{t-1}, x_t) | x0
     for tt in (1, 50, 199):
-        ab, abp, a, b = s.alpha_bar[tt], s.alpha_bar_prev[tt], s.alphas[tt], s.betas[tt]
+        ab, abp, a = s.alpha_bar[tt], s.alpha_bar_prev[tt], s.alphas[tt]
         # joint of (x_{t-1}, x_t) given x0: x_{t-1} ~ N(sqrt(abp) x0, 1 - abp), x_t = sqrt(a) x_{t-1} + sqrt(b) z
         cov_tm1_t = math.sqrt(a) * (1 - abp)
         gain = cov_tm1_t / (1 - ab)

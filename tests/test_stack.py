@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-
-import optdiff
 import reference as ref
 from helpers import ADJ_TOL, GEOM, TOL, random_field, rel_err
+
+import optdiff
 
 DTYPES = [np.complex64, np.complex128]
 REAL = {np.complex64: np.float32, np.complex128: np.float64}

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 import reference as ref
 from helpers import TOL, random_field, rel_err
 from test_stack import REAL, make_stack, ref_kw

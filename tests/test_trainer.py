@@ -6,12 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optdiff.diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from optdiff.config import Config, ConfigError, apply_overrides, config_to_toml, load_config
+from optdiff.diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from optdiff.diffusion.model import MODEL_VERSION, TimeAwareODU, generate
 from optdiff.diffusion.optim import Adam, lr_at
-from optdiff.diffusion.trainer import (Trainer, TrainingError, load_images, load_model,
-                             save_model)
+from optdiff.diffusion.trainer import Trainer, TrainingError, load_images, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 

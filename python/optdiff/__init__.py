@@ -17,9 +17,21 @@ from __future__ import annotations
 import importlib
 
 from ._version import __version__
-from .optics import (BACKENDS, METHODS, PhaseStack, Propagator, Tape, available_backends, ddpm_update,
-                     get_backend, get_num_threads, propagate, set_num_threads, set_planner_effort,
-                     standard_normal)
+from .optics import (
+    BACKENDS,
+    METHODS,
+    PhaseStack,
+    Propagator,
+    Tape,
+    available_backends,
+    ddpm_update,
+    get_backend,
+    get_num_threads,
+    propagate,
+    set_num_threads,
+    set_planner_effort,
+    standard_normal,
+)
 
 __all__ = [
     "Propagator", "PhaseStack", "Tape", "propagate", "METHODS", "standard_normal", "ddpm_update",

@@ -29,10 +29,12 @@ import dataclasses
 import math
 import numbers
 import os
-import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
+
+import tomllib
 
 __all__ = [
     "ConfigError", "OpticsConfig", "ModelConfig", "DiffusionConfig", "DataConfig",
@@ -248,7 +250,7 @@ class DataConfig:
     dataset: str = "digits"
     data_dir: str = ""
     split: str = "train"
-    classes: Optional[list] = None
+    classes: list | None = None
     limit: int = 0
     val_count: int = 256
 
@@ -370,7 +372,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         self.model.validate()
         self.optics.validate(self.model.image_size)
         self.diffusion.validate(self.model.sets)
@@ -383,7 +385,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], validate: bool = True) -> "Config":
+    def from_dict(cls, d: Mapping[str, Any], validate: bool = True) -> Config:
         if not isinstance(d, Mapping):
             raise ConfigError(f"configuration must be a table/dict, got {type(d).__name__}")
         unknown = set(d) - set(_SECTIONS)

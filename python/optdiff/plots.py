@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((np.asarray(x, dtype=np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def grid_image(images: np.ndarray, ncol: Optional[int] = None, pad: int = 1, scale: int = 2) -> np.ndarray:
+def grid_image(images: np.ndarray, ncol: int | None = None, pad: int = 1, scale: int = 2) -> np.ndarray:
     """Tile images ``[K, H, W]`` (values in [-1, 1], clipped) into one uint8 image."""
     x = np.asarray(images, dtype=np.float64)
     if x.ndim != 3 or x.shape[0] < 1:
@@ -64,7 +64,7 @@ def _atomic_save(save_fn, path: Path) -> Path:
     return path
 
 
-def save_grid(images: np.ndarray, path, ncol: Optional[int] = None, scale: int = 2) -> Path:
+def save_grid(images: np.ndarray, path, ncol: int | None = None, scale: int = 2) -> Path:
     """Write a PNG grid of ``images`` ([K, H, W] in [-1, 1])."""
     from PIL import Image
 
@@ -116,9 +116,9 @@ def plot_trajectory(traj: Mapping[str, np.ndarray], path, count: int = 6, title:
     return _savefig(fig, path)
 
 
-def plot_phases(phases: np.ndarray, path, sets: Optional[Sequence[int]] = None,
-                set_ranges: Optional[Sequence] = None, title: str = "",
-                reference: Optional[np.ndarray] = None) -> Path:
+def plot_phases(phases: np.ndarray, path, sets: Sequence[int] | None = None,
+                set_ranges: Sequence | None = None, title: str = "",
+                reference: np.ndarray | None = None) -> Path:
     """Phase masks ``[M, L, N, N]`` (wrapped to [-pi, pi), cyclic colour map).
 
     With ``reference`` ([L, N, N], e.g. the initial lens phases without noise) each set gets a

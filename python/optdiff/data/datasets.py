@@ -28,8 +28,8 @@ import gzip
 import math
 import os
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 

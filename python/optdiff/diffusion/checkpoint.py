@@ -30,10 +30,10 @@ import json
 import os
 import tempfile
 import threading
-import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -24,8 +24,6 @@ Gradients: dLoss/d(read-out) in closed form; dLoss/d(phases) through
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ..config import Config
@@ -55,8 +53,8 @@ class TimeAwareODU:
         Where the optics run (default ``cfg.train.backend``): "cpu", "cuda" or "cuda-emu".
     """
 
-    def __init__(self, cfg: Config, nthreads: Optional[int] = None, precision: str = "single",
-                 seed: Optional[int] = None, backend: Optional[str] = None):
+    def __init__(self, cfg: Config, nthreads: int | None = None, precision: str = "single",
+                 seed: int | None = None, backend: str | None = None):
         cfg.validate()
         self.cfg = cfg
         self.M = cfg.model.sets
@@ -129,7 +127,7 @@ class TimeAwareODU:
             out = out + p["skip"][m] * r
         return out
 
-    def predict(self, r: np.ndarray, t, m: Optional[int] = None) -> np.ndarray:
+    def predict(self, r: np.ndarray, t, m: int | None = None) -> np.ndarray:
         """Predicted noise for ``r [B, H, W]`` at timestep(s) ``t`` (int or int array [B], one set)."""
         r = np.asarray(r, dtype=np.float64)
         if m is None:

@@ -10,7 +10,7 @@ saved / restored bit-exactly with :meth:`Adam.state_arrays` / :meth:`Adam.load_s
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

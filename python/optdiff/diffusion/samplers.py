@@ -12,7 +12,7 @@ NaN/Inf raises ``FloatingPointError`` naming the timestep.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 

@@ -31,13 +31,17 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from .checkpoint import (CheckpointError, atomic_write, load_checkpoint, remove_stale_temporaries,
-                         save_checkpoint)
 from ..config import Config
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from .model import MODEL_VERSION, TimeAwareODU
 from .optim import Adam, lr_at
 
@@ -129,15 +133,15 @@ def expected_signature(cfg: Config) -> dict:
     return {"model_version": MODEL_VERSION, **cfg.model_signature()}
 
 
-def save_model(path, model: TimeAwareODU, optimizer: Optional[Adam] = None, meta: Optional[dict] = None):
+def save_model(path, model: TimeAwareODU, optimizer: Adam | None = None, meta: dict | None = None):
     arrays = dict(model.arrays())
     if optimizer is not None:
         arrays.update(optimizer.state_arrays())
     return save_checkpoint(path, checkpoint_config(model.cfg), arrays, meta or {})
 
 
-def load_model(path, cfg: Optional[Config] = None, nthreads: Optional[int] = None,
-               backend: Optional[str] = None):
+def load_model(path, cfg: Config | None = None, nthreads: int | None = None,
+               backend: str | None = None):
     """Load a trained model from a checkpoint; returns ``(model, arrays, meta)``.
 
     Without ``cfg`` the run configuration stored in the checkpoint is used; with ``cfg``
@@ -227,8 +231,8 @@ class Trainer:
         Write CSV logs (``train_log.csv``, ``val_log.csv``).
     """
 
-    def __init__(self, cfg: Config, out_dir, images: Optional[np.ndarray] = None,
-                 val_images: Optional[np.ndarray] = None, log: bool = True):
+    def __init__(self, cfg: Config, out_dir, images: np.ndarray | None = None,
+                 val_images: np.ndarray | None = None, log: bool = True):
         cfg.validate()
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -325,7 +329,7 @@ class Trainer:
         return self.step
 
     # -------------------------------------------------------------- loop
-    def fit(self, resume=False, max_steps: Optional[int] = None, progress: Optional[bool] = None) -> dict:
+    def fit(self, resume=False, max_steps: int | None = None, progress: bool | None = None) -> dict:
         """Train until ``train.steps * sets`` steps (or ``max_steps`` more steps) are done.
 
         ``resume``: False (fresh start), True (continue from ``out_dir/checkpoint.npz`` if it

@@ -72,7 +72,7 @@ class LinearDenoiser:
         self._lookup: np.ndarray | None = None
 
     def fit(self, x0_images: np.ndarray, schedule: NoiseSchedule, sets=10,
-            samples_per_set: int = 4000, rng=None) -> "LinearDenoiser":
+            samples_per_set: int = 4000, rng=None) -> LinearDenoiser:
         """Fit one ridge regression per time set.
 
         For set ``(a, b)``: draw ``samples_per_set`` triples (image uniformly from
@@ -160,7 +160,7 @@ class LinearDenoiser:
                 "ridge": np.asarray(self.ridge)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], T: int) -> "LinearDenoiser":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], T: int) -> LinearDenoiser:
         """Inverse of :meth:`to_arrays` (``T`` = schedule length)."""
         obj = cls(ridge=float(arrays.get("ridge", 1e-3)))
         obj.W = np.asarray(arrays["W"], dtype=np.float64)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from typing import Optional
 
 import numpy as np
 
@@ -98,8 +97,8 @@ def image_inverted(optics: OpticsConfig) -> bool:
     return resolve_init(optics) in ("4f", "lens")
 
 
-def init_phases(optics: OpticsConfig, kind: Optional[str] = None, rng=None,
-                noise: Optional[float] = None, image_size: Optional[int] = None) -> np.ndarray:
+def init_phases(optics: OpticsConfig, kind: str | None = None, rng=None,
+                noise: float | None = None, image_size: int | None = None) -> np.ndarray:
     """Starting phases ``[L, N, N]`` float32 for one layer set.
 
     ``imaging`` (default): lenses that image the input onto the camera, chosen by
@@ -193,7 +192,7 @@ class ODU:
         and the camera image back.
     """
 
-    def __init__(self, optics: OpticsConfig, image_size: int, nthreads: Optional[int] = None,
+    def __init__(self, optics: OpticsConfig, image_size: int, nthreads: int | None = None,
                  precision: str = "single", backend="cpu"):
         optics.validate(image_size)
         self.optics = optics
@@ -267,7 +266,7 @@ class ODU:
             return (o.amp_bias + o.amp_scale * r).astype(self.cdtype)
         return np.exp(1j * o.phase_scale * r).astype(self.cdtype)
 
-    def encode(self, r: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def encode(self, r: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Input field ``[B, N, N]`` (complex64): encoded pixels as centred k x k blocks, dark border.
 
         ``out``: a ``[B, N, N]`` field whose border is already dark (zero), e.g. one written by an
@@ -342,7 +341,7 @@ class ODU:
         g_phases, _ = self.stack.backward(tape, self.unbin(g_binned), nthreads=self.nthreads)
         return g_phases.astype(np.float64)
 
-    def light_fraction(self, phases: np.ndarray, r: Optional[np.ndarray] = None) -> float:
+    def light_fraction(self, phases: np.ndarray, r: np.ndarray | None = None) -> float:
         """Fraction of the input power that reaches the camera's read-out window.
 
         ``r`` defaults to a mid-grey image (all zeros). Energy is conserved by the hops except
@@ -359,7 +358,7 @@ class ODU:
         return float(np.sum(I[:, sy, sx], dtype=np.float64)) / p_in
 
     def check_light(self, phases: np.ndarray, what: str = "configuration",
-                    threshold: float = LOW_LIGHT_FRACTION, hint: Optional[str] = None) -> float:
+                    threshold: float = LOW_LIGHT_FRACTION, hint: str | None = None) -> float:
         """:meth:`light_fraction`, with a :class:`LightLossWarning` when it is below ``threshold``."""
         frac = self.light_fraction(phases)
         if frac < threshold:

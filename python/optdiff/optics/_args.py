@@ -9,7 +9,6 @@ ValueError naming it, like any other bad parameter value. Arrays of the wrong dt
 from __future__ import annotations
 
 import operator
-from typing import Optional
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def grid_size(n) -> int:
     return n
 
 
-def nthreads(value: Optional[int]) -> int:
+def nthreads(value: int | None) -> int:
     """0 means the default thread count."""
     if value is None:
         return 0

@@ -6,8 +6,6 @@ shaped ``[B, N, N]`` or ``[N, N]``, C-contiguous; nothing is copied behind your 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from . import _args
@@ -62,11 +60,11 @@ class Propagator:
     padding = property(lambda self: self.spec.padding)
     tilt = property(lambda self: self.spec.tilt)
 
-    def forward(self, field, out=None, nthreads: Optional[int] = None):
+    def forward(self, field, out=None, nthreads: int | None = None):
         """Propagate ``field`` ([B,n,n] or [n,n], complex64/128). ``out`` may be ``field`` (in place)."""
         return self._impl.apply(field, out, nthreads, adjoint=False)
 
-    def adjoint(self, field, out=None, nthreads: Optional[int] = None):
+    def adjoint(self, field, out=None, nthreads: int | None = None):
         """Apply the exact adjoint A^H (back-propagation with conj(H), then conj(tilt))."""
         return self._impl.apply(field, out, nthreads, adjoint=True)
 
@@ -89,7 +87,7 @@ class Propagator:
 
 
 def propagate(field, *, wavelength: float, pitch: float, distance: float, method: str = "as",
-              padding: int = 2, tilt=(0.0, 0.0), nthreads: Optional[int] = None, backend=None):
+              padding: int = 2, tilt=(0.0, 0.0), nthreads: int | None = None, backend=None):
     """One-off propagation of ``field`` ([B,n,n] or [n,n]); see :class:`Propagator`.
 
     Builds (and caches) a plan per call: for repeated use keep a Propagator. ``backend=None``

@@ -19,7 +19,7 @@ NumPy arrays run on the CPU backend, device arrays (CuPy, PyTorch CUDA tensors, 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -62,8 +62,8 @@ def _coefficients(c1, c2, sigma, eps_scale, eps_offset) -> list:
     return coeffs
 
 
-def standard_normal(shape: Union[int, Sequence[int], None] = None, *, seed: int, stream: int = 0,
-                    offset: int = 0, dtype=None, out=None, nthreads: Optional[int] = None, backend=None):
+def standard_normal(shape: int | Sequence[int] | None = None, *, seed: int, stream: int = 0,
+                    offset: int = 0, dtype=None, out=None, nthreads: int | None = None, backend=None):
     """Standard normal numbers ``offset .. offset + size - 1`` of the stream ``(seed, stream)``.
 
     ``out`` (float32/float64, C-contiguous, of ``shape``; ``shape`` may then be omitted) is filled
@@ -92,7 +92,7 @@ def standard_normal(shape: Union[int, Sequence[int], None] = None, *, seed: int,
 
 
 def ddpm_update(x, eps, *, c1: float, c2: float, sigma: float, seed: int, stream: int, offset: int = 0,
-                eps_scale: float = 1.0, eps_offset: float = 0.0, out=None, nthreads: Optional[int] = None,
+                eps_scale: float = 1.0, eps_offset: float = 0.0, out=None, nthreads: int | None = None,
                 backend=None):
     """One ancestral DDPM step ``x_{t-1} = c1 (x - c2 e) + sigma z`` in one threaded pass.
 

@@ -6,8 +6,8 @@ core, in one function that every backend calls, so every mistake has one message
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class StackSpec:
 
     n: int
     hops: tuple[HopSpec, ...]
-    input_hop: Optional[HopSpec] = None
+    input_hop: HopSpec | None = None
 
     @property
     def num_layers(self) -> int:
@@ -56,7 +56,7 @@ class StackParamGrads:
 
     distances: np.ndarray
     tilts: np.ndarray
-    input_distance: Optional[float]
+    input_distance: float | None
     input_tilt: np.ndarray
 
 

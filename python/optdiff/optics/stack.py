@@ -8,7 +8,7 @@ with respect to a complex value z is ``dL/dRe(z) + 1j * dL/dIm(z)``.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class PhaseStack:
 
     def __init__(self, n: int, *, wavelength: float, pitch: float, distances: Sequence[float],
                  method: str = "as", padding: int = 2, tilts=None,
-                 input_distance: Optional[float] = None, input_tilt=(0.0, 0.0), backend="cpu"):
+                 input_distance: float | None = None, input_tilt=(0.0, 0.0), backend="cpu"):
         self.spec = stack_spec(n, wavelength=wavelength, pitch=pitch, distances=distances, method=method,
                                padding=padding, tilts=tilts, input_distance=input_distance,
                                input_tilt=input_tilt)
@@ -63,7 +63,7 @@ class PhaseStack:
     tilts = property(lambda self: np.array([h.tilt for h in self.spec.hops]))
     input_tilt = property(lambda self: (0.0, 0.0) if self.spec.input_hop is None else self.spec.input_hop.tilt)
 
-    def forward(self, field, phases, out=None, nthreads: Optional[int] = None):
+    def forward(self, field, phases, out=None, nthreads: int | None = None):
         """Camera intensity ``[B, n, n]`` (real, the field's precision) for ``field`` and ``phases``.
 
         ``field`` may also be real (float32 with float32 phases, or float64): an amplitude-encoded
@@ -73,11 +73,11 @@ class PhaseStack:
 
     __call__ = forward
 
-    def camera_field(self, field, phases, nthreads: Optional[int] = None):
+    def camera_field(self, field, phases, nthreads: int | None = None):
         """Complex field at the camera, ``[B, n, n]``."""
         return self._impl.camera_field(field, phases, nthreads)
 
-    def forward_train(self, field, phases, recompute: bool = False, nthreads: Optional[int] = None,
+    def forward_train(self, field, phases, recompute: bool = False, nthreads: int | None = None,
                       reuse=None):
         """Forward pass that also returns a tape for :meth:`backward`.
 
@@ -90,7 +90,7 @@ class PhaseStack:
         """
         return self._impl.forward_train(field, phases, bool(recompute), nthreads, reuse)
 
-    def backward(self, tape, grad_intensity, input_grad: bool = False, nthreads: Optional[int] = None,
+    def backward(self, tape, grad_intensity, input_grad: bool = False, nthreads: int | None = None,
                  param_grads: bool = False):
         """Exact gradients from dLoss/dIntensity (same shape as the intensity).
 
@@ -110,7 +110,7 @@ class PhaseStack:
         return self._impl.backward(tape, grad_intensity, bool(input_grad), nthreads)
 
     def mse_loss_and_grad(self, field, phases, target, return_intensity: bool = False,
-                          nthreads: Optional[int] = None):
+                          nthreads: int | None = None):
         """Fused training step for intensity matching.
 
         ``loss = mean((I - target)^2)`` over the batch and all pixels, with I the camera

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -76,8 +75,8 @@ class Tape:
 
     field: np.ndarray
     phases: np.ndarray
-    saved: Optional[np.ndarray]
-    modulation: Optional[np.ndarray] = None  # exp(i phi) * tilt [L, n, n] from forward
+    saved: np.ndarray | None
+    modulation: np.ndarray | None = None  # exp(i phi) * tilt [L, n, n] from forward
 
     @property
     def nbytes(self) -> int:

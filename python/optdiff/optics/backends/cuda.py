@@ -33,7 +33,6 @@ import ctypes
 import importlib
 import os
 import threading
-from typing import Optional
 
 import numpy as np
 
@@ -49,7 +48,7 @@ _lock = threading.Lock()
 _modules: dict = {}  # module name -> (module or None, error message)
 
 
-def _preload_cufft() -> Optional[str]:
+def _preload_cufft() -> str | None:
     """Load libcufft from the ``nvidia-cufft`` wheel, if installed, before ``_cuda``.
 
     The module records an absolute RPATH to the wheel it was built against, which is wrong in
@@ -133,7 +132,7 @@ class CudaBackend:
         self.mod, self.name = mod, name
 
     @classmethod
-    def load(cls, emulated: bool = False) -> "CudaBackend":
+    def load(cls, emulated: bool = False) -> CudaBackend:
         mod, why = _load("_cuda_emu" if emulated else "_cuda")
         if mod is None:
             raise RuntimeError(why)

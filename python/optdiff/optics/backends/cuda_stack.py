@@ -7,7 +7,6 @@ results allocated on the same device (:mod:`.cuda_arrays`).
 from __future__ import annotations
 
 import threading
-from typing import Optional
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from .cuda_arrays import Session as _Session
 from .cuda_arrays import empty as _empty
 from .cuda_arrays import field_batch as _field
 from .cuda_arrays import finite_checks_enabled, wrap
+
 
 class CudaPropagator:
     """One free-space hop on the GPU; ``nthreads`` is accepted for API compatibility and ignored."""
@@ -101,7 +101,7 @@ class CudaTape:
         """Bytes of saved fields held on the GPU (0 in recompute mode)."""
         if self.saved is None:
             return 0
-        return int(getattr(self.saved, "nbytes"))
+        return int(self.saved.nbytes)
 
 
 class CudaPhaseStack:
@@ -195,7 +195,7 @@ class CudaPhaseStack:
                 s.fetch(cam, cptr)
         return f, p, batch, s, fptr, pptr, inten, cam, saved, sptr
 
-    def forward(self, field, phases, out=None, nthreads: Optional[int] = None):
+    def forward(self, field, phases, out=None, nthreads: int | None = None):
         """Camera intensity ``[B, n, n]`` (real, the field's precision).
 
         ``field`` may also be real (float32 with float32 phases, or float64): amplitudes read
@@ -207,12 +207,12 @@ class CudaPhaseStack:
 
     __call__ = forward
 
-    def camera_field(self, field, phases, nthreads: Optional[int] = None):
+    def camera_field(self, field, phases, nthreads: int | None = None):
         """Complex field at the camera, ``[B, n, n]``."""
         _args.nthreads(nthreads)
         return self._run_forward(field, phases, want_intensity=False, want_camera=True, save=False)[7]
 
-    def forward_train(self, field, phases, recompute: bool = False, nthreads: Optional[int] = None,
+    def forward_train(self, field, phases, recompute: bool = False, nthreads: int | None = None,
                       reuse=None):
         """Intensity and a :class:`CudaTape` for :meth:`backward`.
 
@@ -241,7 +241,7 @@ class CudaPhaseStack:
         return inten, tape
 
     def mse_loss_and_grad(self, field, phases, target, return_intensity: bool = False,
-                          nthreads: Optional[int] = None):
+                          nthreads: int | None = None):
         """Fused intensity-matching step: ``(loss, grad_phases [L,n,n])`` (+ intensity).
 
         ``loss = mean((I - target)^2)``; the tape stays on the device chunk by chunk and the
@@ -280,7 +280,7 @@ class CudaPhaseStack:
                 raise ValueError(rules.gradients_overflow(real))
 
     def backward(self, tape: CudaTape, grad_intensity, input_grad: bool = False,
-                 nthreads: Optional[int] = None, param_grads: bool = False):
+                 nthreads: int | None = None, param_grads: bool = False):
         """Gradients from dLoss/dIntensity: ``(grad_phases [L,n,n], grad_field or None)``."""
         _args.nthreads(nthreads)
         if param_grads:
