@@ -197,7 +197,7 @@ def test_fuzz_random_bad_inputs_never_crash(rng):
     finite result of the right shape or raises TypeError/ValueError."""
     p, s = prop(), stack()
     dtypes = [np.complex64, np.complex128, np.float32, np.float64, np.int64, np.bool_, object]
-    for trial in range(300):
+    for _trial in range(300):
         shape = tuple(int(v) for v in rng.integers(0, 2 * N, size=rng.integers(0, 5)))
         if rng.random() < 0.3:
             shape = (int(rng.integers(0, 4)), N, N)

@@ -7,7 +7,7 @@ complex128/float64 for the ``64`` classes); violations raise TypeError or
 ValueError naming the argument.
 """
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +29,7 @@ def _get_periodic_path() -> int: ...
 # (wavelength [m], pitch [m], distance [m], method 'as' | 'bl-as' | 'fresnel',
 #  padding 1 | 2, tilt_x [rad], tilt_y [rad]). Checked by the C++ planner:
 # a bad value raises ValueError naming it.
-Hop = Tuple[float, float, float, str, int, float, float]
+Hop = tuple[float, float, float, str, int, float, float]
 
 class _PropagatorBase:
     def __init__(self, n: int, hop: Hop) -> None: ...
@@ -50,7 +50,7 @@ class Propagator32(_PropagatorBase): ...
 class Propagator64(_PropagatorBase): ...
 
 class _PhaseStackBase:
-    def __init__(self, n: int, hops: Sequence[Hop], input_hop: Optional[Hop] = None) -> None: ...
+    def __init__(self, n: int, hops: Sequence[Hop], input_hop: Hop | None = None) -> None: ...
     @property
     def n(self) -> int: ...
     @property
@@ -58,27 +58,27 @@ class _PhaseStackBase:
     def forward(self, field: npt.NDArray[np.complexfloating] | npt.NDArray[np.floating],
                 phases: npt.NDArray[np.floating],
                 intensity: npt.NDArray[np.floating],
-                saved: Optional[npt.NDArray[np.complexfloating]] = None,
-                camera_field: Optional[npt.NDArray[np.complexfloating]] = None,
+                saved: npt.NDArray[np.complexfloating] | None = None,
+                camera_field: npt.NDArray[np.complexfloating] | None = None,
                 nthreads: int = 0,
-                modulation: Optional[npt.NDArray[np.complexfloating]] = None) -> None:
+                modulation: npt.NDArray[np.complexfloating] | None = None) -> None:
         """intensity[B,n,n] = |E_L|^2 (a real field is read with zero imaginary part);
         saved[B,L+1,n,n] receives the tape when given;
         modulation[L,n,n] receives exp(i phi) * tilt for backward."""
     def backward(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
-                 saved: Optional[npt.NDArray[np.complexfloating]],
+                 saved: npt.NDArray[np.complexfloating] | None,
                  grad_intensity: npt.NDArray[np.floating], grad_phases: npt.NDArray[np.floating],
-                 grad_field: Optional[npt.NDArray[np.complexfloating]] = None,
+                 grad_field: npt.NDArray[np.complexfloating] | None = None,
                  nthreads: int = 0,
-                 modulation: Optional[npt.NDArray[np.complexfloating]] = None,
-                 grad_distances: Optional[npt.NDArray[np.float64]] = None,
-                 grad_tilts: Optional[npt.NDArray[np.float64]] = None) -> None:
+                 modulation: npt.NDArray[np.complexfloating] | None = None,
+                 grad_distances: npt.NDArray[np.float64] | None = None,
+                 grad_tilts: npt.NDArray[np.float64] | None = None) -> None:
         """grad_phases[L,n,n] (batch sum) and grad_field[B,n,n]; saved=None recomputes.
         grad_distances[L+1] and grad_tilts[L+1,2] (float64, the input hop's last) receive the
         parameter gradients when given."""
     def mse_loss_and_grad(self, field: npt.NDArray[np.complexfloating], phases: npt.NDArray[np.floating],
                           target: npt.NDArray[np.floating], grad_phases: npt.NDArray[np.floating],
-                          intensity: Optional[npt.NDArray[np.floating]] = None,
+                          intensity: npt.NDArray[np.floating] | None = None,
                           nthreads: int = 0) -> float:
         """loss = mean((|E_L|^2 - target)^2); writes grad_phases[L,n,n] and, when given, intensity."""
 

@@ -16,8 +16,8 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -219,7 +219,7 @@ def _flag_overrides(args) -> list[str]:
     return out
 
 
-def _build_config(args, base: Optional[dict] = None):
+def _build_config(args, base: dict | None = None):
     from .config import Config, apply_overrides, load_config
 
     overrides = list(args.overrides) + _flag_overrides(args)
@@ -266,9 +266,9 @@ def _threads(args, cfg=None):
 
 
 # ------------------------------------------------------------------------------------ commands
-def cmd_train(args, base: Optional[dict] = None, out: Optional[Path] = None) -> dict:
-    from .plots import plot_training
+def cmd_train(args, base: dict | None = None, out: Path | None = None) -> dict:
     from .diffusion.trainer import Trainer
+    from .plots import plot_training
 
     cfg = _build_config(args, base)
     out = Path(out or args.out)
@@ -288,7 +288,7 @@ def cmd_train(args, base: Optional[dict] = None, out: Optional[Path] = None) -> 
     try:
         plot_training(out / "train_log.csv", out / "val_log.csv", out / "training.png")
     except Exception as exc:  # a figure must not lose a finished training run
-        warnings.warn(f"could not draw training.png: {exc}")
+        warnings.warn(f"could not draw training.png: {exc}", stacklevel=2)
     print(_mse_table({"ODU": summary["val_mse"], "zero": summary["zero_mse"]}, tr.model.set_ranges))
     print(f"checkpoint: {summary['checkpoint']}  ({summary['steps']} steps, {summary['elapsed_s']:.0f} s, "
           f"{summary['images_per_s'] or 0:.0f} images/s)")
@@ -330,8 +330,8 @@ def _save_npy(path: Path, x: np.ndarray) -> None:
 
 
 def cmd_denoise(args) -> dict:
-    from .evaluation.baselines import LinearDenoiser, ZeroPredictor, per_set_mse
     from .diffusion.trainer import load_images, split_train_val
+    from .evaluation.baselines import LinearDenoiser, ZeroPredictor, per_set_mse
 
     model, _ = _model_from_checkpoint(args, allowed_sections=("data", "sample"))
     _threads(args, model.cfg)
@@ -371,7 +371,7 @@ def _lens_reference(model):
 
 def cmd_show(args) -> Path:
     from .diffusion.model import generate
-    from .plots import plot_phases, plot_trajectory, plot_training
+    from .plots import plot_phases, plot_training, plot_trajectory
 
     model, meta = _model_from_checkpoint(args)
     _threads(args, model.cfg)
@@ -431,9 +431,9 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "denoise": cmd_denoise, "s
             "report": cmd_report}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .diffusion.checkpoint import CheckpointError
+def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
+    from .diffusion.checkpoint import CheckpointError
     from .diffusion.trainer import TrainingError
 
     parser = build_parser()

@@ -93,7 +93,7 @@ def plot_trajectory(traj: Mapping[str, np.ndarray], path, count: int = 6, title:
     fig, axes = plt.subplots(2 * B, cols, figsize=(1.1 * cols, 1.15 * 2 * B), squeeze=False)
     for b in range(B):
         for j in range(cols):
-            for k, (arr, lab) in enumerate(((xs, "r"), (x0, "x0"))):
+            for k, (arr, _lab) in enumerate(((xs, "r"), (x0, "x0"))):
                 ax = axes[2 * b + k, j]
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -21,7 +21,7 @@ own numpy forward pass, so a fitted net can be saved with ``to_arrays`` and rest
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -65,10 +65,10 @@ class FeatureNet:
         self.classes: np.ndarray | None = None
         self.input_dim: int | None = None
 
-    def fit(self, images: np.ndarray, labels: np.ndarray) -> "FeatureNet":
+    def fit(self, images: np.ndarray, labels: np.ndarray) -> FeatureNet:
         """Train on ``images`` float ``[K, H, W]`` in ``[-1, 1]`` and int ``labels [K]`` (>= 2 classes)."""
-        from sklearn.neural_network import MLPClassifier
         from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
 
         x = _flat(images)
         y = np.asarray(labels).astype(np.int64)
@@ -132,7 +132,7 @@ class FeatureNet:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "FeatureNet":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FeatureNet:
         """Inverse of :meth:`to_arrays` (no scikit-learn needed)."""
         n = sum(1 for k in arrays if k.startswith("W") and k[1:].isdigit())
         if n < 2:
