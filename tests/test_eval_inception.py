@@ -59,3 +59,34 @@ def test_same_features_as_pytorch_fid(weights, images):
     # same float32 operations in the same order: equal up to float32 round-off of 2048 sums
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-5 * np.abs(theirs[0]).max())
     np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_report_with_inception_weights(weights, tmp_path, monkeypatch):
+    import json
+
+    from optdiff.cli import main
+
+    monkeypatch.setattr(inception.InceptionFeatures, "input_size", 75)  # the same network, 16x cheaper
+
+    np.save(tmp_path / "given.npy", np.zeros((2, 12, 12)))
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(f"""
+[report]
+metrics = ["fid"]
+samples = 2
+features = []
+speed = false
+[datasets.digits]
+image_size = 12
+limit = 12
+held_out = 2
+[models.given]
+kind = "samples"
+samples = "{tmp_path / 'given.npy'}"
+""")
+    assert main(["report", str(cfg), "--out", str(tmp_path / "out"), "--inception-weights", str(weights),
+                 "--no-progress"]) == 0
+    res = json.loads((tmp_path / "out" / "report.json").read_text())
+    q = res["datasets"]["digits"]["models"]["given"]["quality"]["inception"]
+    assert q["feature_dim"] == 2048 and np.isfinite(q["fid"])
+    assert "Inception-v3: weights" in (tmp_path / "out" / "report.md").read_text()

@@ -107,6 +107,20 @@ def test_against_live_reference_implementations():
         assert REFERENCE[key] == pytest.approx(value, rel=1e-9), key
 
 
+def test_fid_methods_agree_whatever_the_sample_count():
+    rng = np.random.default_rng(3)
+    for n_a, n_b, d in ((30, 40, 64), (200, 150, 12), (5, 300, 20)):
+        a = rng.standard_normal((n_a, d)) @ rng.standard_normal((d, d)) * 0.3
+        b = rng.standard_normal((n_b, d)) + 0.2
+        e, s = frechet_distance(a, b, method="eigh"), frechet_distance(a, b, method="svd")
+        # full rank: both exact to round-off; rank-deficient (N < d): the eigh form takes square roots
+        # of round-off eigenvalues (sqrt(1e-16 |S|) each), the SVD form has none of them
+        assert s == pytest.approx(e, rel=1e-9 if min(n_a, n_b) > d else 1e-6), (n_a, n_b, d)
+        assert frechet_distance(a, b) in (e, s)
+    with pytest.raises(ValueError, match="method"):
+        frechet_distance(a, b, method="sqrtm")
+
+
 def test_kid_is_unbiased_and_kernel_is_the_polynomial_one():
     a, b, _, _ = _inputs()
     # one subset of everything: the closed form of the unbiased MMD^2 with k = (x.y / d + 1)^3

@@ -228,6 +228,8 @@ class InceptionFeatures:
 
     name = "inception-v3"
     dataset = None  # made for no data set in particular
+    #: side the images are resized to: 299 (the standard); tests may lower it (Inception needs >= 75)
+    input_size = 299
 
     def __init__(self, net, backend: str, path: str, batch: int = 32):
         self.net, self.backend, self.path, self.batch = net.eval(), backend, str(path), int(batch)
@@ -249,7 +251,8 @@ class InceptionFeatures:
         with torch.no_grad():
             for i in range(0, x.shape[0], self.batch):
                 b = torch.from_numpy(((x[i:i + self.batch] + 1.0) / 2.0).astype(np.float32))[:, None]
-                b = F.interpolate(b.repeat(1, 3, 1, 1), size=(299, 299), mode="bilinear", align_corners=False)
+                b = F.interpolate(b.repeat(1, 3, 1, 1), size=(self.input_size,) * 2, mode="bilinear",
+                                  align_corners=False)
                 p, lg = self.net(2.0 * b - 1.0)
                 pools.append(p.double())
                 logits.append(lg.double())

@@ -155,28 +155,43 @@ def _stats(f: np.ndarray):
     return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
 
-def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6, method: str = "auto") -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``[N_a, d]``, ``[N_b, d]``.
 
-    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrtm(S_a S_b))``, with the last trace from
-    symmetric eigenvalue problems: ``tr sqrtm(S_a S_b) = sum sqrt(eig(A S_b A))``, ``A = S_a^(1/2)``
-    (``S_a S_b`` and ``A S_b A`` have the same eigenvalues). Equal to pytorch-fid's ``sqrtm`` form
-    to ~1e-9 relative on well-conditioned covariances (tested), stable on rank-deficient ones
-    (round-off eigenvalues below 0 are clamped) and ~10x faster at d = 2048. ``eps`` is kept
-    for compatibility (unused). The result is clamped at 0.
+    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrtm(S_a S_b))``. The last trace, exactly:
+
+    * ``"eigh"``: ``sum sqrt(eig(A S_b A))`` with ``A = S_a^(1/2)`` (``S_a S_b`` and ``A S_b A``
+      have the same eigenvalues): two symmetric ``d x d`` eigenproblems;
+    * ``"svd"``: with centred features ``X_a``, ``X_b``, ``S_a S_b`` has the nonzero eigenvalues of
+      ``(X_b X_a^T)(X_a X_b^T) / ((N_a - 1)(N_b - 1))``, so the trace is the sum of the singular
+      values of ``X_a X_b^T / sqrt((N_a - 1)(N_b - 1))``: cheap when the sets are smaller than ``d``
+      (e.g. 500 images in Inception's 2048 dimensions);
+    * ``"auto"``: ``"svd"`` when ``min(N_a, N_b) < d``, else ``"eigh"``.
+
+    Equal to pytorch-fid's ``sqrtm`` form to ~1e-9 relative on well-conditioned covariances
+    (tested), stable on rank-deficient ones (round-off eigenvalues below 0 are clamped), and 10x
+    or more faster at d = 2048. ``eps`` is kept for compatibility (unused). Clamped at 0.
     """
     mu1, s1 = _stats(feats_a)
     mu2, s2 = _stats(feats_b)
     if mu1.shape != mu2.shape:
         raise ValueError(f"feature dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]}")
-    diff = mu1 - mu2
-    w, v = np.linalg.eigh(s1)
-    a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    m = a @ s2 @ a
-    ev = np.linalg.eigvalsh((m + m.T) / 2.0)
-    tr_covmean = float(np.sum(np.sqrt(np.clip(ev, 0.0, None))))
+    if method not in ("auto", "eigh", "svd"):
+        raise ValueError(f"method must be 'auto', 'eigh' or 'svd', got {method!r}")
+    a_, b_ = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
+    if method == "svd" or (method == "auto" and min(a_.shape[0], b_.shape[0]) < a_.shape[1]):
+        xa, xb = a_ - mu1, b_ - mu2
+        m = (xa @ xb.T) / np.sqrt((a_.shape[0] - 1.0) * (b_.shape[0] - 1.0))
+        tr_covmean = float(np.sum(np.linalg.svd(m, compute_uv=False)))
+    else:
+        w, v = np.linalg.eigh(s1)
+        a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+        m = a @ s2 @ a
+        ev = np.linalg.eigvalsh((m + m.T) / 2.0)
+        tr_covmean = float(np.sum(np.sqrt(np.clip(ev, 0.0, None))))
     if not np.isfinite(tr_covmean):
         raise FloatingPointError("matrix square root of the covariance product is not finite")
+    diff = mu1 - mu2
     fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
     return max(fd, 0.0)
 
