@@ -1,4 +1,5 @@
-"""Command line interface: ``optdiff {train, sample, denoise, show, demo, report}`` (also ``python -m optdiff``).
+"""Command line interface: ``optdiff {train, sample, denoise, show, demo, report, calibrate}`` (also
+``python -m optdiff``); ``calibrate`` and ``train --mode`` live in :mod:`optdiff.cli_hardware`.
 
 Configuration comes from a TOML file (``--config run.toml``, see ``examples/``), then generic
 overrides (``--set section.key=value``, repeatable), then the dedicated flags (``--n``,
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from --out/checkpoint.npz (or the given checkpoint)")
     t.add_argument("--max-steps", type=_count(0), help="stop after this many more steps (checkpoint kept)")
     _add_config_flags(t)
+    from .cli_hardware import add_calibrate_parser, add_mode_flags
+
+    add_mode_flags(t)
+    add_calibrate_parser(sub, _add_config_flags)
 
     s = sub.add_parser("sample", help="generate images", description="Generate images with a trained "
                        "model; writes samples.png (grid) and samples.npy (float64 [K, H, W] in [-1, 1]).")
@@ -278,7 +283,9 @@ def cmd_train(args, base: dict | None = None, out: Path | None = None) -> dict:
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {out / 'checkpoint.npz'}")
     if isinstance(resume, str) and not Path(resume).exists():
         raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
-    tr = Trainer(cfg, out)
+    from .cli_hardware import make_trainer
+
+    tr = make_trainer(args, cfg, out) if hasattr(args, "mode") else Trainer(cfg, out)
     g = tr.model.odu.describe()
     print(f"optdiff train: N={g['n']} L={g['layers']} M={cfg.model.sets} k={g['k']} "
           f"({g['image_pixel_um']:.1f} um per image pixel), NA {g['na']:.4f}, "
@@ -427,8 +434,14 @@ def cmd_report(args) -> Path:
     return path
 
 
+def cmd_calibrate(args) -> dict:
+    from .cli_hardware import cmd_calibrate as run
+
+    return run(args, _build_config)
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "denoise": cmd_denoise, "show": cmd_show, "demo": cmd_demo,
-            "report": cmd_report}
+            "report": cmd_report, "calibrate": cmd_calibrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,146 @@
+"""Calibration of the digital twin on a capture device, as in the reference work: random square
+pi-phase patches on the SLM, one frame each, the twin's parameters fitted to the frames
+(:func:`~.fit.fit_twin`); then, optionally, a refinement on denoising frames (noisy images through
+the model's starting phases, which use every SLM level and so also fix the LUT's curvature).
+
+The discrepancy ``D = 1 - C`` (C: correlation of mean-removed frames, averaged over frames) of the
+twin's frames against captured ones is measured on frames the fit did not see, before and after.
+:func:`compare_with_truth` scores the fit against an emulated bench's hidden parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from ..config import OpticsConfig
+from .calibration import CalibrationSet, capture_calibration
+from .config import BenchConfig
+from .fit import (
+    DEFAULT_FREE,
+    DEFAULT_STAGES,
+    FitItem,
+    Stage,
+    discrepancy,
+    fit_twin,
+    items_from_calibration,
+    predict_frames,
+)
+from .protocol import capture_frames
+from .twin import DigitalTwin
+from .twin_params import TwinParams
+
+__all__ = ["CalibrationReport", "calibrate_device", "denoising_items", "compare_with_truth", "REFINE_STAGES"]
+
+REFINE_STAGES = (Stage(2, 20, None), Stage(1, 20, None))
+
+
+@dataclasses.dataclass
+class CalibrationReport:
+    """What a calibration did and how well the twin matches the device before and after."""
+
+    start: TwinParams
+    params: TwinParams
+    frames: int
+    holdout: int
+    discrepancy_before: float
+    discrepancy_after: float
+    denoise_before: float | None = None
+    denoise_after: float | None = None
+    capture_seconds: float = 0.0
+    fit_seconds: float = 0.0
+    history: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("frames", "holdout", "discrepancy_before", "discrepancy_after",
+                                            "denoise_before", "denoise_after", "capture_seconds", "fit_seconds")}
+        d["start"] = self.start.to_dict()
+        d["params"] = self.params.to_dict()
+        return d
+
+
+def denoising_items(device, optics: OpticsConfig, image_size: int, batches: int, batch: int = 16, *,
+                    images: np.ndarray | None = None, seed: int = 0) -> list[FitItem]:
+    """``batches`` captures of ``batch`` images each through the model's starting phases (the
+    ``imaging`` init with its noise, a new draw per batch): noisy images ``x_t`` of ``images`` at
+    random noise levels, or uniform noise in [-1, 1] without images."""
+    from ..odu import init_phases
+
+    rng = np.random.default_rng([seed, 4242])
+    out = []
+    for _ in range(batches):
+        if images is None:
+            r = rng.uniform(-1, 1, (batch,) + tuple(device.image_shape))
+        else:
+            x0 = images[rng.integers(0, images.shape[0], batch)]
+            a = rng.uniform(0.05, 1.0, (batch, 1, 1))           # sqrt(alpha_bar): any noise level
+            r = a * x0 + np.sqrt(1 - a * a) * rng.standard_normal(x0.shape)
+        ph = init_phases(optics, rng=rng, image_size=image_size)
+        frames = capture_frames(device, r, ph).astype(np.float64)
+        out.append(FitItem(r, ph, frames))
+    return out
+
+
+def _d(twin, items, bits, workers) -> float:
+    pred = predict_frames(twin, items, workers, clip_bits=bits)
+    return discrepancy(pred, np.concatenate([it.frames for it in items]))
+
+
+def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: BenchConfig | None = None, *,
+                     frames: int = 200, holdout: int = 40, seed: int = 0, stages=DEFAULT_STAGES,
+                     free=DEFAULT_FREE, denoise_batches: int = 0, denoise_batch: int = 16,
+                     denoise_images: np.ndarray | None = None, refine_stages=REFINE_STAGES,
+                     workers: int = 2, grid: int | None = None, start: TwinParams | None = None,
+                     log=None) -> tuple[DigitalTwin, CalibrationReport, CalibrationSet]:
+    """Capture ``frames + holdout`` pi-patch frames on ``device``, fit a twin (from ``nominal``, or
+    ``start``) to the first ``frames``, measure D on the rest; with ``denoise_batches`` also
+    refine on denoising captures (half of them held out for D). Returns the fitted twin, the
+    report and the captured calibration set."""
+    nominal = BenchConfig() if nominal is None else nominal
+    t0 = time.perf_counter()
+    cal = capture_calibration(device, frames + holdout, seed=seed, nominal=nominal)
+    items = items_from_calibration(cal)
+    den = []
+    if denoise_batches:
+        den = denoising_items(device, optics, image_size, 2 * denoise_batches, denoise_batch,
+                              images=denoise_images, seed=seed)
+    t_capture = time.perf_counter() - t0
+    twin = DigitalTwin(optics, image_size, nominal, start, grid=grid, nthreads=1)
+    first = twin.params
+    bits = nominal.camera.bits
+    fit_set, held = items[:frames], items[frames:]
+    d_before = _d(twin, held, bits, workers) if held else float("nan")
+    den_fit, den_held = den[:denoise_batches], den[denoise_batches:]
+    dd_before = _d(twin, den_held, bits, workers) if den_held else None
+    res = fit_twin(twin, fit_set, free=free, stages=stages, workers=workers, log=log)
+    history = list(res.history)
+    if den_fit:
+        res2 = fit_twin(twin, den_fit, free=tuple(free) + ("lut_curvature",), stages=refine_stages,
+                        workers=workers, log=log)
+        history += [dict(r, stage=r["stage"] + len(stages)) for r in res2.history]
+    report = CalibrationReport(
+        first, twin.params, frames, holdout, d_before, _d(twin, held, bits, workers) if held else float("nan"),
+        dd_before, _d(twin, den_held, bits, workers) if den_held else None, t_capture,
+        time.perf_counter() - t0 - t_capture, history)
+    return twin, report, cal
+
+
+def compare_with_truth(params: TwinParams, truth: dict, nominal: TwinParams | None = None) -> dict:
+    """Errors of fitted ``params`` against ``EmulatedExperiment.reveal_truth()``: per parameter the
+    true and fitted values, the error, and (scalars and angles) the error relative to the truth
+    and, with ``nominal``, the error left relative to the starting error."""
+    true = TwinParams.from_config(BenchConfig.from_dict(truth["config"]), len(params.patch_offsets))
+    out = {}
+    for name in ("z_gap", "mirror_angle", "beam_angle", "patch_offsets", "dmd_offset", "camera_offset",
+                 "phase_scale", "lut_curvature", "crosstalk", "gain", "dark_level"):
+        t, f = true.array(name), params.array(name)
+        row = {"true": t.tolist(), "fitted": f.tolist(), "error": (f - t).tolist()}
+        if name in ("z_gap", "mirror_angle", "beam_angle", "phase_scale", "gain"):
+            row["relative_error"] = (np.abs(f - t) / np.maximum(np.abs(t), 1e-300)).tolist()
+        if nominal is not None:
+            s = nominal.array(name)
+            row["start_error"] = (s - t).tolist()
+        out[name] = row
+    return out

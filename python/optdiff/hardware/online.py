@@ -1,0 +1,201 @@
+"""Training with a bench in the loop: the optics a :class:`~optdiff.diffusion.TimeAwareODU` uses in
+the hardware training modes, and the frame-to-intensity map they share.
+
+Modes (``optdiff train --mode``):
+
+* ``offline``: the ideal ODU forward and backward (optdiff's default; the model is deployed on the
+  bench afterwards). Nothing here is used.
+* ``online``: forward on the bench (camera frames -> intensity on the model's image grid), the
+  gradient through the digital twin at the same images and phases; every ``refine_every`` steps the
+  twin's parameters take an Adam step towards the same frames (the twin is refined as training goes).
+* ``experimental-backprop`` (physics-aware training, Wright et al., Nature 2022): forward on the
+  bench, the gradient through the *ideal* model (its own forward pass at the same phases).
+
+Frames become intensity as ``(frames - dark) / (gain * electrons_per_intensity)`` (the twin's gain
+and dark level in the online mode, the nominal ones otherwise), then area-binned from camera
+pixels onto the image pixels (the nominal camera geometry). A capture that fails (the device
+raises, or its frames have the wrong shape or dtype, NaN, values out of range) is a
+:class:`CaptureError`: :class:`~optdiff.hardware.trainer.HardwareTrainer` then stops with a
+checkpoint that loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import resample
+from .protocol import CaptureError, capture_frames
+from .twin import DigitalTwin
+from .twin_params import TwinParams
+
+__all__ = ["MODES", "FrameBinning", "BenchODU", "TwinRefiner"]
+
+MODES = ("offline", "online", "experimental-backprop")
+REFINE_FREE = ("z_gap", "mirror_angle", "beam_angle", "patch_offsets", "dmd_offset", "camera_offset",
+               "phase_scale", "lut_curvature", "crosstalk", "gain", "dark_level")
+
+
+class FrameBinning:
+    """Camera frames (DN) ``[B, rows, cols]`` <-> intensity on the model's image grid ``[B, H, W]``."""
+
+    def __init__(self, twin: DigitalTwin, flip: bool = False):
+        n, k, H = twin.grid, twin.k, twin.H
+        f = twin.footprint
+        cam_start = n / 2 - twin.rows * f / 2                     # camera pixel 0 on the grid
+        img_start = (twin.grid - k * H) // 2                      # image pixel 0 on the grid
+        # image pixel i takes the mean of the camera pixels it overlaps (area weights)
+        self.ay = resample.overlap_matrix(H, img_start - cam_start, k, twin.rows, 0.0, f)
+        self.ax = resample.overlap_matrix(H, img_start - cam_start, k, twin.cols, 0.0, f)
+        if flip:
+            self.ay, self.ax = self.ay[::-1].copy(), self.ax[::-1].copy()
+
+    def intensity(self, frames, gain_electrons: float, dark: float) -> np.ndarray:
+        """``(frames - dark) / gain_electrons`` binned (float64)."""
+        e = (np.asarray(frames, dtype=np.float64) - dark) / gain_electrons
+        return self.ay @ e @ self.ax.T
+
+    def adjoint(self, g: np.ndarray, gain_electrons: float) -> np.ndarray:
+        """d loss / d frames from d loss / d binned intensity."""
+        return (self.ay.T @ np.asarray(g, dtype=np.float64) @ self.ax) / gain_electrons
+
+
+class TwinRefiner:
+    """Adam on the twin's free parameters (normalised by their tolerances) towards captured frames."""
+
+    def __init__(self, twin: DigitalTwin, free=REFINE_FREE, lr: float = 0.02, beta1: float = 0.9,
+                 beta2: float = 0.999):
+        self.twin, self.free, self.lr, self.b1, self.b2 = twin, tuple(free), float(lr), beta1, beta2
+        self.origin = twin.params
+        self.scales = self.origin.scales(self.free)
+        self.m = np.zeros(self.scales.size)
+        self.v = np.zeros(self.scales.size)
+        self.t = 0
+        self.last_discrepancy = math.nan
+
+    def step(self, ctx, twin_frames: np.ndarray, frames: np.ndarray) -> float:
+        """One step from a forward context of the twin and the bench's frames; returns the
+        discrepancy D of the twin on them (before the step)."""
+        from .fit import discrepancy
+
+        frames = np.asarray(frames, dtype=np.float64)
+        ok = frames < 0.97 * frames.max()                     # saturated pixels say nothing
+        r = np.where(ok, twin_frames - frames, 0.0)
+        scale = max(float(np.mean(frames[ok] ** 2)), 1e-12) if ok.any() else 1.0
+        grads, _ = self.twin.backward(ctx, r / (scale * r.size))
+        g = np.concatenate([np.asarray(grads[n], dtype=np.float64).reshape(-1) for n in self.free]) * self.scales
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        self.v = self.b2 * self.v + (1 - self.b2) * g * g
+        mh, vh = self.m / (1 - self.b1 ** self.t), self.v / (1 - self.b2 ** self.t)
+        p = self.twin.params
+        x = p.vector(self.free) - self.lr * self.scales * mh / (np.sqrt(vh) + 1e-12)
+        new = p.with_vector(self.free, x)
+        new = new.replace(crosstalk=max(new.crosstalk, 0.0), phase_scale=max(new.phase_scale, 0.05),
+                          gain=max(new.gain, 1e-9), z_gap=max(new.z_gap, 1e-6))
+        self.twin.set_params(new)
+        self.last_discrepancy = discrepancy(np.clip(twin_frames, 0, frames.max()), frames)
+        return self.last_discrepancy
+
+
+class BenchODU:
+    """Stands in for the model's :class:`~optdiff.odu.ODU`: forward on ``device``, backward through
+    ``twin`` (mode ``online``) or the ideal ODU (``experimental-backprop``; also ``deploy``:
+    forward only, e.g. to evaluate an offline-trained model on the bench).
+
+    Everything else (geometry, light budget, binning of simulated intensities) is the ideal ODU's.
+    """
+
+    failures = (CaptureError,)
+
+    def __init__(self, ideal, device, mode: str, twin: DigitalTwin, *, exposure=None, refine_every: int = 0,
+                 refine_lr: float = 0.02):
+        if mode not in ("online", "experimental-backprop", "deploy"):
+            raise ValueError(f"mode must be 'online', 'experimental-backprop' or 'deploy', got {mode!r}")
+        if tuple(device.phase_shape) != (ideal.L, ideal.n, ideal.n) or tuple(device.image_shape) != (ideal.H, ideal.W):
+            raise ValueError(f"the device shows patterns {tuple(device.phase_shape)} and images "
+                             f"{tuple(device.image_shape)}; the model has ({ideal.L}, {ideal.n}, {ideal.n}) "
+                             f"and ({ideal.H}, {ideal.W})")
+        self._ideal, self.device, self.mode, self.twin = ideal, device, mode, twin
+        self.exposure = exposure
+        self.binning = FrameBinning(twin, flip=ideal.flip)
+        self.nominal = TwinParams.from_config(twin.nominal, ideal.L)
+        self.refine_every = int(refine_every)
+        self.refiner = TwinRefiner(twin, lr=refine_lr) if mode == "online" and refine_every > 0 else None
+        self.steps = 0
+        self.captures = 0
+
+    def __getattr__(self, name):        # describe, light_fraction, check_light, n, L, H, W, k, ...
+        return getattr(self._ideal, name)
+
+    # -------------------------------------------------------------- forward on the bench
+    def capture(self, r, phases) -> np.ndarray:
+        """Frames ``[B, rows, cols]`` (float64 DN) of images ``r`` with ``phases`` (radians)."""
+        try:
+            frames = capture_frames(self.device, np.asarray(r, dtype=np.float64), np.asarray(phases), self.exposure)
+        except CaptureError:
+            raise
+        except Exception as exc:   # a driver's own failure: the same stop
+            raise CaptureError(f"capture from {type(self.device).__name__} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        self.captures += frames.shape[0]
+        return frames.astype(np.float64)
+
+    def _gain_dark(self) -> tuple[float, float]:
+        p = self.twin.params if self.mode == "online" else self.nominal
+        return p.gain * self.twin.epi * self._exposure_factor(), p.dark_level
+
+    def _exposure_factor(self) -> float:
+        return 1.0 if self.exposure is None else self.exposure / self.twin.camera_exposure
+
+    def to_intensity(self, frames) -> np.ndarray:
+        return self.binning.intensity(frames, *self._gain_dark())
+
+    def intensity(self, r, phases) -> np.ndarray:
+        """Binned intensity ``[B, H, W]`` (float64) measured on the bench."""
+        return self.to_intensity(self.capture(r, phases))
+
+    def intensity_train(self, r, phases):
+        frames = self.capture(r, phases)
+        I = self.to_intensity(frames)
+        if self.mode == "online":
+            twin_frames, ctx = self.twin.forward_train(r, phases, self.exposure)
+            return I, ("twin", ctx, twin_frames, frames)
+        if self.mode == "experimental-backprop":
+            _, tape = self._ideal.intensity_train(r, phases)
+            return I, ("ideal", tape)
+        raise RuntimeError("mode 'deploy' has no backward pass")
+
+    def backward(self, tape, g_binned) -> np.ndarray:
+        """d loss / d phases ``[L, N, N]`` (float64) from d loss / d binned intensity."""
+        self.steps += 1
+        if tape[0] == "ideal":
+            return self._ideal.backward(tape[1], g_binned)
+        _, ctx, twin_frames, frames = tape
+        gain_e, _ = self._gain_dark()
+        _, gph = self.twin.backward(ctx, self.binning.adjoint(g_binned, gain_e), params=False, phase_grad=True)
+        if self.refiner is not None and self.steps % self.refine_every == 0:
+            self.refiner.step(ctx, twin_frames, frames)
+        return gph
+
+    def state(self) -> dict:
+        r = self.refiner
+        return {"mode": self.mode, "steps": self.steps, "captures": self.captures,
+                "twin_params": self.twin.params.to_dict(),
+                "twin_discrepancy": None if r is None else _finite_or_none(r.last_discrepancy),
+                "refiner": None if r is None else {"t": r.t, "m": r.m.tolist(), "v": r.v.tolist(),
+                                                   "origin": r.origin.to_dict()}}
+
+    def load_state(self, d: dict) -> None:
+        self.twin.set_params(TwinParams.from_dict(d["twin_params"]))
+        self.steps, self.captures = int(d.get("steps", 0)), int(d.get("captures", 0))
+        r, saved = self.refiner, d.get("refiner")
+        if r is not None and saved:
+            r.origin = TwinParams.from_dict(saved["origin"])
+            r.scales = r.origin.scales(r.free)
+            r.t, r.m, r.v = int(saved["t"]), np.asarray(saved["m"], float), np.asarray(saved["v"], float)
+
+
+def _finite_or_none(v):
+    return None if v is None or not math.isfinite(v) else float(v)

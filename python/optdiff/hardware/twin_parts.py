@@ -1,0 +1,117 @@
+"""Differentiable pieces of the digital twin: the SLM's LUT and fringing blur, the DMD image's
+lateral shift, and the camera's area resampling, each with the exact derivatives the twin needs.
+
+* LUT: ``phi = s 2 pi (u + c u (1 - u))``, ``u = level / 2^bits`` (the true-LUT model of
+  :class:`SLM`); derivatives in s, c and (straight through the level rounding) the phase asked for.
+* Fringing: the separable Gaussian-of-a-pixel blur of :func:`resample.box_gauss`; its derivative
+  in the width sigma is the blur with dK/dsigma along one axis and K along the other, summed.
+* DMD shift: a sub-pixel move of the (band-limited) relayed image as a Fourier phase ramp; the
+  derivative is the ramp times ``-2 pi i f``.
+* Camera: area weights :func:`resample.overlap_matrix`, piecewise linear in the relay's offset;
+  the derivative moves each pixel's two edges (+1 / -1 times the source value there, over its width).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import resample
+
+__all__ = ["lut", "lut_derivatives", "single_threaded_blas", "blur_kernels", "blur_axes", "fourier_shift", "overlap_and_derivative"]
+
+TWO_PI = 2.0 * math.pi
+
+
+def lut(u: np.ndarray, scale: float, curvature: float) -> np.ndarray:
+    """Phase of the LUT model at drive ``u`` in [0, 1)."""
+    return (scale * TWO_PI) * (u + curvature * u * (1.0 - u))
+
+
+def lut_derivatives(u: np.ndarray, scale: float, curvature: float):
+    """d phase / d scale, d / d curvature and d / du of :func:`lut`."""
+    w = u * (1.0 - u)
+    return TWO_PI * (u + curvature * w), (scale * TWO_PI) * w, (scale * TWO_PI) * (1.0 + curvature * (1.0 - 2.0 * u))
+
+
+def single_threaded_blas():
+    """A context in which NumPy's BLAS runs on one thread (threadpoolctl when installed): the
+    twin's small matrix products run from several worker threads, and waking BLAS threads for
+    each cost up to 7x the product itself on a loaded machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:   # pragma: no cover - threadpoolctl comes with scikit-learn
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def blur_kernels(sigma: float, radius: int | None = None):
+    """Kernel ``K(d)`` and ``dK/dsigma`` for offsets ``-R .. R`` (None, None for sigma = 0)."""
+    if sigma <= 0:
+        return None, None
+    R = int(math.ceil(0.5 + 7.5 * sigma)) if radius is None else radius
+    d = np.arange(-R, R + 1, dtype=np.float64)
+    K = resample.box_gauss(d, sigma)
+    s2 = math.sqrt(2.0) * sigma
+    # d/dsigma of erf(a / (sqrt 2 sigma)) = -(2 / sqrt pi) exp(-a^2 / (2 sigma^2)) a / (sqrt 2 sigma^2)
+    def derf(a):
+        return -(2.0 / math.sqrt(math.pi)) * np.exp(-(a / s2) ** 2) * a / (math.sqrt(2.0) * sigma ** 2)
+    dK = 0.5 * (derf(d + 0.5) - derf(d - 0.5))
+    return K, dK
+
+
+def _blur_axis(a: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
+    """out[i] = sum_d kernel[R + d] a[i - d] along ``axis``, zero beyond the edges."""
+    R = len(kernel) // 2
+    out = kernel[R] * a
+    n = a.shape[axis]
+    for d in range(1, min(R, n - 1) + 1):
+        lo = [slice(None)] * a.ndim
+        hi = [slice(None)] * a.ndim
+        lo[axis], hi[axis] = slice(0, n - d), slice(d, n)
+        out[tuple(hi)] += kernel[R + d] * a[tuple(lo)]
+        out[tuple(lo)] += kernel[R - d] * a[tuple(hi)]
+    return out
+
+
+def blur_axes(a: np.ndarray, ky: np.ndarray | None, kx: np.ndarray | None) -> np.ndarray:
+    """Separable blur of the last two axes (rows with ``ky``, columns with ``kx``; None: identity)."""
+    if kx is not None:
+        a = _blur_axis(a, kx, -1)
+    if ky is not None:
+        a = _blur_axis(a, ky, -2)
+    return a
+
+
+def fourier_shift(field: np.ndarray, shift_px, derivative: bool = False):
+    """``field [..., n, n]`` moved by ``shift_px = (x, y)`` pixels (periodic; complex128), and with
+    ``derivative`` also its derivatives with respect to x and y."""
+    n_r, n_c = field.shape[-2:]
+    fy = np.fft.fftfreq(n_r)[:, None]
+    fx = np.fft.fftfreq(n_c)[None, :]
+    ramp = np.exp(-2j * math.pi * (fx * shift_px[0] + fy * shift_px[1]))
+    spec = np.fft.fft2(field) * ramp
+    out = np.fft.ifft2(spec)
+    if not derivative:
+        return out
+    return out, np.fft.ifft2(spec * (-2j * math.pi * fx)), np.fft.ifft2(spec * (-2j * math.pi * fy))
+
+
+def overlap_and_derivative(n_dst: int, dst_start: float, dst_width: float, n_src: int):
+    """:func:`resample.overlap_matrix` (unit source cells from 0) and its derivative in ``dst_start``."""
+    i = np.arange(n_dst, dtype=np.float64)
+    j = np.arange(n_src, dtype=np.float64)
+    a0 = dst_start + i * dst_width
+    a1 = a0 + dst_width
+    b0, b1 = j, j + 1.0
+    A0, A1, B0, B1 = a0[:, None], a1[:, None], b0[None, :], b1[None, :]
+    ov = np.minimum(A1, B1) - np.maximum(A0, B0)
+    W = np.clip(ov, 0.0, None) / dst_width
+    # where an edge of the cell meets an edge of a source pixel (e.g. an aligned camera) the
+    # weights have a kink: take the mean of the two one-sided derivatives (each step 1/2)
+    def step(x):
+        return (x > 0) + 0.5 * (x == 0)
+    dW = step(ov) * (step(B1 - A1) - step(A0 - B0)) / dst_width
+    return W, dW

@@ -1,0 +1,127 @@
+"""Training with the bench in the loop: frame binning, the online and experimental-backprop
+modes, capture failures (a stop with a checkpoint that loses nothing), resuming, the CLI."""
+
+import numpy as np
+import pytest
+
+from optdiff.cli import main
+from optdiff.config import Config, OpticsConfig
+from optdiff.diffusion import TrainingError
+from optdiff.hardware import EmulatedExperiment
+from optdiff.hardware.online import BenchODU, FrameBinning
+from optdiff.hardware.trainer import HARDWARE_STATE, HardwareTrainer
+from optdiff.hardware.twin import DigitalTwin
+from optdiff.odu import ODU
+
+OPTICS = OpticsConfig(n=32, layers=2)
+H = 8
+
+
+def small_config(steps=4):
+    cfg = Config()
+    cfg.optics = OPTICS
+    cfg.model.image_size, cfg.model.sets = H, 2
+    cfg.train.steps, cfg.train.batch, cfg.train.val_batch = steps, 4, 8
+    cfg.train.val_every, cfg.train.ckpt_every, cfg.train.progress = 0, 0, False
+    return cfg
+
+
+class Flaky:
+    """An emulated bench whose capture number ``fail_at`` goes wrong in the way ``how`` says
+    (without touching the bench, so its noise stream is that of a run without the failure)."""
+
+    def __init__(self, seed, how=None, fail_at=None):
+        self.inner = EmulatedExperiment(seed, OPTICS, H)
+        self.how, self.fail_at, self.calls = how, fail_at, 0
+        for a in ("image_shape", "phase_shape", "frame_shape", "bit_depth", "dmd_bits", "slm_bits"):
+            setattr(self, a, getattr(self.inner, a))
+
+    def capture(self, images, slm, *, exposure=None):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            shape = (images.shape[0],) + tuple(self.frame_shape)
+            if self.how == "nan":
+                return np.full(shape, np.nan, np.float32)
+            if self.how == "shape":
+                return np.zeros((images.shape[0], 3, 3), np.uint16)
+            if self.how == "dtype":
+                return np.zeros(shape, np.complex64)
+            raise RuntimeError("camera timed out")
+        return self.inner.capture(images, slm, exposure=exposure)
+
+
+def images():
+    return np.random.default_rng(0).uniform(-1, 1, (48, H, H))
+
+
+def test_frame_binning_round_trip_and_adjoint():
+    twin = DigitalTwin(OPTICS, H)
+    b = FrameBinning(twin)
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(0, 4000, (2, twin.rows, twin.cols))
+    g = rng.standard_normal((2, H, H))
+    lhs = np.sum(b.intensity(frames, 3.0, 0.0) * g)
+    rhs = np.sum(frames * b.adjoint(g, 3.0))
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+    flat = np.full((1, twin.rows, twin.cols), 116.0)
+    np.testing.assert_allclose(b.intensity(flat, 100.0, 16.0), 1.0, rtol=1e-12)
+
+
+def test_bench_odu_refuses_a_device_of_another_shape():
+    odu = ODU(OpticsConfig(n=48, layers=2), H)
+    with pytest.raises(ValueError, match="device shows patterns"):
+        BenchODU(odu, EmulatedExperiment(0, OPTICS, H), "online", DigitalTwin(OPTICS, H))
+    with pytest.raises(ValueError, match="mode"):
+        BenchODU(ODU(OPTICS, H), EmulatedExperiment(0, OPTICS, H), "sideways", DigitalTwin(OPTICS, H))
+
+
+@pytest.mark.parametrize("mode", ["online", "experimental-backprop"])
+def test_hardware_modes_train_and_the_twin_is_refined(tmp_path, mode):
+    dev = EmulatedExperiment(0, OPTICS, H)
+    twin = DigitalTwin(OPTICS, H)
+    start = twin.params
+    tr = HardwareTrainer(small_config(), tmp_path, dev, mode, twin, refine_every=1, images=images())
+    s = tr.fit()
+    assert s["steps"] == 8 and np.all(np.isfinite(s["val_mse"]))
+    assert tr.hw.captures > 8 * 4
+    state = (tmp_path / HARDWARE_STATE).read_text()
+    assert mode in state
+    if mode == "online":
+        assert twin.params != start and tr.hw.refiner.t == 8
+    else:
+        assert twin.params == start
+
+
+@pytest.mark.parametrize("how", ["nan", "shape", "dtype", "raise"])
+def test_a_capture_failure_stops_with_a_checkpoint_that_loses_nothing(tmp_path, how):
+    cfg = small_config(steps=4)
+
+    def trainer(path, dev):
+        return HardwareTrainer(cfg, path, dev, "online", DigitalTwin(OPTICS, H), refine_every=2, images=images())
+
+    ref = trainer(tmp_path / "ref", Flaky(3))       # 3 steps, then the rest
+    ref.fit(max_steps=3)
+    ref.fit(resume=True)
+    dev = Flaky(3, how)
+    trainer(tmp_path / "run", dev).fit(max_steps=3)
+    dev.fail_at = dev.calls + 1                    # the capture of the next training step fails
+    failing = trainer(tmp_path / "run", dev)
+    with pytest.raises(TrainingError, match=r"stopped at step 3: .*Nothing is lost"):
+        failing.fit(resume=True)
+    assert failing.step == 3
+    again = trainer(tmp_path / "run", dev)         # the device fixed: resume
+    again.fit(resume=True)
+    assert again.step == ref.step == 8
+    for k in ref.model.params:
+        np.testing.assert_array_equal(again.model.params[k], ref.model.params[k])
+    assert again.hw.twin.params == ref.hw.twin.params
+
+
+def test_train_command_modes(tmp_path, capsys):
+    base = ["train", "--n", "32", "--layers", "2", "--image-size", "8", "--sets", "2", "--steps", "2",
+            "--batch", "4", "--no-progress"]
+    assert main(base + ["--mode", "experimental-backprop", "--out", str(tmp_path / "eb")]) == 0
+    assert (tmp_path / "eb" / HARDWARE_STATE).exists()
+    assert main(base + ["--mode", "online", "--refine-every", "1", "--out", str(tmp_path / "on")]) == 0
+    assert "without --twin" in capsys.readouterr().err
+    assert main(base + ["--mode", "online", "--refine-every", "-1", "--out", str(tmp_path / "x")]) == 1
