@@ -62,6 +62,20 @@ work_size = 16
 """
 
 
+def _cuda_emu():
+    try:
+        from optdiff.optics.backends import get_backend
+
+        get_backend("cuda-emu")
+    except Exception:  # not built here
+        return False
+    return True
+
+
+GPU = "cuda-emu" if _cuda_emu() else "cuda"  # cuda-emu: the GPU row's code path, run on the CPU
+BASE = BASE.replace("speed_repeats = 1", f'speed_repeats = 1\ngpu_backend = "{GPU}"')
+
+
 def _torch():
     try:
         import torch  # noqa: F401
@@ -105,6 +119,10 @@ def test_report_end_to_end_and_resume(tmp_path, capsys):
                     "reference work: lab bench (quoted)", "optical bench, per-pixel energies"):
         assert heading in report, heading
     assert "Inception-v3 rows: **skipped**" in report
+    if GPU == "cuda-emu":
+        assert "cuda-emu: the GPU code on the CPU" in report and models["odu"]["speed_gpu"]["image_steps_per_s"] > 0
+    else:
+        assert "GPU row: not measured (no CUDA device" in report
     assert (out / "set_mse_digits.png").is_file() and (out / "chain_digits.png").is_file()
     first = res["parts_done_this_run"]
     assert "digits/odu/train" in first and "digits/linear/quality" in first

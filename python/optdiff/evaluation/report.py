@@ -81,6 +81,7 @@ class _Runner:
         self.parts = _Parts(out, log)
         s = self.s
         self.schedule = NoiseSchedule(s.T, "linear", s.beta_start, s.beta_end)
+        self.odu_paths: dict = {}
         self.results: dict = {"datasets": {}, "costs": None}
 
     # ------------------------------------------------------------------ feature spaces
@@ -148,6 +149,7 @@ class _Runner:
 
             self.parts.run(f"{d.label}/{m.label}/train", train)
         model, _, _ = load_model(path, nthreads=self.s.threads)
+        self.odu_paths[(d.label, m.label)] = path
         if model.H != d.image_size:
             raise ValueError(f"[models.{m.label}] {path}: the ODU works on {model.H}x{model.H} images, the data "
                              f"set {d.label!r} is {d.image_size}x{d.image_size}")
@@ -233,6 +235,9 @@ class _Runner:
                     batch=s.sample_batch, which=s.chain_which))
             if pred is not None and s.speed:
                 r["speed"] = self.parts.run(f"{key}/speed", lambda pred=pred: self._speed(pred, d.image_size))
+            if m.kind == "odu" and s.speed and s.gpu_backend:
+                r["speed_gpu"] = self.parts.run(f"{key}/speed-{s.gpu_backend}", lambda path=self.odu_paths[
+                    (d.label, m.label)]: self._gpu_speed(path, d.image_size))
             r["samples_file"] = str((folder / "samples.npy").relative_to(self.out)) if m.kind != "samples" else \
                 str(self.cfg.base_dir / m.samples[d.label])
             res["models"][m.label] = r
@@ -300,6 +305,22 @@ class _Runner:
         t = self.schedule.T // 2
         return costs.measure_rate(lambda: pred(x, t), s.speed_batch, repeats=s.speed_repeats)
 
+    def _gpu_speed(self, path, H: int) -> dict:
+        """The ODU's step on ``gpu_backend`` ("cuda"; "cuda-emu": the same code on the CPU, for tests)."""
+        from ..diffusion.trainer import load_model
+        from ..optics.backends import available_backends
+
+        be = self.s.gpu_backend
+        if be == "cuda" and "cuda" not in available_backends():
+            from ..optics.backends.cuda import cuda_unavailable_reason
+
+            return {"backend": be, "skipped": f"no CUDA device ({cuda_unavailable_reason()})"}
+        try:
+            model = load_model(path, nthreads=self.s.threads, backend=be)[0]
+            return {"backend": be, **self._speed(model.predict_eps, H)}
+        except (RuntimeError, ValueError, ImportError, OSError) as exc:
+            return {"backend": be, "skipped": f"{type(exc).__name__}: {exc}"[:500]}
+
     # ------------------------------------------------------------------ costs
     def cost_rows(self) -> list:
         rows, s = [], self.s
@@ -309,6 +330,13 @@ class _Runner:
                 if "speed" in r:
                     rows.append(costs.energy_row(f"{mlabel} ({dlabel}, CPU, batch {s.speed_batch})", r["params"],
                                                  r["flops_per_step"], r["speed"], s.T, watts, src))
+                g = r.get("speed_gpu") or {}
+                if "image_steps_per_s" in g:
+                    gpu = g["backend"] == "cuda"
+                    rows.append(costs.energy_row(
+                        f"{mlabel} ({dlabel}, {'GPU' if gpu else 'cuda-emu: the GPU code on the CPU'}, batch "
+                        f"{s.speed_batch})", r["params"], r["flops_per_step"], g, s.T,
+                        costs.GPU_WATTS if gpu else watts, "NVIDIA H200 board power" if gpu else src))
         if s.speed and s.speed_reference_sizes:
             rows += self.parts.run("costs/reference-sizes", self._reference_sizes)["rows"]
         H = self.cfg.datasets[0].image_size

@@ -74,6 +74,7 @@ class Settings:
     speed_batch: int = 64
     speed_repeats: int = 3
     speed_reference_sizes: bool = False
+    gpu_backend: str = "cuda"      # the ODU's GPU row ("" = none; "cuda-emu" runs the GPU code on the CPU)
     inception_weights: str = ""
 
 
@@ -171,6 +172,8 @@ def _check_settings(s: Settings) -> None:
         raise _err(w, "sampler", s.sampler, "must be 'ddpm' or 'ddim'")
     if s.sampler == "ddim" and s.sample_steps > s.T:
         raise _err(w, "sample_steps", s.sample_steps, f"DDIM steps must be <= T = {s.T}")
+    if s.gpu_backend not in ("", "cuda", "cuda-emu"):
+        raise _err(w, "gpu_backend", s.gpu_backend, "must be 'cuda', 'cuda-emu' or '' (no GPU row)")
     if s.chain_which not in ("x0", "xt"):
         raise _err(w, "chain_which", s.chain_which, "must be 'x0' (predicted x0) or 'xt' (the noisy state)")
     quality = {"fid", "kid", "is", "chain"} & set(s.metrics)

@@ -187,6 +187,9 @@ def write_report(cfg, results: dict, out: Path) -> Path:
               "propagation); the optical bench computes optically and spends 0 digital FLOPs on the denoiser. "
               "Constants and sources: docs/evaluation.md.", "",
               costs.cost_table_markdown(results["costs"]), ""]
+        skipped = {g["skipped"] for d in results["datasets"].values() for r in d["models"].values()
+                   if (g := r.get("speed_gpu")) and "skipped" in g}
+        L += [f"GPU row: not measured ({'; '.join(sorted(skipped))})." for _ in [0] if skipped] + ([""] if skipped else [])
     done = results.get("parts_done_this_run") or {}
     L += ["---", f"This run: {results['seconds_this_run']:.0f} s; {len(done)} part(s) computed now, the others "
                  f"were read from `parts/` (finished before and not redone)."]
