@@ -29,6 +29,8 @@ def test_cnn_learns_digits(net, digits):
     assert net.accuracy_held_out == net.accuracy(xte, yte) > 0.8  # chance: 0.1
     f, p = net.features(xte[:5]), net.predict_proba(xte[:5])
     assert f.shape == (5, 128) and p.shape == (5, 10) and np.allclose(p.sum(axis=1), 1.0)
+    # unit mean variance per feature on the training images (float64 statistics of float32 features)
+    assert np.mean(np.var(net.features(digits[0]), axis=0)) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_checkpoint_round_trip_and_wrong_data_set(net, digits, tmp_path):
@@ -37,6 +39,7 @@ def test_checkpoint_round_trip_and_wrong_data_set(net, digits, tmp_path):
     path = net.save(tmp_path / "features.npz")
     back = cnn.CNNFeatureNet.load(path, dataset="digits", image_size=12)
     assert back.accuracy_held_out == net.accuracy_held_out and back.classes.tolist() == list(range(10))
+    assert back.feature_scale == net.feature_scale != 1.0
     x = digits[2][:7]
     np.testing.assert_array_equal(back.features(x), net.features(x))
     with pytest.raises(ValueError, match="trained on 'digits'.*not on 'mnist'"):

@@ -6,7 +6,9 @@ a 128-unit ReLU layer (the features) and a linear classifier (the probabilities 
 Trained by optdiff on the data set's training images (Adam, a few epochs, seeded); its held-out
 accuracy is stored in its checkpoint together with the data set's name, image size and classes,
 so a metric computed in the features of a net made for another data set is refused
-(``check_for``). Checkpoints are optdiff checkpoints (atomic, CRC-checked, no pickle).
+(``check_for``). The features are scaled by one number fixed at training time, so that the
+training images' features have a mean variance of 1 per dimension: FID and KID then come out in
+comparable units whatever the net (scaling the features by s scales FID by s^2). Checkpoints are optdiff checkpoints (atomic, CRC-checked, no pickle).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class CNNFeatureNet:
         torch.manual_seed(self.seed)
         self.net = _Net(self.image_size, int(self.classes.size), self.hidden).eval()
         self.accuracy_held_out: float | None = None
+        self.feature_scale = 1.0
 
     # ------------------------------------------------------------------ training
     def fit(self, images, labels, epochs: int = 8, batch: int = 128, lr: float = 2e-3,
@@ -75,6 +78,9 @@ class CNNFeatureNet:
                 loss.backward()
                 opt.step()
         self.net.eval()
+        self.feature_scale = 1.0
+        f = self.features(images[: 4096])
+        self.feature_scale = float(1.0 / np.sqrt(max(float(np.mean(np.var(f, axis=0))), 1e-12)))
         if held_out is not None:
             self.accuracy_held_out = self.accuracy(*held_out)
         return self
@@ -99,11 +105,11 @@ class CNNFeatureNet:
         with torch.no_grad():
             for i in range(0, x.shape[0], batch):
                 f = self.net.body(x[i:i + batch])
-                outs.append(torch.softmax(self.net.head(f).double(), dim=1) if head else f.double())
+                outs.append(torch.softmax(self.net.head(f).double(), dim=1) if head else f.double() * self.feature_scale)
         return torch.cat(outs).numpy() if outs else np.zeros((0, self.hidden))
 
     def features(self, images) -> np.ndarray:
-        """Penultimate-layer activations, float64 ``[K, hidden]``."""
+        """Penultimate-layer activations times ``feature_scale``, float64 ``[K, hidden]``."""
         return self._run(images, head=False)
 
     def predict_proba(self, images) -> np.ndarray:
@@ -127,7 +133,8 @@ class CNNFeatureNet:
     def save(self, path):
         """Atomic optdiff checkpoint with the weights, data set, classes and accuracy."""
         cfg = {"format": FEATURE_FORMAT, "version": 1, "dataset": self.dataset, "image_size": self.image_size,
-               "classes": self.classes.tolist(), "hidden": self.hidden, "seed": self.seed}
+               "classes": self.classes.tolist(), "hidden": self.hidden, "seed": self.seed,
+               "feature_scale": self.feature_scale}
         arrays = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
         return save_checkpoint(path, cfg, arrays, {"accuracy_held_out": self.accuracy_held_out})
 
@@ -144,6 +151,7 @@ class CNNFeatureNet:
             raise CheckpointError(f"{path}: damaged CNN feature network ({exc})"[:2000]) from None
         obj.net.eval()
         obj.accuracy_held_out = meta.get("accuracy_held_out")
+        obj.feature_scale = float(cfg.get("feature_scale", 1.0))
         if dataset is not None or image_size is not None:
             obj.check_for(dataset if dataset is not None else obj.dataset,
                           image_size if image_size is not None else obj.image_size)
