@@ -287,15 +287,15 @@ def load_report_config(path, inception_weights: str | None = None) -> ReportConf
     datasets = [_fill(DatasetSpec(k), v, f"datasets.{k}") for k, v in raw["datasets"].items()]
     for d in datasets:
         _check_dataset(d, s)
-    if "cnn" in s.features:
-        from ..evaluation.digital import TORCH_EXTRA, torch_available
-
-        if not torch_available():
-            raise ConfigError(f"[report] features = ['cnn'] needs PyTorch: {TORCH_EXTRA} (or use 'mlp')")
     models = [_fill(ModelSpec(k), v, f"models.{k}") for k, v in raw["models"].items()]
     has_odu = any((v.get("kind") or k) == "odu" for k, v in raw["models"].items())
     for m in models:
         _check_model(m, datasets, has_odu)
+    if "cnn" in s.features:  # after the models: an unknown model is the first thing to report
+        from ..evaluation.digital import TORCH_EXTRA, torch_available
+
+        if not torch_available():
+            raise ConfigError(f"[report] features = ['cnn'] needs PyTorch: {TORCH_EXTRA} (or use 'mlp')")
     if len([m for m in models if m.kind == "odu"]) > 1 and any(m.size == "matched" for m in models):
         raise ConfigError(f"{path}: size = 'matched' is ambiguous with several ODU models; give parameter counts")
     base = path.resolve().parent
