@@ -224,22 +224,37 @@ void bind_precision(py::module_& m, const char* suffix) {
         .def(
             "backward",
             [](const S& self, Addr input, Addr phases, Addr saved, Addr grad_intensity,
-               int64_t batch, Addr grad_phases, Addr grad_input, Addr stream) {
+               int64_t batch, Addr grad_phases, Addr grad_input, Addr stream, Addr grad_distances,
+               Addr grad_tilts) {
                 const int d = self.device();
                 const bool used = batch > 0;
-                self.backward(optional_ptr<const C>(input, d, "input", used),
+                // parameter gradients: host float64 buffers [L + 1] and [L + 1, 2], the input
+                // hop's last (Python allocates them; 0 = not wanted)
+                StackParamGrads pg;
+                if (grad_distances) {
+                    pg.distances = reinterpret_cast<double*>(grad_distances);
+                    pg.input_distance = pg.distances + self.layers();
+                }
+                if (grad_tilts) {
+                    pg.tilts = reinterpret_cast<double*>(grad_tilts);
+                    pg.input_tilt = pg.tilts + 2 * self.layers();
+                }
+                self.backward(optional_ptr<const C>(input, d, "input", used || pg.any()),
                               required<const T>(phases, d, "phases"),
                               optional_ptr<const C>(saved, d, "saved", used),
                               optional_ptr<const T>(grad_intensity, d, "grad_intensity", used),
                               batch, required<T>(grad_phases, d, "grad_phases"),
-                              optional_ptr<C>(grad_input, d, "grad_input", used),
-                              as_stream(stream));
+                              optional_ptr<C>(grad_input, d, "grad_input", used), as_stream(stream),
+                              pg.any() ? &pg : nullptr);
             },
             py::arg("input"), py::arg("phases"), py::arg("saved"), py::arg("grad_intensity"),
             py::arg("batch"), py::arg("grad_phases"), py::arg("grad_input") = 0,
-            py::arg("stream") = 0, Release(),
+            py::arg("stream") = 0, py::arg("grad_distances") = 0, py::arg("grad_tilts") = 0,
+            Release(),
             "grad_phases [L,n,n] (overwritten, summed over the batch); grad_input [B,n,n] or 0; "
-            "saved = 0 recomputes the forward pass (then input is required).")
+            "saved = 0 recomputes the forward pass (then input is required). grad_distances, "
+            "grad_tilts: addresses of host float64 arrays [L+1] and [L+1,2] for the parameter "
+            "gradients (the input hop's last), or 0; asking for them synchronises the stream.")
         .def(
             "mse_loss_and_grad",
             [](const S& self, Addr input, Addr phases, Addr target, int64_t batch, Addr grad_phases,

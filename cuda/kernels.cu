@@ -242,6 +242,24 @@ struct LayerBackwardFn {
 };
 
 template <class T>
+struct InnerPartialFn {
+    Strided<const cplx<T>> a, v;
+    double* partial;
+    int64_t n, batch;
+    OPTDIFF_HD void operator()(int64_t p, int64_t lane, int64_t lanes) const {
+        const int64_t r = p / n;
+        const int64_t c = p - r * n;
+        double acc = 0.0;
+        for (int64_t b = lane; b < batch; b += lanes) {
+            const cplx<T> x = a.at(b, r, c), y = v.at(b, r, c);
+            acc += static_cast<double>(x.re) * static_cast<double>(y.re) +
+                   static_cast<double>(x.im) * static_cast<double>(y.im);
+        }
+        partial[lane * n * n + p] = acc;
+    }
+};
+
+template <class T>
 struct MseResidualFn {
     const T* inten;
     const T* target;
@@ -452,6 +470,12 @@ void launch_layer_backward(Strided<const cplx<T>> grad_w, Strided<const cplx<T>>
 }
 
 template <class T>
+void launch_inner_partial(Strided<const cplx<T>> a, Strided<const cplx<T>> v, double* partial,
+                          int64_t groups, int64_t n, int64_t batch, Stream stream) {
+    launch(InnerPartialFn<T>{a, v, partial, n, batch}, n * n, groups, stream, "inner_partial");
+}
+
+template <class T>
 void launch_mse_residual(const T* intensity, const T* target, T grad_scale, T* g, double* partial,
                          int64_t groups, int64_t npix, int64_t batch, Stream stream) {
     launch(MseResidualFn<T>{intensity, target, grad_scale, g, partial, npix, batch}, npix, groups,
@@ -539,6 +563,8 @@ bool all_finite(const T* data, int64_t count, Stream stream) {
                                            const cplx<T>*, double*, int64_t, Strided<cplx<T>>,     \
                                            int64_t, int64_t, int64_t, Stream);                     \
     template void launch_reduce_groups<T>(const double*, int64_t, int64_t, T*, bool, Stream);      \
+    template void launch_inner_partial<T>(Strided<const cplx<T>>, Strided<const cplx<T>>, double*, \
+                                          int64_t, int64_t, int64_t, Stream);                      \
     template void launch_mse_residual<T>(const T*, const T*, T, T*, double*, int64_t, int64_t,     \
                                          int64_t, Stream);                                         \
     template void launch_bin_forward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, \

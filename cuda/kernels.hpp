@@ -108,6 +108,14 @@ void launch_layer_backward(Strided<const cplx<T>> grad_w, Strided<const cplx<T>>
                            const cplx<T>* m, double* partial, int64_t groups, Strided<cplx<T>> dst,
                            int64_t n, int64_t np_dst, int64_t batch, Stream stream);
 
+// partial[g, r*n + c] = sum over b in group g (b = g, g + groups, ...) of
+// Re(conj(a(b, r, c)) * v(b, r, c)) for r, c < n: the per-pixel terms of the
+// derivative of a loss with respect to a hop's distance (a: the gradient at
+// the hop's output, v: d output / d distance). groups <= backward_groups(n, n, batch).
+template <class T>
+void launch_inner_partial(Strided<const cplx<T>> a, Strided<const cplx<T>> v, double* partial,
+                          int64_t groups, int64_t n, int64_t batch, Stream stream);
+
 // out[p] = (accumulate ? out[p] : 0) + sum_g partial[g, p], in order of g.
 template <class T>
 void launch_reduce_groups(const double* partial, int64_t groups, int64_t npix, T* out,

@@ -49,17 +49,19 @@ Strided<const T> cview(const T* ptr, const Layout& l) {
 
 // In-place P (or P^H with conj(H)) on a work buffer holding `batch` samples
 // in the work layout of `hop`, between pad and crop.
+// `table` (nullable): multiply by it instead of the hop's H (dH/d(distance)).
 template <class T>
 void hop_transform(const DeviceHop<T>& hop, cplx<T>* work, int64_t batch, bool adjoint,
-                   Stream stream) {
+                   Stream stream, const cplx<T>* table = nullptr) {
     constexpr bool dbl = std::is_same<T, double>::value;
+    const cplx<T>* h = table ? table : hop.h.get();
     const int64_t n = hop.n;
     const int64_t np = hop.np;
     const Layout lay = work_layout(n, np, batch);
     if (np == n) {
         auto plan = get_fft_plan(dbl, FftGeometry{2, np, 1, np * np, batch}, stream);
         fft_execute(*plan, work, false);
-        launch_multiply_transfer(view(work, lay), hop.h.get(), adjoint, np, batch, stream);
+        launch_multiply_transfer(view(work, lay), h, adjoint, np, batch, stream);
         fft_execute(*plan, work, true);
     } else {
         // rows r < n of every sample: buffer rows 0 .. n*batch-1
@@ -67,7 +69,7 @@ void hop_transform(const DeviceHop<T>& hop, cplx<T>* work, int64_t batch, bool a
         auto cols = get_fft_plan(dbl, FftGeometry{1, np, batch * np, 1, batch * np}, stream);
         fft_execute(*rows, work, false);  // rows n..np-1 are zero: their transform is zero
         fft_execute(*cols, work, false);
-        launch_multiply_transfer(view(work, lay), hop.h.get(), adjoint, np, batch, stream);
+        launch_multiply_transfer(view(work, lay), h, adjoint, np, batch, stream);
         fft_execute(*cols, work, true);
         fft_execute(*rows, work, true);  // rows n..np-1 are cropped away: not needed
     }
@@ -112,6 +114,16 @@ DeviceHop<T>::DeviceHop(const PropagationSpec& s, int64_t n_) : spec(s), n(n_) {
         tilt = DeviceArray<cplx<T>>(tv.size());
         copy_to_device_sync(tilt.get(), tv.data(), tv.size() * sizeof(cplx<T>), nullptr);
     }
+}
+
+template <class T>
+const cplx<T>* DeviceHop<T>::dz_table() const {
+    std::call_once(dz_once_, [this] {
+        const std::vector<cplx<T>> d = make_transfer_function_dz<T>(spec, n, true);
+        dh_ = DeviceArray<cplx<T>>(d.size());
+        copy_to_device_sync(dh_.get(), d.data(), d.size() * sizeof(cplx<T>), nullptr);
+    });
+    return dh_.get();
 }
 
 // ---------------------------------------------------------------------------
@@ -206,6 +218,13 @@ struct CudaPhaseStack<T>::Call {
 };
 
 template <class T>
+struct CudaPhaseStack<T>::ParamScratch {
+    cplx<T>* work = nullptr;      // a padded work buffer for d output / d distance
+    double* dz_pixels = nullptr;  // [L + 1, n, n] per-pixel distance derivative terms
+    T* input_phase = nullptr;     // [n, n] d loss / d phase of the input plane
+};
+
+template <class T>
 CudaPhaseStack<T>::CudaPhaseStack(const StackSpec& spec, int device)
     : spec_(spec), device_(device < 0 ? current_device() : device) {
     validate_stack(spec_);
@@ -291,7 +310,8 @@ void CudaPhaseStack<T>::forward_chunk(Call& call, Input input, int64_t bc, T* in
 template <class T>
 void CudaPhaseStack<T>::backward_chunk(Call& call, const cplx<T>* saved, const T* grad_intensity,
                                        int64_t bc, T* grad_phases, bool accumulate,
-                                       cplx<T>* grad_input) const {
+                                       cplx<T>* grad_input, const ParamScratch* params,
+                                       const cplx<T>* input) const {
     using C = cplx<T>;
     const Stream s = call.stream;
     const int64_t n = spec_.n;
@@ -305,9 +325,24 @@ void CudaPhaseStack<T>::backward_chunk(Call& call, const cplx<T>* saved, const T
     int64_t cur_np = hops_.back()->np;
     launch_intensity_backward_pad(saved_view(L), grad_intensity,
                                   view(call.work[0], work_layout(n, cur_np, bc)), n, cur_np, bc, s);
+    const int64_t dz_groups = backward_groups(n, n, bc);
+    // d loss / d distance of `hop` whose output gradient is in `g` (its work layout), for the
+    // hop's input loaded from `src` (times `table` when given): per-pixel terms into slot.
+    auto distance_terms = [&](const DeviceHop<T>& hop, const C* g, Strided<const C> src,
+                              const C* table, int64_t slot) {
+        const Layout lay = work_layout(n, hop.np, bc);
+        launch_pad_load(src, table, table ? TableOp::Multiply : TableOp::None, Strided<C>{},
+                        view(params->work, lay), n, hop.np, bc, s);
+        hop_transform(hop, params->work, bc, false, s, hop.dz_table());
+        launch_inner_partial(cview(g, lay), cview(static_cast<const C*>(params->work), lay),
+                             call.partial, dz_groups, n, bc, s);
+        launch_reduce_groups(call.partial, dz_groups, nn, params->dz_pixels + slot * nn, accumulate,
+                             s);
+    };
     for (int64_t l = L - 1; l >= 0; --l) {
         const DeviceHop<T>& hop = *hops_[static_cast<size_t>(l)];
         const Layout lay = work_layout(n, hop.np, bc);
+        if (params) distance_terms(hop, call.work[which], saved_view(l), nullptr, l);
         hop_transform(hop, call.work[which], bc, true, s);  // grad_w = P_l^H(G)
         const Strided<const C> grad_w = cview(static_cast<const C*>(call.work[which]), lay);
 
@@ -339,11 +374,18 @@ void CudaPhaseStack<T>::backward_chunk(Call& call, const cplx<T>* saved, const T
     if (grad_input && input_hop_) {
         const DeviceHop<T>& hop = *input_hop_;
         const Layout lay = work_layout(n, hop.np, bc);
-        hop_transform(hop, call.work[which], bc, true, s);
         const C* tilt = hop.tilt_or_null();
+        if (params) distance_terms(hop, call.work[which], dense_view(input, n), tilt, L);
+        hop_transform(hop, call.work[which], bc, true, s);
         launch_crop_store(cview(static_cast<const C*>(call.work[which]), lay), tilt,
                           tilt ? TableOp::ConjMultiply : TableOp::None, dense_view(grad_input, n),
                           n, bc, s);
+    }
+    if (params) {  // d loss / d phase of the input plane = phase_gradient(grad_input, input)
+        launch_layer_backward(dense_view(static_cast<const C*>(grad_input), n),
+                              dense_view(input, n), call.m, call.partial, dz_groups, Strided<C>{},
+                              n, n, bc, s);
+        launch_reduce_groups(call.partial, dz_groups, nn, params->input_phase, accumulate, s);
     }
 }
 
@@ -413,9 +455,11 @@ void CudaPhaseStack<T>::forward_impl(Input input, const T* phases, int64_t batch
 template <class T>
 void CudaPhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
                                  const T* grad_intensity, int64_t batch, T* grad_phases,
-                                 cplx<T>* grad_input, Stream stream) const {
+                                 cplx<T>* grad_input, Stream stream,
+                                 const StackParamGrads* params) const {
     using C = cplx<T>;
     require(batch >= 0, "batch must be >= 0, got " + std::to_string(batch));
+    if (params && !params->any()) params = nullptr;
     require(phases != nullptr, "phases must not be null");
     require(grad_phases != nullptr, "grad_phases must not be null");
     const int64_t n = spec_.n;
@@ -425,11 +469,13 @@ void CudaPhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cp
     DeviceGuard guard(device_);
     if (batch == 0) {
         zero_async(grad_phases, static_cast<size_t>(L * nn) * sizeof(T), stream);
+        if (params) finish_param_grads(params, nullptr, nullptr, nullptr, stream);
         return;
     }
     require(grad_intensity != nullptr, "grad_intensity must not be null");
     require(saved != nullptr || input != nullptr,
             "backward without a saved forward pass (recompute mode) needs the input");
+    require(params == nullptr || input != nullptr, "parameter gradients need the input field");
 
     Workspace<C> m(static_cast<size_t>(L * nn), stream);
     make_modulation(phases, m.get(), stream);
@@ -444,6 +490,16 @@ void CudaPhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cp
     // backward_groups is largest for the smallest image (np_dst = n).
     Workspace<double> partial(static_cast<size_t>(backward_groups(n, n, bc) * nn), stream);
 
+    // Parameter gradients: one more padded buffer, the per-pixel terms, and a grad_input of our
+    // own when the caller wants none (the input plane's phase gradient is read from it).
+    const bool pg = params != nullptr;
+    Workspace<C> pwork(pg ? static_cast<size_t>(bc * max_np_ * max_np_) : 0, stream);
+    Workspace<double> dz_pixels(pg ? static_cast<size_t>((L + 1) * nn) : 0, stream);
+    Workspace<T> input_phase(pg ? static_cast<size_t>(nn) : 0, stream);
+    Workspace<C> own_grad_input(pg && !grad_input ? static_cast<size_t>(bc * nn) : 0, stream);
+    if (pg) zero_async(dz_pixels.get(), static_cast<size_t>((L + 1) * nn) * sizeof(double), stream);
+    const ParamScratch ps{pwork.get(), dz_pixels.get(), input_phase.get()};
+
     Call call(stream, m.get(), w0.get(), w1.get(), partial.get());
     for (int64_t b0 = 0; b0 < batch; b0 += bc) {
         const int64_t nb = std::min(bc, batch - b0);
@@ -454,8 +510,42 @@ void CudaPhaseStack<T>::backward(const cplx<T>* input, const T* phases, const cp
             forward_chunk(call, Input{input + b0 * nn, nullptr}, nb, nullptr, tape.get(), nullptr);
             chunk_saved = tape.get();
         }
-        backward_chunk(call, chunk_saved, grad_intensity + b0 * nn, nb, grad_phases, b0 > 0,
-                       grad_input ? grad_input + b0 * nn : nullptr);
+        C* gi = grad_input ? grad_input + b0 * nn : (pg ? own_grad_input.get() : nullptr);
+        backward_chunk(call, chunk_saved, grad_intensity + b0 * nn, nb, grad_phases, b0 > 0, gi,
+                       pg ? &ps : nullptr, input ? input + b0 * nn : nullptr);
+    }
+    if (pg) finish_param_grads(params, grad_phases, dz_pixels.get(), input_phase.get(), stream);
+}
+
+template <class T>
+void CudaPhaseStack<T>::finish_param_grads(const StackParamGrads* p, const T* grad_phases,
+                                           const double* dz_pixels, const T* input_phase,
+                                           Stream stream) const {
+    const int64_t n = spec_.n, nn = n * n, L = layers();
+    std::vector<double> dz(static_cast<size_t>((L + 1) * nn), 0.0);
+    std::vector<T> gph(static_cast<size_t>((L + 1) * nn), T(0));  // L layers, then the input plane
+    if (dz_pixels) {                                              // batch > 0
+        copy_to_host_sync(dz.data(), dz_pixels, dz.size() * sizeof(double), stream);
+        copy_to_host_sync(gph.data(), grad_phases, static_cast<size_t>(L * nn) * sizeof(T), stream);
+        copy_to_host_sync(gph.data() + L * nn, input_phase, static_cast<size_t>(nn) * sizeof(T),
+                          stream);
+    }
+    auto total = [&](int64_t slot) {  // pixels in order: the same sums for any launch
+        double s = 0.0;
+        for (int64_t i = 0; i < nn; ++i) s += dz[static_cast<size_t>(slot * nn + i)];
+        return s;
+    };
+    if (p->distances)
+        for (int64_t l = 0; l < L; ++l) p->distances[l] = total(l);
+    if (p->input_distance) *p->input_distance = input_hop_ ? total(L) : 0.0;
+    if (p->tilts)
+        for (int64_t l = 0; l < L; ++l)
+            tilt_gradient(gph.data() + l * nn, n, hops_[static_cast<size_t>(l)]->spec,
+                          p->tilts + 2 * l);
+    if (p->input_tilt) {
+        PropagationSpec at_input = input_hop_ ? input_hop_->spec : hops_[0]->spec;
+        if (!input_hop_) at_input.tilt_x = at_input.tilt_y = 0.0;
+        tilt_gradient(gph.data() + L * nn, n, at_input, p->input_tilt);
     }
 }
 

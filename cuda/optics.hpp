@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "device.hpp"
@@ -42,6 +43,13 @@ struct DeviceHop {
 
     DeviceHop(const PropagationSpec& spec, int64_t n);
     const cplx<T>* tilt_or_null() const { return tilt.empty() ? nullptr : tilt.get(); }
+    // dH/d(distance), same layout as h; made on the first parameter-gradient
+    // call (thread-safe), so stacks that never ask keep one table per hop.
+    const cplx<T>* dz_table() const;
+
+private:
+    mutable std::once_flag dz_once_;
+    mutable DeviceArray<cplx<T>> dh_;
 };
 
 template <class T>
@@ -96,9 +104,12 @@ public:
     // grad_input is non-null, grad_input [B, n, n]. saved from forward, or
     // nullptr to recompute the forward pass chunk by chunk (then input is
     // required; otherwise it is not read).
+    // params (nullable; host memory): also the parameter gradients of
+    // StackParamGrads (plan.hpp), as the CPU back end computes them; then the
+    // input is required and the call waits for the stream before returning.
     void backward(const cplx<T>* input, const T* phases, const cplx<T>* saved,
                   const T* grad_intensity, int64_t batch, T* grad_phases, cplx<T>* grad_input,
-                  Stream stream) const;
+                  Stream stream, const StackParamGrads* params = nullptr) const;
 
     // Fused training step for intensity matching (the CPU back end's
     // mse_loss_and_grad): forward with the tape kept chunk by chunk on the
@@ -124,9 +135,13 @@ private:
                       cplx<T>* camera_field, Stream stream, bool check_intensity) const;
     void forward_chunk(Call& call, Input input, int64_t bc, T* intensity, cplx<T>* saved,
                        cplx<T>* camera_field) const;
+    struct ParamScratch;  // parameter gradients: buffers of one backward call
     void backward_chunk(Call& call, const cplx<T>* saved, const T* grad_intensity, int64_t bc,
-                        T* grad_phases, bool accumulate, cplx<T>* grad_input) const;
+                        T* grad_phases, bool accumulate, cplx<T>* grad_input,
+                        const ParamScratch* params = nullptr, const cplx<T>* input = nullptr) const;
     void make_modulation(const T* phases, cplx<T>* m, Stream stream) const;
+    void finish_param_grads(const StackParamGrads* p, const T* grad_phases, const double* dz_pixels,
+                            const T* input_phase, Stream stream) const;
 
     StackSpec spec_;
     int device_ = 0;

@@ -24,16 +24,10 @@ def close(fd, got, tol):
     return abs(fd - got) <= tol * max(abs(fd), 1e-3)
 
 
-def _cpu_only(backend):
-    if backend != "cpu":
-        pytest.skip("parameter gradients run on the CPU backend (the CUDA backends refuse them)")
-
-
 @pytest.mark.parametrize("method", ["as", "bl-as", "fresnel"])
 @pytest.mark.parametrize("padding", [1, 2])
 @pytest.mark.parametrize("input_distance", [None, 15e-3])
 def test_parameter_gradients_match_finite_differences(rng, method, padding, input_distance, backend):
-    _cpu_only(backend)
     # n = 24 and hops of 4-12 mm: the band-limited method keeps a good part of the spectrum.
     n, L, B = 24, 3, 2
     dist = np.linspace(4e-3, 12e-3, L)
@@ -88,7 +82,6 @@ def test_parameter_gradients_match_finite_differences(rng, method, padding, inpu
 
 def test_input_tilt_gradient_without_input_hop(rng, backend):
     # No input hop and no input tilt: the gradient is the derivative at tilt 0.
-    _cpu_only(backend)
     n, L = 16, 2
     x = random_field(rng, (2, n, n))
     ph = rng.uniform(-np.pi, np.pi, (L, n, n))
@@ -106,7 +99,6 @@ def test_input_tilt_gradient_without_input_hop(rng, backend):
 
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
 def test_recompute_threads_and_input_grad_agree(rng, dtype, backend):
-    _cpu_only(backend)
     n, L, B = 20, 3, 5
     real = np.float32 if dtype == np.complex64 else np.float64
     s = make(backend, n, "as", 2, [8e-3, 12e-3, 16e-3], np.full((L, 2), 1e-3), 5e-3)
@@ -149,11 +141,21 @@ def test_both_periodic_paths(rng, periodic_path):
     assert abs(out[0].input_distance - out[1].input_distance) <= 1e-10 * abs(out[1].input_distance)
 
 
-def test_cuda_backends_refuse_param_grads(rng, backend):
-    if backend == "cpu":
-        pytest.skip("the CPU backend computes them")
-    n = 8
-    s = make(backend, n, "as", 2, [1e-3], None, None)
-    _, tape = s.forward_train(random_field(rng, (1, n, n)), np.zeros((1, n, n)))
-    with pytest.raises(NotImplementedError, match="backend='cpu'"):
-        s.backward(tape, np.ones((1, n, n)), param_grads=True)
+def test_backends_agree(rng, backend):
+    n, L = 16, 3
+    x = random_field(rng, (5, n, n))
+    ph = rng.uniform(-np.pi, np.pi, (L, n, n))
+    g = rng.standard_normal((5, n, n))
+    got = {}
+    for name in ("cpu", backend):
+        for padding in (1, 2):
+            s = make(name, n, "as", padding, [5e-3, 7e-3, 9e-3], np.full((L, 2), 1e-3), 3e-3)
+            for recompute in (False, True):
+                _, tape = s.forward_train(x, ph, recompute=recompute)
+                got[name, padding, recompute] = s.backward(tape, g, param_grads=True)[2]
+    for key, want in got.items():
+        other = got[(backend,) + key[1:]]
+        np.testing.assert_allclose(other.distances, want.distances, rtol=1e-9)
+        np.testing.assert_allclose(other.tilts, want.tilts, rtol=1e-9, atol=1e-12 * np.abs(want.tilts).max())
+        np.testing.assert_allclose(other.input_tilt, want.input_tilt, rtol=1e-9)
+        assert other.input_distance == pytest.approx(want.input_distance, rel=1e-9)

@@ -326,25 +326,6 @@ struct PhaseStack<T>::Impl {
         return sum;
     }
 
-    // dLoss/d(tilt_x, tilt_y) of a ramp acting where dLoss/dphi is `grad`
-    // [nn]: k cos(theta) times the first moments of grad (fixed order, double).
-    void tilt_gradient(const T* grad, const PropagationSpec& hop, double* out) const {
-        double sx = 0.0, sy = 0.0;
-        for (int64_t r = 0; r < n; ++r) {
-            const double y = centred_coordinate(r, n, hop.pitch);
-            double row = 0.0, rowx = 0.0;
-            for (int64_t c = 0; c < n; ++c) {
-                const double v = static_cast<double>(grad[r * n + c]);
-                row += v;
-                rowx += centred_coordinate(c, n, hop.pitch) * v;
-            }
-            sx += rowx;
-            sy += y * row;
-        }
-        out[0] = tilt_phase_slope(hop.wavelength, hop.tilt_x) * sx;
-        out[1] = tilt_phase_slope(hop.wavelength, hop.tilt_y) * sy;
-    }
-
     void backward_params(const cplx<T>* input, const T* phases, const cplx<T>* saved,
                          const T* grad_intensity, int64_t batch, T* grad_phases,
                          cplx<T>* grad_input, int num_threads, const cplx<T>* modulation,
@@ -388,12 +369,12 @@ struct PhaseStack<T>::Impl {
         if (p.input_distance) *p.input_distance = input_hop ? dz[static_cast<size_t>(L)] : 0.0;
         if (p.tilts)
             for (int64_t l = 0; l < L; ++l)
-                tilt_gradient(total.data() + l * nn, hops[static_cast<size_t>(l)]->spec,
+                tilt_gradient(total.data() + l * nn, n, hops[static_cast<size_t>(l)]->spec,
                               p.tilts + 2 * l);
         if (p.input_tilt) {
             PropagationSpec at_input = input_hop ? input_hop->spec : hops[0]->spec;
             if (!input_hop) at_input.tilt_x = at_input.tilt_y = 0.0;
-            tilt_gradient(total.data() + L * nn, at_input, p.input_tilt);
+            tilt_gradient(total.data() + L * nn, n, at_input, p.input_tilt);
         }
     }
 

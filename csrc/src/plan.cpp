@@ -185,6 +185,26 @@ std::vector<cplx<T>> make_tilt(const PropagationSpec& s, int64_t n) {
     return t;
 }
 
+template <class T>
+void tilt_gradient(const T* grad, int64_t n, const PropagationSpec& hop, double* out) {
+    double sx = 0.0, sy = 0.0;
+    for (int64_t r = 0; r < n; ++r) {
+        double row = 0.0, rowx = 0.0;
+        for (int64_t c = 0; c < n; ++c) {
+            const double v = static_cast<double>(grad[r * n + c]);
+            row += v;
+            rowx += centred_coordinate(c, n, hop.pitch) * v;
+        }
+        sx += rowx;
+        sy += centred_coordinate(r, n, hop.pitch) * row;
+    }
+    out[0] = tilt_phase_slope(hop.wavelength, hop.tilt_x) * sx;
+    out[1] = tilt_phase_slope(hop.wavelength, hop.tilt_y) * sy;
+}
+
+template void tilt_gradient<float>(const float*, int64_t, const PropagationSpec&, double*);
+template void tilt_gradient<double>(const double*, int64_t, const PropagationSpec&, double*);
+
 template std::vector<cplx<float>> make_transfer_function<float>(const PropagationSpec&, int64_t,
                                                                 bool);
 template std::vector<cplx<double>> make_transfer_function<double>(const PropagationSpec&, int64_t,

@@ -65,24 +65,6 @@ private:
     std::unique_ptr<HopPlan<T>> plan_;
 };
 
-// Where PhaseStack::backward writes the gradients of the loss with respect to
-// the stack's physical parameters (all optional; summed over the batch, in
-// double precision whatever T is). Asking for none costs nothing.
-//  * distances [L]: d/d(distance of hop l), exact for every method (the
-//    band-limited method's cut-off is a step in the distance: its derivative
-//    is 0 almost everywhere, so the cut waves stay cut);
-//  * tilts [L, 2]: d/d(tilt_x, tilt_y of hop l), the ramp applied after mask l;
-//  * input_distance [1]: d/d(distance of the input hop) (0 without one);
-//  * input_tilt [2]: d/d(input tilt), also without an input hop (the derivative
-//    at tilt 0 of a ramp applied to the input field).
-struct StackParamGrads {
-    double* distances = nullptr;
-    double* tilts = nullptr;
-    double* input_distance = nullptr;
-    double* input_tilt = nullptr;
-    bool any() const { return distances || tilts || input_distance || input_tilt; }
-};
-
 // A stack of phase layers (StackSpec, validated by validate_stack: plan.hpp).
 template <class T>
 class PhaseStack {

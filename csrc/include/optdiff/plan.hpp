@@ -31,6 +31,24 @@ struct StackSpec {
     PropagationSpec input_hop;  // propagation of the input before mask 0
 };
 
+// Where PhaseStack::backward (CPU) and CudaPhaseStack::backward write the gradients of the loss
+// with respect to the stack's physical parameters (all optional; summed over the batch, in double
+// precision whatever T is). Asking for none costs nothing.
+//  * distances [L]: d/d(distance of hop l), exact for every method (the
+//    band-limited method's cut-off is a step in the distance: its derivative
+//    is 0 almost everywhere, so the cut waves stay cut);
+//  * tilts [L, 2]: d/d(tilt_x, tilt_y of hop l), the ramp applied after mask l;
+//  * input_distance [1]: d/d(distance of the input hop) (0 without one);
+//  * input_tilt [2]: d/d(input tilt), also without an input hop (the derivative
+//    at tilt 0 of a ramp applied to the input field).
+struct StackParamGrads {
+    double* distances = nullptr;
+    double* tilts = nullptr;
+    double* input_distance = nullptr;
+    double* input_tilt = nullptr;
+    bool any() const { return distances || tilts || input_distance || input_tilt; }
+};
+
 // Method names as the Python API spells them: 'as', 'bl-as', 'fresnel' (also
 // 'angular_spectrum', 'band_limited'). parse_method throws
 // std::invalid_argument with method_error(repr of what was given).
@@ -75,6 +93,13 @@ std::vector<cplx<T>> make_transfer_function_dz(const PropagationSpec& spec, int6
 // Tilt phase on the unpadded [n, n] grid; all ones when both angles are 0.
 template <class T>
 std::vector<cplx<T>> make_tilt(const PropagationSpec& spec, int64_t n);
+
+// d loss / d (tilt_x, tilt_y) of a ramp of `hop`'s angles acting on an n x n
+// plane where d loss / d phi is `grad` [n, n]: k cos(theta) times the first
+// moments of grad in x and y (summed in double, in a fixed order). Both back
+// ends get their tilt gradients from their phase gradients this way.
+template <class T>
+void tilt_gradient(const T* grad, int64_t n, const PropagationSpec& hop, double* out);
 
 inline bool has_tilt(const PropagationSpec& s) { return s.tilt_x != 0.0 || s.tilt_y != 0.0; }
 

@@ -97,8 +97,8 @@ class PhaseStack:
         Returns ``(grad_phases [L, n, n] summed over the batch, grad_field or None)``; with
         ``param_grads`` also a :class:`StackParamGrads` (d loss / d each hop's distance and
         tilt, and the input hop's): exact derivatives of the transfer functions and tilt ramps,
-        at the cost of one more hop per layer and sample (nothing when not asked). CPU only
-        for now: the CUDA backends raise NotImplementedError.
+        at the cost of one more hop per layer and sample (nothing when not asked); on every
+        backend (on CUDA the call then waits for the stream).
         """
         if param_grads:
             gph, gx, (gd, gt) = self._impl.backward(tape, grad_intensity, bool(input_grad), nthreads,

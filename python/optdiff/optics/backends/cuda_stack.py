@@ -281,13 +281,10 @@ class CudaPhaseStack:
 
     def backward(self, tape: CudaTape, grad_intensity, input_grad: bool = False,
                  nthreads: int | None = None, param_grads: bool = False):
-        """Gradients from dLoss/dIntensity: ``(grad_phases [L,n,n], grad_field or None)``."""
+        """Gradients from dLoss/dIntensity: ``(grad_phases [L,n,n], grad_field or None)``; with
+        ``param_grads`` also ``(grad_distances [L+1], grad_tilts [L+1, 2])`` (NumPy float64, the
+        input hop's last; reading them synchronises the stream)."""
         _args.nthreads(nthreads)
-        if param_grads:
-            raise NotImplementedError(
-                f"param_grads (gradients with respect to distances and tilts) are computed by the CPU "
-                f"backend only; the {self._backend.name!r} backend has no kernels for them yet: use "
-                "backend='cpu' for the stack whose parameters you fit")
         if not isinstance(tape, CudaTape):
             raise TypeError("tape must be the CudaTape returned by CudaPhaseStack.forward_train")
         g = wrap(grad_intensity, "grad_intensity", self._mod, self._backend)
@@ -305,6 +302,9 @@ class CudaPhaseStack:
         rules.same_shape("grad_intensity", g.shape, "field", tape.shape)
         impl = self._get(tape.dtype, tape.device)
         L = self.num_layers
+        gd = np.zeros(L + 1, np.float64) if param_grads else None
+        gt = np.zeros((L + 1, 2), np.float64) if param_grads else None
+        extra = (gd.ctypes.data, gt.ctypes.data) if param_grads else (0, 0)
         if host_tape:
             s = _Session(self._mod, g, "grad_intensity", self._backend)
             s.device = tape.device
@@ -313,21 +313,21 @@ class CudaPhaseStack:
             gph, gph_ptr = s.output((L, self.n, self.n), real)
             gx, gx_ptr = (s.output(tape.shape, tape.dtype) if input_grad else (None, 0))
             impl.backward(tape._field_ptr, tape._phases_ptr, tape._saved_ptr, gptr, tape.batch,
-                          gph_ptr, gx_ptr, 0)
+                          gph_ptr, gx_ptr, 0, *extra)
             s.fetch(gph, gph_ptr)
             if gx is not None:
                 s.fetch(gx, gx_ptr)
             self._check_gradients(s, (gph, gph_ptr), (gx, gx_ptr), real)
-            return gph, gx
+            return (gph, gx, (gd, gt)) if param_grads else (gph, gx)
         s = _Session(self._mod, g, "grad_intensity", self._backend)
         s.check_finite(g, "grad_intensity")
         like = wrap(tape.phases, "tape.phases", self._mod, self._backend) if tape.kind in ("cupy", "torch") else g
         gph, gph_ptr = _empty(like, (L, self.n, self.n), real, self._mod, self._backend)
         gx, gx_ptr = (_empty(like, tape.shape, tape.dtype, self._mod, self._backend) if input_grad else (None, 0))
         impl.backward(tape._field_ptr, tape._phases_ptr, tape._saved_ptr, g.ptr, tape.batch,
-                      gph_ptr, gx_ptr, g.stream)
+                      gph_ptr, gx_ptr, g.stream, *extra)
         self._check_gradients(s, (gph, gph_ptr), (gx, gx_ptr), real)
-        return gph, gx
+        return (gph, gx, (gd, gt)) if param_grads else (gph, gx)
 
 
 
