@@ -74,6 +74,7 @@ def _cuda_emu():
 
 GPU = "cuda-emu" if _cuda_emu() else "cuda"  # cuda-emu: the GPU row's code path, run on the CPU
 BASE = BASE.replace("speed_repeats = 1", f'speed_repeats = 1\ngpu_backend = "{GPU}"')
+_BASE = BASE
 
 
 def _torch():
@@ -167,6 +168,8 @@ def _bad(tmp_path, capsys, text, *match, code=2):
 
 
 def test_bad_configurations_are_clear_errors_and_leave_no_report(tmp_path, capsys):
+    # Without PyTorch the CNN feature space is itself a configuration error: use the MLP's.
+    BASE = _BASE if _torch() else _BASE.replace('features = ["cnn"]', 'features = ["mlp"]')
     _bad(tmp_path, capsys, BASE + "\n[models.resnet]\n", "unknown model", "resnet")
     _bad(tmp_path, capsys, BASE.replace('"chain"]', '"chain", "lpips"]'), "unknown metric 'lpips'")
     _bad(tmp_path, capsys, BASE.replace("[datasets.digits]", "[datasets.cifar]"), "unknown data set", "cifar")

@@ -291,11 +291,6 @@ def load_report_config(path, inception_weights: str | None = None) -> ReportConf
     has_odu = any((v.get("kind") or k) == "odu" for k, v in raw["models"].items())
     for m in models:
         _check_model(m, datasets, has_odu)
-    if "cnn" in s.features:  # after the models: an unknown model is the first thing to report
-        from ..evaluation.digital import TORCH_EXTRA, torch_available
-
-        if not torch_available():
-            raise ConfigError(f"[report] features = ['cnn'] needs PyTorch: {TORCH_EXTRA} (or use 'mlp')")
     if len([m for m in models if m.kind == "odu"]) > 1 and any(m.size == "matched" for m in models):
         raise ConfigError(f"{path}: size = 'matched' is ambiguous with several ODU models; give parameter counts")
     base = path.resolve().parent
@@ -308,6 +303,11 @@ def load_report_config(path, inception_weights: str | None = None) -> ReportConf
                 raise ConfigError(f"[models.{m.label}] file not found: {base / p}")
     cfg = ReportConfig(s, datasets, models, base, raw)
     _check_contents(cfg)
+    if "cnn" in s.features:  # last: a mistake in the file is reported whether or not torch is here
+        from ..evaluation.digital import TORCH_EXTRA, torch_available
+
+        if not torch_available():
+            raise ConfigError(f"[report] features = ['cnn'] needs PyTorch: {TORCH_EXTRA} (or use 'mlp')")
     return cfg
 
 
