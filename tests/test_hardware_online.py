@@ -125,3 +125,32 @@ def test_train_command_modes(tmp_path, capsys):
     assert main(base + ["--mode", "online", "--refine-every", "1", "--out", str(tmp_path / "on")]) == 0
     assert "without --twin" in capsys.readouterr().err
     assert main(base + ["--mode", "online", "--refine-every", "-1", "--out", str(tmp_path / "x")]) == 1
+
+
+def test_slm_aware_forward_is_quantised_and_backward_straight_through(rng):
+    from optdiff.hardware.slm_aware import QuantisedODU, quantise_images, quantise_phases
+
+    ph = rng.uniform(-7, 7, (2, 32, 32)).astype(np.float32)
+    q = quantise_phases(ph)
+    assert q.dtype == np.float32 and np.all((q >= 0) & (q < 2 * np.pi))
+    d = np.angle(np.exp(1j * (q.astype(np.float64) - ph)))
+    assert np.abs(d).max() <= np.pi / 256 + 1e-6
+    np.testing.assert_allclose(q, quantise_phases(q), atol=1e-6)
+    r = rng.uniform(-6, 6, (3, H, H))
+    a = np.clip(0.5 + 0.125 * quantise_images(r, 0.5, 0.125), 0, 1)
+    np.testing.assert_allclose(a * 255, np.rint(a * 255), atol=1e-9)
+    ideal = ODU(OPTICS, H, precision="double")
+    qodu = QuantisedODU(ideal)
+    np.testing.assert_allclose(qodu.intensity(r, ph), ideal.intensity(quantise_images(r, 0.5, 0.125), q))
+    I, tape = qodu.intensity_train(r, ph)
+    g = rng.standard_normal(I.shape)
+    _, tape2 = ideal.intensity_train(quantise_images(r, 0.5, 0.125), q.astype(np.float64))
+    np.testing.assert_allclose(qodu.backward(tape, g), ideal.backward(tape2, g), rtol=1e-12, atol=1e-15)
+    assert qodu.L == ideal.L and qodu.describe() == ideal.describe()
+
+
+def test_train_command_slm_aware(tmp_path):
+    base = ["train", "--n", "32", "--layers", "2", "--image-size", "8", "--sets", "2", "--steps", "2",
+            "--batch", "4", "--no-progress", "--slm-aware"]
+    assert main(base + ["--out", str(tmp_path / "q")]) == 0
+    assert main(base + ["--mode", "online", "--out", str(tmp_path / "x")]) == 1

@@ -28,6 +28,10 @@ def add_mode_flags(p) -> None:
     g.add_argument("--twin", metavar="FILE", help="twin.json written by 'optdiff calibrate' (default: the nominal bench)")
     g.add_argument("--refine-every", type=int, default=10, metavar="K",
                    help="online mode: an Adam step of the twin's parameters every K training steps (0: never)")
+    g.add_argument("--slm-aware", action="store_true",
+                   help="offline mode: phases shown as the SLM's 8-bit levels and inputs as the DMD's grey "
+                        "levels in the forward pass, straight-through gradients (the bench quantises anyway "
+                        "in the other modes)")
 
 
 def add_calibrate_parser(sub, add_config_flags) -> None:
@@ -68,7 +72,14 @@ def make_trainer(args, cfg, out):
     if mode == "offline":
         from .diffusion.trainer import Trainer
 
-        return Trainer(cfg, out)
+        tr = Trainer(cfg, out)
+        if getattr(args, "slm_aware", False):
+            from .hardware.slm_aware import QuantisedODU
+
+            tr.model.odu = QuantisedODU(tr.model.odu)
+        return tr
+    if getattr(args, "slm_aware", False):
+        raise ValueError("--slm-aware is for --mode offline: on the bench the SLM quantises the phases itself")
     from .hardware.trainer import HardwareTrainer
 
     if args.refine_every < 0:

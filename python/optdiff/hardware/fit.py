@@ -172,7 +172,7 @@ def fit_twin(twin: DigitalTwin, items, *, free=DEFAULT_FREE, stages=DEFAULT_STAG
     for n in ("gain", "dark_level"):
         if n in free:
             raise ValueError(f"{n} is solved in closed form at every step; leave it out of free")
-    cam, slm = twin.nominal.camera, twin.nominal.slm
+    cam = twin.nominal.camera
     if saturation is None:   # saturated pixels pile up at the full well: leave out the top 3 % of the range
         top = max(float(np.max(it.frames)) for it in items)
         saturation = min(0.97 * top, (1 << cam.bits) - 3 if cam.bits else np.inf)
@@ -194,7 +194,6 @@ def fit_twin(twin: DigitalTwin, items, *, free=DEFAULT_FREE, stages=DEFAULT_STAG
             lo[i:i + size] = (bounds_of[n] - start.array(n).reshape(-1)) / scales[i:i + size]
         i += size
     history, t0 = [], time.perf_counter()
-    del slm
     with parts.single_threaded_blas():
         _run_stages(twin, items, stages, free, start, scales, sat, noise, workers, x, lo, history, t0, log)
     return FitResult(twin.params, history, time.perf_counter() - t0, free)
@@ -209,6 +208,7 @@ def _run_stages(twin, items, stages, free, start, scales, sat, noise, workers, x
 
         def cb(xk, obj=obj, si=si, st=st):
             f, data, gain, dark = obj.last
+            # objective, gain and dark level of the last evaluation (the iterate's, or a line search's)
             row = {"stage": si, "pool": st.pool, "evals": obj.evals, "objective": f, "data": data,
                    "gain": gain, "dark_level": dark, "seconds": time.perf_counter() - t0,
                    "params": obj.params_of(xk).to_dict()}

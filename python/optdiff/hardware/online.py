@@ -54,11 +54,11 @@ class FrameBinning:
     def intensity(self, frames, gain_electrons: float, dark: float) -> np.ndarray:
         """``(frames - dark) / gain_electrons`` binned (float64)."""
         e = (np.asarray(frames, dtype=np.float64) - dark) / gain_electrons
-        return self.ay @ e @ self.ax.T
+        return resample.apply(e, self.ay, self.ax)
 
     def adjoint(self, g: np.ndarray, gain_electrons: float) -> np.ndarray:
         """d loss / d frames from d loss / d binned intensity."""
-        return (self.ay.T @ np.asarray(g, dtype=np.float64) @ self.ax) / gain_electrons
+        return resample.apply(np.asarray(g, dtype=np.float64), self.ay.T, self.ax.T) / gain_electrons
 
 
 class TwinRefiner:

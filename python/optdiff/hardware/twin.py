@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import OpticsConfig
 from ..optics import PhaseStack
-from . import protocol
+from . import protocol, resample
 from . import twin_parts as parts
 from .config import BenchConfig
 from .twin_geometry import fold_geometry
@@ -152,14 +152,15 @@ class DigitalTwin:
             self._inputs[key] = f
         return f
 
-    def _shifted(self, base: np.ndarray, shift) -> tuple:
-        """(field, d/dx, d/dy) of ``base`` moved by ``shift`` pixels; the last result is kept, so the
-        frames of one image (a calibration set) share one transform."""
-        key = (id(base), float(shift[0]), float(shift[1]))
+    def _shifted(self, base: np.ndarray, shift, derivative: bool = False) -> tuple:
+        """(field,) or (field, d/dx, d/dy) of ``base`` moved by ``shift`` pixels; the last result
+        is kept, so the frames of one image (a calibration set) share one transform."""
+        key = (id(base), float(shift[0]), float(shift[1]), derivative)
         hit = self._last_shift
         if hit is not None and hit[0] == key and hit[1] is base:
             return hit[2]
-        res = parts.fourier_shift(base, shift, derivative=True)
+        res = parts.fourier_shift(base, shift, derivative=derivative, dtype=self.cdtype, workers=self.nthreads)
+        res = res if derivative else (res,)
         self._last_shift = (key, base, res)
         return res
 
@@ -189,11 +190,11 @@ class DigitalTwin:
         t = protocol.check_exposure(exposure)
         base = self.base_field(images)
         shift = self.input_shift_px()
-        field = self._shifted(base, shift)[0].astype(self.cdtype)
+        field = self._shifted(base, shift)[0]
         ph, shown, u, floats = self.phases(slm)
         stack = self.stack()
         I, tape = stack.forward_train(field, ph, nthreads=self.nthreads)
-        Ic = self.cy @ I.astype(np.float64) @ self.cx.T
+        Ic = resample.apply(I.astype(np.float64), self.cy, self.cx)
         gf = self.epi * (1.0 if t is None else t / self.camera_exposure)
         frames = self.params.gain * gf * Ic + self.params.dark_level
         ctx = TwinContext(tape, stack, self.geometry, shift, base, I, Ic, gf, shown, u, floats)
@@ -215,7 +216,7 @@ class DigitalTwin:
         p, G = self.params, np.asarray(grad_frames, dtype=np.float64)
         A = p.gain * ctx.gain_factor
         Gc = G * A
-        g_I = (self.cy.T @ Gc @ self.cx).astype(self.rdtype)
+        g_I = np.ascontiguousarray(resample.apply(Gc, self.cy.T, self.cx.T), dtype=self.rdtype)
         out = None
         if params:
             gph, gx, pg = ctx.stack.backward(ctx.tape, g_I, input_grad=True, nthreads=self.nthreads,
@@ -238,12 +239,11 @@ class DigitalTwin:
         grads = {"gain": np.array(float(np.sum(G * ctx.cam_intensity)) * ctx.gain_factor),
                  "dark_level": np.array(float(np.sum(G)))}
         I = ctx.intensity.astype(np.float64)
-        M = self.cy @ I                                    # [B, rows, g]
-        gcx = float(np.sum(Gc * (M @ self.dcx.T))) / self.pitch
-        gcy = float(np.sum(Gc * (self.dcy @ I @ self.cx.T))) / self.pitch
+        gcx = float(np.sum(Gc * resample.apply(I, self.cy, self.dcx))) / self.pitch
+        gcy = float(np.sum(Gc * resample.apply(I, self.dcy, self.cx))) / self.pitch
         grads["camera_offset"] = np.array([gcx, gcy])
         # the input field's shift (DMD offset + landing on patch 0), in pixels
-        _, dfx, dfy = self._shifted(ctx.base, ctx.shift_px)
+        _, dfx, dfy = self._shifted(ctx.base, ctx.shift_px, derivative=True)
         gx64 = gx.astype(np.complex128)
         gs = np.array([np.sum(gx64.real * dfx.real + gx64.imag * dfx.imag),
                        np.sum(gx64.real * dfy.real + gx64.imag * dfy.imag)]) / self.pitch

@@ -85,18 +85,31 @@ def blur_axes(a: np.ndarray, ky: np.ndarray | None, kx: np.ndarray | None) -> np
     return a
 
 
-def fourier_shift(field: np.ndarray, shift_px, derivative: bool = False):
-    """``field [..., n, n]`` moved by ``shift_px = (x, y)`` pixels (periodic; complex128), and with
-    ``derivative`` also its derivatives with respect to x and y."""
+def _fft(workers):
+    try:   # SciPy's FFT keeps single precision and uses threads; NumPy's is the fallback
+        import scipy.fft as f
+        return f, {"workers": workers or -1}
+    except ImportError:   # pragma: no cover - SciPy comes with the app extras
+        return np.fft, {}
+
+
+def fourier_shift(field: np.ndarray, shift_px, derivative: bool = False, dtype=np.complex128,
+                  workers: int | None = None):
+    """``field [..., n, n]`` moved by ``shift_px = (x, y)`` pixels (periodic; ``dtype``), and with
+    ``derivative`` also its derivatives with respect to x and y. ``workers``: FFT threads (None: all)."""
+    fft, kw = _fft(workers)
     n_r, n_c = field.shape[-2:]
     fy = np.fft.fftfreq(n_r)[:, None]
     fx = np.fft.fftfreq(n_c)[None, :]
-    ramp = np.exp(-2j * math.pi * (fx * shift_px[0] + fy * shift_px[1]))
-    spec = np.fft.fft2(field) * ramp
-    out = np.fft.ifft2(spec)
+    ramp = np.exp(-2j * math.pi * (fx * shift_px[0] + fy * shift_px[1])).astype(dtype)
+    spec = fft.fft2(np.asarray(field, dtype=dtype), **kw)
+    spec *= ramp
+    out = fft.ifft2(spec, **kw)
     if not derivative:
         return out
-    return out, np.fft.ifft2(spec * (-2j * math.pi * fx)), np.fft.ifft2(spec * (-2j * math.pi * fy))
+    kx = (-2j * math.pi * fx).astype(dtype)
+    ky = (-2j * math.pi * fy).astype(dtype)
+    return out, fft.ifft2(spec * kx, **kw), fft.ifft2(spec * ky, **kw)
 
 
 def overlap_and_derivative(n_dst: int, dst_start: float, dst_width: float, n_src: int):

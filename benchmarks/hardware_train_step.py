@@ -1,0 +1,96 @@
+"""What a training step costs in each training mode: interleaved rounds, ratios to the ideal step.
+
+Each round times, in a shuffled order, one ``TimeAwareODU.loss_and_grads`` of the same batch in
+the modes ``offline`` (the ideal ODU), ``online`` (capture on the emulated bench, forward and
+backward of the digital twin; its refinement step every ``--refine-every`` steps is timed apart),
+``experimental-backprop`` (capture, then the ideal ODU's forward and backward), the emulated
+capture alone, the twin's forward and backward alone, and the twin's refinement step. Ratios to the offline step are taken within a round and reported as the
+median and interquartile range.
+
+    python benchmarks/hardware_train_step.py --n 128 --batch 32 --threads 2 --rounds 20
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+
+import numpy as np  # noqa: E402
+
+import optdiff  # noqa: E402
+from optdiff.config import Config, OpticsConfig  # noqa: E402
+from optdiff.diffusion import TimeAwareODU  # noqa: E402
+from optdiff.hardware import EmulatedExperiment  # noqa: E402
+from optdiff.hardware.online import BenchODU  # noqa: E402
+from optdiff.hardware.twin import DigitalTwin  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args(argv)
+    optdiff.set_num_threads(args.threads)
+    cfg = Config()
+    cfg.optics = OpticsConfig(n=args.n)
+    cfg.model.image_size, cfg.model.sets = 20, 10
+    model = TimeAwareODU(cfg, nthreads=args.threads)
+    ideal = model.odu
+    exp = EmulatedExperiment(0, cfg.optics, 20)
+    twin = DigitalTwin(cfg.optics, 20, nthreads=args.threads)
+    online = BenchODU(ideal, exp, "online", twin, refine_every=0)
+    eb = BenchODU(ideal, exp, "experimental-backprop", DigitalTwin(cfg.optics, 20))
+    rng = np.random.default_rng(0)
+    lo, hi = model.set_ranges[0]
+    x0 = rng.uniform(-1, 1, (args.batch, 20, 20))
+    t = rng.integers(lo, hi, args.batch)
+    eps = rng.standard_normal(x0.shape)
+    r = model.schedule.q_sample(x0, t, eps)
+
+    def step(odu):
+        def run():
+            model.odu = odu
+            model.loss_and_grads(0, r, t, eps)
+        return run
+
+    def refine():
+        frames = online.capture(r, model.params["phases"][0])
+        tf, ctx = twin.forward_train(r, model.params["phases"][0])
+        from optdiff.hardware.online import TwinRefiner
+        TwinRefiner(twin).step(ctx, tf, frames)
+
+    def twin_only():
+        frames, ctx = twin.forward_train(r, model.params["phases"][0])
+        twin.backward(ctx, np.ones_like(frames), params=False, phase_grad=True)
+
+    tools = {"offline": step(ideal), "online": step(online), "experimental-backprop": step(eb),
+             "capture_only": lambda: online.capture(r, model.params["phases"][0]),
+             "twin_forward_backward": twin_only, "twin_refine_step": refine}
+    for f in tools.values():
+        f()
+    times = {k: [] for k in tools}
+    order = list(tools)
+    for _ in range(args.rounds):
+        random.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            tools[k]()
+            times[k].append(time.perf_counter() - t0)
+    base = np.array(times["offline"])
+    print(f"N = {args.n}, B = {args.batch}, {args.threads} threads, {args.rounds} rounds; "
+          f"offline step median {1e3 * statistics.median(base):.1f} ms")
+    for k in tools:
+        q = np.percentile(np.array(times[k]) / base, [25, 50, 75])
+        print(f"{k:24s} median {1e3 * statistics.median(times[k]):8.1f} ms   ratio {q[1]:.2f} (IQR {q[0]:.2f}-{q[2]:.2f})")
+
+
+if __name__ == "__main__":
+    main()
