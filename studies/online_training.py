@@ -200,6 +200,8 @@ def write(results, args, out) -> None:
                   f"samples FID {off['ideal_fid']:.1f}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    np.savez(out / "samples.npz", **{k.replace("-", "_"): r["samples"] for k, r in results.items()},
+             **({"ideal": results["offline"]["ideal_samples"]} if "offline" in results else {}))
     figure(results, out)
 
 
@@ -208,12 +210,15 @@ def figure(results, out) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(14, 7))
+    fig = plt.figure(figsize=(15, 7))
     ax = fig.add_subplot(2, 3, 1)
+    styles = {"offline": "o-", "online": "s--", "experimental-backprop": "^-", "calibrated": "x:"}
     for m, r in results.items():
-        ax.plot([c["step"] for c in r["curve"]], [np.mean(c["bench_mse"]) for c in r["curve"]], "o-", label=m)
+        ax.plot([c["step"] for c in r["curve"]], [np.mean(c["bench_mse"]) for c in r["curve"]],
+                styles.get(m, "o-"), label=m)
     ax.set_xlabel("training step")
     ax.set_ylabel("bench eps-MSE (mean over sets)")
+    ax.set_yscale("log")
     ax.legend(fontsize=8)
     on = results.get("online")
     if on:
@@ -221,12 +226,15 @@ def figure(results, out) -> None:
         ax.semilogy([c["step"] for c in on["curve"]], [c["twin_D"] for c in on["curve"]], "o-")
         ax.set_xlabel("training step")
         ax.set_ylabel("online twin: D on the bench")
-    for i, (m, r) in enumerate(results.items()):
+    panels = [(m, r["samples"], r["fid"]) for m, r in results.items()]
+    if "offline" in results:
+        panels.insert(0, ("ideal model, simulated", results["offline"]["ideal_samples"], results["offline"]["ideal_fid"]))
+    for i, (m, samples, fid) in enumerate(panels):
         ax = fig.add_subplot(2, 6, 3 + i if i < 4 else 9 + i - 4)
-        s = r["samples"][:16]
+        s = np.pad(samples[:16], ((0, 0), (1, 1), (1, 1)), constant_values=1.0)
         grid = np.block([[s[4 * a + b] for b in range(4)] for a in range(4)])
         ax.imshow(grid, cmap="gray", vmin=-1, vmax=1)
-        ax.set_title(f"{m}\nFID {r['fid']:.0f}", fontsize=8)
+        ax.set_title(f"{m}\nFID {fid:.0f}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out / "fig7.png", dpi=110)
