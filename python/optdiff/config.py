@@ -431,16 +431,21 @@ def _build_section(name: str, klass, sec: Mapping[str, Any]):
     return klass(**kwargs)
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), validate: bool = True) -> Config:
-    """Read a TOML config file, apply ``section.key=value`` overrides, validate."""
+def read_toml(path: str | os.PathLike, what: str = "config file") -> dict:
+    """A TOML file as a dict; ConfigError naming the file when it is missing or not TOML."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         with open(path, "rb") as f:
-            d = tomllib.load(f)
+            return tomllib.load(f)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), validate: bool = True) -> Config:
+    """Read a TOML config file, apply ``section.key=value`` overrides, validate."""
+    d = read_toml(path)
     try:
         return Config.from_dict(apply_overrides(d, overrides), validate=validate)
     except ConfigError as exc:

@@ -34,9 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from ..config import ConfigError
+from ..config import ConfigError, read_toml
 
 __all__ = ["ReportConfig", "DatasetSpec", "ModelSpec", "load_report_config", "METRICS", "MODEL_KINDS",
            "FEATURE_SPACES", "KNOWN_DATASETS"]
@@ -264,12 +262,7 @@ def _check_model(m: ModelSpec, datasets: list, has_odu: bool) -> None:
 def load_report_config(path, inception_weights: str | None = None) -> ReportConfig:
     """Read and check a report TOML; relative paths in it are relative to its folder."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"report configuration not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "report configuration")
     unknown = sorted(set(raw) - {"report", "datasets", "models"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; known: report, datasets, models")

@@ -13,12 +13,9 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from ..config import ConfigError, OpticsConfig
+from ..config import ConfigError, OpticsConfig, read_toml
 from .camera import Camera
 from .dmd import DMD
 from .fold import FoldedPropagation
@@ -105,14 +102,7 @@ class BenchConfig:
 
 def load_bench_config(path: str | os.PathLike) -> BenchConfig:
     """The ``[bench]`` table of a TOML file (other tables ignored; none: the reference bench)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    d = read_toml(path)
     try:
         return BenchConfig.from_dict(d.get("bench", {}))
     except ConfigError as exc:

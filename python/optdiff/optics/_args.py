@@ -74,3 +74,15 @@ def pair(value, name: str) -> tuple[float, float]:
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a pair of angles (x, y) in radians, got {value!r}") from None
     return real(a, f"{name}[0]"), real(b, f"{name}[1]")
+
+
+def dtype(value, allowed, name: str = "dtype") -> np.dtype:
+    """``np.dtype(value)``, which must be one of ``allowed``; TypeError naming ``name`` otherwise."""
+    kinds = " or ".join(str(np.dtype(a)) for a in allowed)
+    try:
+        d = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {kinds}, got {value!r}") from None
+    if d not in allowed:
+        raise TypeError(f"{name} must be {kinds}, got {d}")
+    return d

@@ -72,13 +72,7 @@ class Propagator:
 
     def transfer_function(self, dtype=np.complex128) -> np.ndarray:
         """Transfer function H on the padded grid ``[n*padding]^2`` in FFT order (unnormalised)."""
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype must be complex64 or complex128, got {dtype!r}") from None
-        if dtype not in _args.REAL_OF:
-            raise TypeError(f"dtype must be complex64 or complex128, got {dtype}")
-        return self._impl.transfer_function(dtype)
+        return self._impl.transfer_function(_args.dtype(dtype, tuple(_args.REAL_OF)))
 
     def __repr__(self) -> str:
         return (f"Propagator(n={self.n}, wavelength={self.wavelength:g}, pitch={self.pitch:g}, "

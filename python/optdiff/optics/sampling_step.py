@@ -77,12 +77,7 @@ def standard_normal(shape: int | Sequence[int] | None = None, *, seed: int, stre
     seed, stream, offset = _args.u64(seed, "seed"), _args.u64(stream, "stream"), _args.u64(offset, "offset")
     shape = None if shape is None else _shape(shape)
     if dtype is not None:
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-        if dtype not in _args.FLOATS:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        dtype = _args.dtype(dtype, _args.FLOATS)
         if out is not None and np.dtype(getattr(out, "dtype", dtype)) != dtype:
             raise TypeError(f"dtype {dtype} does not match out's dtype {out.dtype}; omit dtype or pass out of it")
     dtype = np.float32 if dtype is None else dtype

@@ -15,6 +15,7 @@ from ... import _core
 from .. import _args
 from .. import _array_rules as rules
 from ..specs import HopSpec, StackSpec
+from ._instances import PerPrecision
 
 __all__ = ["CpuBackend", "Tape", "set_num_threads", "get_num_threads", "set_planner_effort"]
 
@@ -88,13 +89,11 @@ class CpuPropagator:
         self.n = n
         self._hop = _core_hop(hop)
         # Validates now (ValueError for bad physics); float32 is planned on first use.
-        self._impl = {np.dtype(np.complex128): _core.Propagator64(n, self._hop)}
+        self._impl = PerPrecision(lambda bits, _: getattr(_core, "Propagator" + bits)(n, self._hop))
+        self._impl.get(np.complex128)  # validates now; float32 is planned on first use
 
     def _get(self, dtype):
-        impl = self._impl.get(dtype)
-        if impl is None:
-            impl = self._impl[dtype] = _core.Propagator32(self.n, self._hop)
-        return impl
+        return self._impl.get(dtype)
 
     def apply(self, field, out, nthreads, adjoint: bool):
         field = _complex_field(field)
@@ -114,14 +113,13 @@ class CpuPhaseStack:
         self.n, self.num_layers = spec.n, spec.num_layers
         self._hops = [_core_hop(h) for h in spec.hops]
         self._input_hop = None if spec.input_hop is None else _core_hop(spec.input_hop)
-        self._impl = {np.dtype(np.complex128): _core.PhaseStack64(self.n, self._hops, self._input_hop)}
+        self._impl = PerPrecision(
+            lambda bits, _: getattr(_core, "PhaseStack" + bits)(self.n, self._hops, self._input_hop))
+        self._impl.get(np.complex128)  # validates now
         self._spare_tape = None
 
     def _get(self, dtype):
-        impl = self._impl.get(dtype)
-        if impl is None:
-            impl = self._impl[dtype] = _core.PhaseStack32(self.n, self._hops, self._input_hop)
-        return impl
+        return self._impl.get(dtype)
 
     def _prepare(self, field, phases, allow_real=False):
         if allow_real and isinstance(field, np.ndarray) and field.dtype in _args.COMPLEX_OF:
@@ -226,8 +224,7 @@ class CpuBackend:
 
     def standard_normal(self, shape, *, seed, stream, offset, dtype, out, nthreads):
         if out is None:
-            if np.dtype(dtype) not in _args.FLOATS:
-                raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+            # dtype: checked by the front (optics/sampling_step.py)
             out = np.empty(shape, dtype=dtype)
         else:
             _float_array(out, "out", writeable=True)

@@ -6,8 +6,6 @@ results allocated on the same device (:mod:`.cuda_arrays`).
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from .. import _args
@@ -15,7 +13,7 @@ from .. import _array_rules as rules
 from .._args import COMPLEX_OF as _COMPLEX_OF
 from .._args import REAL_OF as _REAL_OF
 from ..specs import HopSpec, StackSpec
-from .cuda_arrays import SUFFIX as _SUFFIX
+from ._instances import PerPrecision
 from .cuda_arrays import Session as _Session
 from .cuda_arrays import empty as _empty
 from .cuda_arrays import field_batch as _field
@@ -30,18 +28,10 @@ class CudaPropagator:
         self._mod, self._backend = mod, backend
         self._hop = hop.as_tuple()
         mod.validate_hop(n, self._hop)
-        self._impl = {}
-        self._lock = threading.Lock()
+        self._impl = PerPrecision(lambda bits, dev: getattr(mod, "Propagator" + bits)(n, self._hop, device=dev))
 
     def _get(self, dtype, device):
-        key = (np.dtype(dtype), device)
-        with self._lock:
-            impl = self._impl.get(key)
-            if impl is None:
-                cls = getattr(self._mod, "Propagator" + _SUFFIX[np.dtype(dtype)])
-                impl = cls(self.n, self._hop, device=device)
-                self._impl[key] = impl
-            return impl
+        return self._impl.get(dtype, device)
 
     def apply(self, field, out, nthreads, adjoint):
         _args.nthreads(nthreads)
@@ -121,18 +111,11 @@ class CudaPhaseStack:
         self._hops = [h.as_tuple() for h in spec.hops]
         self._input_hop = None if spec.input_hop is None else spec.input_hop.as_tuple()
         mod.validate_stack(self.n, self._hops, self._input_hop)  # the CPU stack's checks and messages
-        self._impl = {}
-        self._lock = threading.Lock()
+        self._impl = PerPrecision(lambda bits, dev: getattr(mod, "PhaseStack" + bits)(
+            self.n, self._hops, self._input_hop, device=dev))
 
     def _get(self, dtype, device):
-        key = (np.dtype(dtype), device)
-        with self._lock:
-            impl = self._impl.get(key)
-            if impl is None:
-                cls = getattr(self._mod, "PhaseStack" + _SUFFIX[np.dtype(dtype)])
-                impl = cls(self.n, self._hops, self._input_hop, device=device)
-                self._impl[key] = impl
-            return impl
+        return self._impl.get(dtype, device)
 
     def _prepare(self, field, phases, allow_real=False, check_field=True):
         f = wrap(field, "field", self._mod, self._backend)
