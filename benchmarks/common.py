@@ -310,3 +310,60 @@ def pin_cores(threads: int) -> list[int]:
     except OSError:
         return avail
     return cores
+
+
+# ------------------------------------------------------------------ interleaved timing, machine load
+
+def interleaved_times(tools: dict[str, Callable[[], object]], rounds: int, seed: int | None = 0) -> dict:
+    """Each tool warmed up once, then ``rounds`` rounds that call every tool once in a shuffled
+    order; per tool the list of its call times. Ratios taken within a round cancel the drift."""
+    import random
+
+    for fn in tools.values():  # plans, caches, buffers
+        fn()
+    times = {name: [] for name in tools}
+    rng, order = random.Random(seed), list(tools)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            tools[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def quartiles(xs) -> tuple[float, float, float]:
+    """First quartile, median, third quartile, interpolated between the values (never beyond them)."""
+    xs = list(xs)
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) >= 2 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
+
+
+def cpu_busy_seconds() -> float:
+    """Busy CPU time of the whole machine so far (all cores, /proc/stat), in seconds; 0 if unknown."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+        idle = f[3] + (f[4] if len(f) > 4 else 0)
+        return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return 0.0
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and its reaped children."""
+    import resource
+
+    r, s = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime + s.ru_utime + s.ru_stime
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.15, window: float = 1.0) -> float:
+    """Wait (up to max_wait s) until other processes use < threshold cores; return their load."""
+    t_end = time.perf_counter() + max_wait
+    while True:
+        b0, c0, t0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
+        time.sleep(window)
+        load = (cpu_busy_seconds() - b0 - (own_cpu_seconds() - c0)) / (time.perf_counter() - t0)
+        if load < threshold or time.perf_counter() >= t_end:
+            return load

@@ -141,34 +141,15 @@ def interpreter(path: str, what: str) -> str:
     return p
 
 
-def cpu_busy_seconds() -> float:
-    """Busy CPU time of the whole machine so far (all cores, /proc/stat), in seconds; 0 if unknown."""
-    try:
-        with open("/proc/stat") as fh:
-            f = [int(x) for x in fh.readline().split()[1:]]
-        idle = f[3] + (f[4] if len(f) > 4 else 0)
-        return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return 0.0
+def _common():
+    """benchmarks/common.py for the driver (a timing process runs a copy of this file alone, so the
+    module level imports nothing of the repository)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import common
 
-
-def own_cpu_seconds() -> float:
-    """CPU time of this process and its finished children."""
-    import resource
-
-    r, s = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime + s.ru_utime + s.ru_stime
-
-
-def wait_quiet(max_wait: float, threshold: float, window: float = 1.0) -> float:
-    """Wait (up to max_wait s) until other processes use < threshold cores; return their load."""
-    t_end = time.perf_counter() + max_wait
-    while True:
-        b0, c0, t0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-        time.sleep(window)
-        load = (cpu_busy_seconds() - b0 - (own_cpu_seconds() - c0)) / (time.perf_counter() - t0)
-        if load < threshold or time.perf_counter() >= t_end:
-            return load
+    return common
 
 
 def snapshot(path: str, workdir: str) -> str:
@@ -195,7 +176,8 @@ def run_child(python: str, extra_path: str | None, threads: int, a) -> tuple[dic
         env[k] = str(threads)
     # as interleaved.py: idle OpenMP workers sleep instead of spinning into the next process
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    busy0, own0, t0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
+    c = _common()
+    busy0, own0, t0 = c.cpu_busy_seconds(), c.own_cpu_seconds(), time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.child_timeout)
     except subprocess.TimeoutExpired:
@@ -203,7 +185,7 @@ def run_child(python: str, extra_path: str | None, threads: int, a) -> tuple[dic
     if proc.returncode != 0:
         raise SystemExit(f"{python} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     # cores that other processes kept busy while this one ran
-    background = (cpu_busy_seconds() - busy0 - (own_cpu_seconds() - own0)) / (time.perf_counter() - t0)
+    background = (c.cpu_busy_seconds() - busy0 - (c.own_cpu_seconds() - own0)) / (time.perf_counter() - t0)
     info, cells = {}, []
     for line in proc.stdout.splitlines():
         if line.startswith("INFO "):
@@ -214,13 +196,6 @@ def run_child(python: str, extra_path: str | None, threads: int, a) -> tuple[dic
         raise SystemExit(f"{python}: expected {len(a.n) * len(a.padding)} cells, got {len(cells)}:\n"
                          f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return info, cells, max(0.0, background)
-
-
-def quartiles(xs: list[float]) -> tuple[float, float, float]:
-    if len(xs) < 2:
-        return xs[0], xs[0], xs[0]
-    q = statistics.quantiles(xs, n=4)
-    return q[0], statistics.median(xs), q[2]
 
 
 def report(a, infos: dict, times: dict, losses: dict, elapsed: float, loads: list[float],
@@ -249,7 +224,7 @@ def report(a, infos: dict, times: dict, losses: dict, elapsed: float, loads: lis
         ratios = [x / y for x, y in zip(f, b)]
         all_ratios += ratios
         quiet_ratios += [x for x, q in zip(ratios, quiet[key]) if q]
-        q1, med, q3 = quartiles(ratios)
+        q1, med, q3 = _common().quartiles(ratios)
         cell_medians.append(med)
         lines.append(f"| {n} | {pad} | {thr} | {statistics.median(b) * 1e3:.2f} | {statistics.median(f) * 1e3:.2f} "
                      f"| {med:.3f} [{q1:.3f}-{q3:.3f}] | {len(ratios)} |")
@@ -257,14 +232,14 @@ def report(a, infos: dict, times: dict, losses: dict, elapsed: float, loads: lis
         if not abs(la - lb) <= a.loss_rtol * max(abs(lb), 1e-30):
             warnings.append(f"N={n} padding={pad} threads={thr}: the builds' losses differ "
                             f"({lb:.9g} before, {la:.9g} after)")
-    q1, med, q3 = quartiles(all_ratios)
+    q1, med, q3 = _common().quartiles(all_ratios)
     worst = max(cell_medians)
     lines += ["", f"Overall median after/before: **{med:.3f}** [IQR {q1:.3f}-{q3:.3f}] over {len(all_ratios)} "
               f"ratios; cell medians {min(cell_medians):.3f}-{worst:.3f}; "
               f"cells with a median above {1 + a.tolerance:.2f}: "
               f"{sum(m > 1 + a.tolerance for m in cell_medians)} of {len(cell_medians)}."]
     if 0 < len(quiet_ratios) < len(all_ratios):
-        q1, med, q3 = quartiles(quiet_ratios)
+        q1, med, q3 = _common().quartiles(quiet_ratios)
         lines += ["", f"Quiet pairs only (other processes below {a.max_background:g} cores): median "
                   f"**{med:.3f}** [IQR {q1:.3f}-{q3:.3f}] over {len(quiet_ratios)} ratios."]
     if warnings:
@@ -351,7 +326,7 @@ def run_pair(a, sides: dict, order: list[str], thr: int) -> tuple[dict, float]:
     best, best_load = None, math.inf
     for _ in range(1 + a.retries):
         if a.wait_quiet > 0:
-            wait_quiet(a.wait_quiet, threshold=a.max_background)
+            _common().wait_quiet(a.wait_quiet, threshold=a.max_background)
         pair = {side: run_child(*sides[side], thr, a) for side in order}
         load = max(p[2] for p in pair.values())
         if load < best_load:

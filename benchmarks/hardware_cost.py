@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import sys
-import time
 
 if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
 import numpy as np  # noqa: E402
 
 import optdiff  # noqa: E402
+from benchmarks import common  # noqa: E402
 from optdiff.config import OpticsConfig  # noqa: E402
 from optdiff.hardware import Bench  # noqa: E402
 from optdiff.odu import ODU, init_phases  # noqa: E402
@@ -54,24 +54,14 @@ def main(argv=None) -> None:
         "stage_stack": lambda: bench.stack.forward(field, ph),
         "stage_camera": lambda: bench.readout.frames(inten, bench.rng),
     }
-    for f in tools.values():   # warm up (plans, caches)
-        f()
-    times = {k: [] for k in tools}
-    order = list(tools)
-    for _ in range(args.rounds):
-        random.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            tools[k]()
-            times[k].append(time.perf_counter() - t0)
+    times = common.interleaved_times(tools, args.rounds, seed=None)
     base = times["odu_camera"]
     print(f"N={args.n}, grid={bench.grid}, B={args.batch}, image {H}x{H}, threads {args.threads}, "
           f"rounds {args.rounds}; ratio = per-round time / ODU.camera time")
     print(f"{'tool':<16} {'median ms':>10} {'ratio':>7} {'IQR of ratio':>16}")
     for k in tools:
-        r = sorted(t / b for t, b in zip(times[k], base))
-        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
-        print(f"{k:<16} {1e3 * statistics.median(times[k]):10.2f} {q[1]:7.2f} {q[0]:7.2f} .. {q[2]:5.2f}")
+        q1, med, q3 = common.quartiles(t / b for t, b in zip(times[k], base))
+        print(f"{k:<16} {1e3 * statistics.median(times[k]):10.2f} {med:7.2f} {q1:7.2f} .. {q3:5.2f}")
 
 
 if __name__ == "__main__":

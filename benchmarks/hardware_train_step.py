@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import sys
-import time
 
 if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
 import numpy as np  # noqa: E402
 
 import optdiff  # noqa: E402
+from benchmarks import common  # noqa: E402
 from optdiff.config import Config, OpticsConfig  # noqa: E402
 from optdiff.diffusion import TimeAwareODU  # noqa: E402
 from optdiff.hardware import EmulatedExperiment  # noqa: E402
@@ -74,22 +74,13 @@ def main(argv=None) -> None:
     tools = {"offline": step(ideal), "online": step(online), "experimental-backprop": step(eb),
              "capture_only": lambda: online.capture(r, model.params["phases"][0]),
              "twin_forward_backward": twin_only, "twin_refine_step": refine}
-    for f in tools.values():
-        f()
-    times = {k: [] for k in tools}
-    order = list(tools)
-    for _ in range(args.rounds):
-        random.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            tools[k]()
-            times[k].append(time.perf_counter() - t0)
+    times = common.interleaved_times(tools, args.rounds, seed=None)
     base = np.array(times["offline"])
     print(f"N = {args.n}, B = {args.batch}, {args.threads} threads, {args.rounds} rounds; "
           f"offline step median {1e3 * statistics.median(base):.1f} ms")
     for k in tools:
-        q = np.percentile(np.array(times[k]) / base, [25, 50, 75])
-        print(f"{k:24s} median {1e3 * statistics.median(times[k]):8.1f} ms   ratio {q[1]:.2f} (IQR {q[0]:.2f}-{q[2]:.2f})")
+        q1, med, q3 = common.quartiles(np.array(times[k]) / base)
+        print(f"{k:24s} median {1e3 * statistics.median(times[k]):8.1f} ms   ratio {med:.2f} (IQR {q1:.2f}-{q3:.2f})")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,23 +75,8 @@ def run_case(case: common.Case, tools: list[str], mode: str, rounds: int, seed: 
         tool.setup(field, phases, target)
         check(name, cls, tool, mode, case, ref)
         objs[name] = tool.ddpm_step if mode == "ddpm" else getattr(tool, mode)
-    for fn in objs.values():  # warm-up (plans, caches, buffers)
-        fn()
-    times = {name: [] for name in objs}
-    rng = random.Random(seed)
-    order = list(objs)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            t0 = time.perf_counter()
-            objs[name]()
-            times[name].append(time.perf_counter() - t0)
+    times = common.interleaved_times(objs, rounds, seed)
     return times
-
-
-def quartiles(xs):
-    q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-    return q[0], statistics.median(xs), q[2]
 
 
 def row_for(a, tools, n, pad, thr) -> str:
@@ -105,13 +88,13 @@ def row_for(a, tools, n, pad, thr) -> str:
         if t not in times:
             cells.append("-")
             continue
-        q1, med, q3 = quartiles([x / f for x, f in zip(times[t], floor)])
+        q1, med, q3 = common.quartiles([x / f for x, f in zip(times[t], floor)])
         ips = a.batch / statistics.median(times[t])
         cells.append(f"{med:.2f} [{q1:.2f}-{q3:.2f}] ({ips:.0f}/s)")
     cells.append(f"{a.batch / statistics.median(floor):.0f}")
     other = VERSUS[a.mode]
     if "optdiff" in times and other in times:
-        q1, med, q3 = quartiles([x / y for x, y in zip(times["optdiff"], times[other])])
+        q1, med, q3 = common.quartiles([x / y for x, y in zip(times["optdiff"], times[other])])
         cells.append(f"{med:.2f} [{q1:.2f}-{q3:.2f}]")
     else:
         cells.append("-")

@@ -29,6 +29,7 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import common  # noqa: E402
 from benchmarks.common import PYTHON_DIR, REPO, Case, thread_env  # noqa: E402
 from benchmarks.fft_floor import fft_counts  # noqa: E402
 
@@ -187,39 +188,9 @@ def _child_rss(pid: int) -> int:
     return 0
 
 
-def _cpu_busy_seconds() -> float:
-    """Busy CPU time of the whole machine so far (all cores, /proc/stat), in seconds."""
-    try:
-        with open("/proc/stat") as fh:
-            f = [int(x) for x in fh.readline().split()[1:]]
-        idle = f[3] + (f[4] if len(f) > 4 else 0)
-        return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return 0.0
-
-
-def _children_cpu() -> float:
-    """CPU seconds of this driver and its reaped workers."""
-    import resource
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    s = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime + s.ru_utime + s.ru_stime
-
-
 def allowed_load(threads: int) -> float:
     """Other processes' CPU use (cores) that still leaves `threads` cores free, plus a margin."""
     return 0.2 + max(0, (os.cpu_count() or 1) - threads)
-
-
-def wait_quiet(max_wait: float, threshold: float = 0.15, window: float = 1.0) -> float:
-    """Wait (up to max_wait s) until other processes use < threshold cores; return their load."""
-    t_end = time.perf_counter() + max_wait
-    while True:
-        b0, t0 = _cpu_busy_seconds(), time.perf_counter()
-        time.sleep(window)
-        load = (_cpu_busy_seconds() - b0) / (time.perf_counter() - t0)
-        if load < threshold or time.perf_counter() >= t_end:
-            return load
 
 
 class Runner:
@@ -255,7 +226,7 @@ class Runner:
         ok_load = allowed_load(case.threads)
         for attempt in range(1 + (self.a.retry_perturbed if tool != "reference" else 0)):
             if self.a.wait_quiet > 0 and tool != "reference":
-                wait_quiet(self.a.wait_quiet if attempt == 0 else max(self.a.wait_quiet, 30.0),
+                common.wait_quiet(self.a.wait_quiet if attempt == 0 else max(self.a.wait_quiet, 30.0),
                            threshold=ok_load - 0.05)
             res = self._run_once(tool, case, modes, ref)
             res["attempts"] = attempt + 1
@@ -289,7 +260,7 @@ class Runner:
         else:
             env.pop("THP_MEM_ALLOC_ENABLE", None)
         limit = a.mem_limit_gb * 1024 ** 3
-        busy0, cpu0 = _cpu_busy_seconds(), _children_cpu()
+        busy0, cpu0 = common.cpu_busy_seconds(), common.own_cpu_seconds()
         t0 = time.perf_counter()
         status, peak_seen = "ok", 0
         with open(err_path, "w") as errf:
@@ -307,7 +278,7 @@ class Runner:
                 time.sleep(0.05)
         wall = time.perf_counter() - t0
         # cores' worth of CPU used by other processes while this worker ran (0 = quiet machine)
-        other = max(0.0, (_cpu_busy_seconds() - busy0) - (_children_cpu() - cpu0)) / wall
+        other = max(0.0, (common.cpu_busy_seconds() - busy0) - (common.own_cpu_seconds() - cpu0)) / wall
         res = None
         if status == "ok" and os.path.exists(out_path):
             with open(out_path) as fh:

@@ -148,31 +148,33 @@ std::string intensity_overflow_message(bool double_precision) {
            " at the camera); scale the field down";
 }
 
-template <class T>
-std::vector<cplx<T>> make_transfer_function(const PropagationSpec& s, int64_t n, bool normalised) {
+namespace {
+// The padded grid's table of value(r, c, np, pitch, wavelength, distance, method, scale), with
+// the inverse FFT's 1/np^2 folded in when `normalised`.
+template <class T, class Value>
+std::vector<cplx<T>> padded_table(const PropagationSpec& s, int64_t n, bool normalised,
+                                  Value value) {
     const int64_t np = padded_size(n, s.padding);
     const double scale =
         normalised ? 1.0 / (static_cast<double>(np) * static_cast<double>(np)) : 1.0;
     std::vector<cplx<T>> h(static_cast<size_t>(np * np));
     for (int64_t r = 0; r < np; ++r)
         for (int64_t c = 0; c < np; ++c)
-            h[static_cast<size_t>(r * np + c)] = transfer_function_value<T>(
-                r, c, np, s.pitch, s.wavelength, s.distance, s.method, scale);
+            h[static_cast<size_t>(r * np + c)] =
+                value(r, c, np, s.pitch, s.wavelength, s.distance, s.method, scale);
     return h;
+}
+}  // namespace
+
+template <class T>
+std::vector<cplx<T>> make_transfer_function(const PropagationSpec& s, int64_t n, bool normalised) {
+    return padded_table<T>(s, n, normalised, transfer_function_value<T>);
 }
 
 template <class T>
 std::vector<cplx<T>> make_transfer_function_dz(const PropagationSpec& s, int64_t n,
                                                bool normalised) {
-    const int64_t np = padded_size(n, s.padding);
-    const double scale =
-        normalised ? 1.0 / (static_cast<double>(np) * static_cast<double>(np)) : 1.0;
-    std::vector<cplx<T>> h(static_cast<size_t>(np * np));
-    for (int64_t r = 0; r < np; ++r)
-        for (int64_t c = 0; c < np; ++c)
-            h[static_cast<size_t>(r * np + c)] = transfer_function_dz_value<T>(
-                r, c, np, s.pitch, s.wavelength, s.distance, s.method, scale);
-    return h;
+    return padded_table<T>(s, n, normalised, transfer_function_dz_value<T>);
 }
 
 template <class T>

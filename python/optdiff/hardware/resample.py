@@ -53,23 +53,26 @@ def blur_kernel(sigma: float) -> np.ndarray | None:
     return box_gauss(np.arange(-R, R + 1, dtype=np.float64), sigma)
 
 
+def blur_axis(a: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
+    """out[i] = sum_d kernel[R + d] a[i - d] along ``axis`` (odd-length kernel, centred), zero beyond
+    the edges. A short stencil: no matrix product, so no BLAS threads to wake."""
+    R = len(kernel) // 2
+    out = kernel[R] * a
+    n = a.shape[axis]
+    for d in range(1, min(R, n - 1) + 1):
+        lo = [slice(None)] * a.ndim
+        hi = [slice(None)] * a.ndim
+        lo[axis], hi[axis] = slice(0, n - d), slice(d, n)
+        out[tuple(hi)] += kernel[R + d] * a[tuple(lo)]
+        out[tuple(lo)] += kernel[R - d] * a[tuple(hi)]
+    return out
+
+
 def blur(a: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
-    """Separable blur of the last two axes with ``kernel`` (odd length, centred); zero beyond the
-    edges. A short stencil: no matrix product, so no BLAS threads to wake."""
+    """Separable blur of the last two axes with ``kernel``; None: no blur."""
     if kernel is None:
         return a
-    R = len(kernel) // 2
-    for axis in (-1, -2):
-        out = kernel[R] * a
-        n = a.shape[axis]
-        for d in range(1, min(R, n - 1) + 1):
-            lo = [slice(None)] * a.ndim
-            hi = [slice(None)] * a.ndim
-            lo[axis], hi[axis] = slice(0, n - d), slice(d, n)
-            out[tuple(hi)] += kernel[R + d] * a[tuple(lo)]     # out[i] = sum_d k(d) a[i - d]
-            out[tuple(lo)] += kernel[R - d] * a[tuple(hi)]
-        a = out
-    return a
+    return blur_axis(blur_axis(a, kernel, -1), kernel, -2)
 
 
 def shift_matrix(n: int, shift: float) -> np.ndarray | None:

@@ -62,26 +62,12 @@ def blur_kernels(sigma: float, radius: int | None = None):
     return K, dK
 
 
-def _blur_axis(a: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
-    """out[i] = sum_d kernel[R + d] a[i - d] along ``axis``, zero beyond the edges."""
-    R = len(kernel) // 2
-    out = kernel[R] * a
-    n = a.shape[axis]
-    for d in range(1, min(R, n - 1) + 1):
-        lo = [slice(None)] * a.ndim
-        hi = [slice(None)] * a.ndim
-        lo[axis], hi[axis] = slice(0, n - d), slice(d, n)
-        out[tuple(hi)] += kernel[R + d] * a[tuple(lo)]
-        out[tuple(lo)] += kernel[R - d] * a[tuple(hi)]
-    return out
-
-
 def blur_axes(a: np.ndarray, ky: np.ndarray | None, kx: np.ndarray | None) -> np.ndarray:
     """Separable blur of the last two axes (rows with ``ky``, columns with ``kx``; None: identity)."""
     if kx is not None:
-        a = _blur_axis(a, kx, -1)
+        a = resample.blur_axis(a, kx, -1)
     if ky is not None:
-        a = _blur_axis(a, ky, -2)
+        a = resample.blur_axis(a, ky, -2)
     return a
 
 
