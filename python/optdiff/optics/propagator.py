@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from .backends import get_backend
+from .backends import backend_for, get_backend
 from .specs import METHODS, hop_spec
 
 __all__ = ["Propagator", "propagate", "METHODS"]
@@ -87,7 +87,6 @@ def propagate(field, *, wavelength: float, pitch: float, distance: float, method
     Builds (and caches) a plan per call: for repeated use keep a Propagator. ``backend=None``
     picks the backend that owns ``field`` (NumPy: CPU; a device array: CUDA).
     """
-    from .backends import backend_for
 
     shape = getattr(field, "shape", None)
     if shape is None or len(shape) not in (2, 3):
