@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inception-weights", metavar="PATH", help="pytorch-fid's Inception-v3 weights file on disk "
                    "(pt_inception-2015-12-05-6726825d.pth) for the standard FID rows; nothing is downloaded")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parsers = {"train": t, "sample": s, "denoise": d, "show": w, "demo": m, "report": r}
+    for ext in _extensions():
+        ext.register(sub, parsers, _add_config_flags)
     for sp in (t, s, d, w, m):
         sp.add_argument("--planner", choices=("estimate", "measure", "patient"),
                         help="FFTW planning (default measure: plans chosen by timing, fastest, but two "
@@ -444,6 +447,29 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "denoise": cmd_denoise, "s
             "report": cmd_report, "calibrate": cmd_calibrate}
 
 
+def _extensions():
+    """The ``optdiff/cli_*.py`` modules that add subcommands, in name order.
+
+    Each has ``register(sub, parsers, add_config_flags)`` (adds its parsers; may add flags to the
+    built-in ones in ``parsers``) and ``COMMANDS`` (name -> handler, merged over the built-in
+    table), so a new system adds a command without editing this file.
+    """
+    import importlib
+    import pkgutil
+
+    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+                   if m.name.startswith("cli_"))
+    mods = [importlib.import_module(f".{name}", __package__) for name in names]
+    return [m for m in mods if hasattr(m, "register")]
+
+
+def _commands() -> dict:
+    table = dict(COMMANDS)
+    for ext in _extensions():
+        table.update(ext.COMMANDS)
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
     from .diffusion.checkpoint import CheckpointError
@@ -459,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .optics import set_planner_effort
 
             set_planner_effort(args.planner)
-        COMMANDS[args.command](args)
+        _commands()[args.command](args)
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except (CheckpointError, TrainingError, FileNotFoundError, FloatingPointError) as exc:
