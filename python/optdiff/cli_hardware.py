@@ -52,18 +52,26 @@ def add_calibrate_parser(sub, add_config_flags) -> None:
     add_config_flags(c)
 
 
-def _device(cfg, seed: int):
+def _nominal(args):
+    """The bench's design: the ``[bench]`` table of ``--config`` (absent: the reference bench)."""
+    from .hardware.config import BenchConfig, load_bench_config
+
+    path = getattr(args, "config", None)
+    return load_bench_config(path) if path else BenchConfig()
+
+
+def _device(cfg, seed: int, nominal):
     from .hardware import EmulatedExperiment
 
-    return EmulatedExperiment(seed, cfg.optics, cfg.model.image_size)
+    return EmulatedExperiment(seed, cfg.optics, cfg.model.image_size, nominal=nominal)
 
 
-def _twin(cfg, path):
+def _twin(cfg, path, nominal):
     from .hardware.twin import DigitalTwin
     from .hardware.twin_params import TwinParams
 
     params = TwinParams.load(path) if path else None
-    return DigitalTwin(cfg.optics, cfg.model.image_size, params=params, nthreads=cfg.train.threads)
+    return DigitalTwin(cfg.optics, cfg.model.image_size, nominal, params=params, nthreads=cfg.train.threads)
 
 
 def make_trainer(args, cfg, out):
@@ -87,7 +95,8 @@ def make_trainer(args, cfg, out):
     if mode == "online" and not args.twin:
         print("optdiff train: --mode online without --twin: the twin starts from the nominal bench "
               "(run 'optdiff calibrate' first for a calibrated one)", file=sys.stderr)
-    return HardwareTrainer(cfg, out, _device(cfg, args.bench_seed), mode, _twin(cfg, args.twin),
+    nominal = _nominal(args)
+    return HardwareTrainer(cfg, out, _device(cfg, args.bench_seed, nominal), mode, _twin(cfg, args.twin, nominal),
                            refine_every=args.refine_every)
 
 
@@ -102,7 +111,7 @@ def cmd_calibrate(args, build_config) -> dict:
     cfg = build_config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg, args.bench_seed)
+    device = _device(cfg, args.bench_seed, _nominal(args))
     stages = (Stage(8, 15, 30), Stage(4, 10, 60), Stage(2, 5, None)) if args.quick else DEFAULT_STAGES
     rows = []
 

@@ -279,6 +279,10 @@ class TrainConfig:
     ``warmup`` steps) or ``constant``. ``set_weights``: per-set loss weights (empty = all 1).
     ``threads`` and ``backend`` say where the work runs, not what is computed: a checkpoint made
     on one backend loads on any other.
+    ``distill_steps`` (0 = off): a distillation start. Before the noise loss, every set's
+    phases and read-out take this many Adam steps (rate ``lr``, constant) towards the prediction
+    of the least-squares linear denoiser of that set on noised training images: a target
+    without the noise's variance, which the optics then refine on the noise loss.
     """
 
     steps: int = 1000
@@ -300,6 +304,7 @@ class TrainConfig:
     threads: int = 2
     progress: bool = True
     backend: str = "cpu"  # where the optics run: "cpu", "cuda" (a GPU), "cuda-emu" (tests)
+    distill_steps: int = 0  # per set, before the noise loss: fit the linear denoiser's prediction
 
     def validate(self, sets: int) -> None:
         s = "train"
@@ -331,6 +336,7 @@ class TrainConfig:
         if not isinstance(self.progress, bool):
             raise _err(s, "progress", self.progress, "must be true or false")
         _check_choice(s, "backend", self.backend, ("cpu", "cuda", "cuda-emu"))
+        _check_int(s, "distill_steps", self.distill_steps, 0)
 
 
 @dataclass
@@ -356,6 +362,11 @@ class SampleConfig:
             raise _err(s, "clip_x0", self.clip_x0, "must be true or false")
         _check_int(s, "seed", self.seed, 0, _SEED_MAX)
 
+
+#: Tables a run file may hold that other modules own and validate: ``[bench]`` is the bench's
+#: design (optdiff.hardware.config), read by the hardware training modes and ``optdiff calibrate``.
+#: They are not part of a model's configuration (nor of its checkpoint).
+EXTERNAL_SECTIONS = ("bench",)
 
 _SECTIONS = {
     "optics": OpticsConfig, "model": ModelConfig, "diffusion": DiffusionConfig,
@@ -388,7 +399,7 @@ class Config:
     def from_dict(cls, d: Mapping[str, Any], validate: bool = True) -> Config:
         if not isinstance(d, Mapping):
             raise ConfigError(f"configuration must be a table/dict, got {type(d).__name__}")
-        unknown = set(d) - set(_SECTIONS)
+        unknown = set(d) - set(_SECTIONS) - set(EXTERNAL_SECTIONS)
         if unknown:
             raise ConfigError(f"unknown configuration section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
         parts = {}
