@@ -25,13 +25,13 @@ import tempfile
 import uuid
 from pathlib import Path
 
-__all__ = ["open_client", "completed", "prepare_shared_dir", "default_threads_per_worker",
+__all__ = ["open_client", "completed", "machine_cores", "prepare_shared_dir", "default_threads_per_worker",
            "DEFAULT_CONNECT_TIMEOUT"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
-def _cores() -> int:
+def machine_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -40,7 +40,7 @@ def _cores() -> int:
 
 def default_threads_per_worker(workers: int) -> int:
     """Threads for each of ``workers`` processes so that together they use the cores once."""
-    return max(1, _cores() // max(1, int(workers)))
+    return max(1, machine_cores() // max(1, int(workers)))
 
 
 def _dashboard_line(client) -> str:
@@ -111,13 +111,17 @@ def completed(futures, desc: str, progress: bool = True, unit: str = "task"):
     """Yield each future of ``futures`` as it finishes (``distributed.as_completed``), with a bar."""
     from distributed import as_completed
 
+    futures = list(futures)
+    if not futures:
+        return
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(futures), desc=desc, unit=unit, dynamic_ncols=True)
     try:
-        for fut in as_completed(futures):
+        # the futures' own client's loop: our clients are not made the process-wide default
+        for fut in as_completed(futures, loop=futures[0].client.loop):
             if bar is not None:
                 bar.update(1)
             yield fut
