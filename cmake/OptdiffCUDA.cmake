@@ -180,6 +180,38 @@ else()
 endif()
 get_filename_component(_optdiff_cufft_libdir "${_optdiff_cufft_library}" DIRECTORY)
 
+# The soname the module will record as NEEDED (libcufft.so.12 from CUDA 13's
+# cuFFT, libcufft.so.11 from CUDA 12's): written next to the module (_cuda_cufft.txt) so that
+# optdiff.optics.backends.cuda preloads exactly that file before the import
+# (the RUNPATH holds this machine's absolute directory).
+unset(_optdiff_cufft_soname)
+if(CMAKE_READELF)
+  execute_process(COMMAND "${CMAKE_READELF}" -d "${_optdiff_cufft_library}"
+                  OUTPUT_VARIABLE _optdiff_cufft_dyn ERROR_QUIET RESULT_VARIABLE _optdiff_rc)
+  if(_optdiff_rc EQUAL 0 AND _optdiff_cufft_dyn MATCHES "\\(SONAME\\)[^[]*\\[([^]]+)\\]")
+    set(_optdiff_cufft_soname "${CMAKE_MATCH_1}")
+  endif()
+endif()
+if(NOT _optdiff_cufft_soname)
+  # No readelf: the versioned file name (libcufft.so.12.x.y -> libcufft.so.12).
+  get_filename_component(_optdiff_cufft_real "${_optdiff_cufft_library}" REALPATH)
+  get_filename_component(_optdiff_cufft_real "${_optdiff_cufft_real}" NAME)
+  if(_optdiff_cufft_real MATCHES "^(libcufft\\.so\\.[0-9]+)")
+    set(_optdiff_cufft_soname "${CMAKE_MATCH_1}")
+  else()
+    _optdiff_cuda_unavailable("cannot tell the soname of ${_optdiff_cufft_library}"
+      "Point OPTDIFF_CUFFT_ROOT at a directory holding libcufft.so.<major>.")
+  endif()
+endif()
+set(_optdiff_cufft_record "${CMAKE_CURRENT_BINARY_DIR}/_cuda_cufft.txt")
+file(WRITE "${_optdiff_cufft_record}"
+  "# written by cmake/OptdiffCUDA.cmake at configure time; read by optdiff.optics.backends.cuda\n"
+  "soname=${_optdiff_cufft_soname}\n"
+  "libdir=${_optdiff_cufft_libdir}\n"
+  "cuda_major=${CUDAToolkit_VERSION_MAJOR}\n"
+  "cuda_version=${CUDAToolkit_VERSION}\n"
+  "origin=${_optdiff_cufft_origin}\n")
+
 # ---- everything is there: build the module -------------------------------
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
   set(CMAKE_CUDA_ARCHITECTURES "${OPTDIFF_CUDA_ARCHITECTURES}")
@@ -236,6 +268,12 @@ if(OPTDIFF_WERROR)
   target_compile_options(_cuda PRIVATE -Werror)
 endif()
 install(TARGETS _cuda DESTINATION .)
+# The cuFFT record goes where the module goes (the wheel's package folder).
+if(DEFINED OPTDIFF_PY_INSTALL)
+  install(FILES "${_optdiff_cufft_record}" ${OPTDIFF_PY_INSTALL})
+else()
+  install(FILES "${_optdiff_cufft_record}" DESTINATION .)
+endif()
 
 set(OPTDIFF_CUDA_STATUS
-  "on (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${OPTDIFF_CUDA_ARCHITECTURES}, cuFFT from ${_optdiff_cufft_origin}: ${_optdiff_cufft_library})")
+  "on (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${OPTDIFF_CUDA_ARCHITECTURES}, cuFFT from ${_optdiff_cufft_origin}: ${_optdiff_cufft_library}, soname ${_optdiff_cufft_soname})")

@@ -32,7 +32,9 @@
 #include "kernels.hpp"
 #include "optdiff/plan.hpp"
 #include "optics.hpp"
+#include "plan_cache.hpp"
 #include "spec_from_python.hpp"  // csrc/python: the hop tuple, shared with optdiff._core
+#include "streams.hpp"
 
 #ifndef OPTDIFF_CUDA_MODULE
 #define OPTDIFF_CUDA_MODULE _cuda
@@ -54,12 +56,28 @@ using Release = py::call_guard<py::gil_scoped_release>;
 
 Stream as_stream(Addr s) { return reinterpret_cast<Stream>(s); }
 
+// Alignment a device address of E must have. Complex values: their full
+// size (8 bytes for complex64, 16 for complex128), as cuFFT's float2/double2
+// transforms in place on the caller's arrays need (alignof(cplx<T>) is only
+// alignof(T)).
+template <class E>
+struct DeviceAlignment {
+    static constexpr std::size_t value = alignof(E);
+};
+template <class T>
+struct DeviceAlignment<cplx<T>> {
+    static constexpr std::size_t value = sizeof(cplx<T>);
+};
+template <class T>
+struct DeviceAlignment<const cplx<T>> : DeviceAlignment<cplx<T>> {};
+
 // A required device address on `device` (any address is fine for an empty batch).
 template <class E>
 E* required(Addr a, int device, const char* what, bool used = true) {
     if (!used) return reinterpret_cast<E*>(a);
     require_device_pointer(reinterpret_cast<const void*>(a), device, what);
-    optdiff::python::require_aligned(reinterpret_cast<const void*>(a), alignof(E), what);
+    optdiff::python::require_aligned(reinterpret_cast<const void*>(a), DeviceAlignment<E>::value,
+                                     what);
     return reinterpret_cast<E*>(a);
 }
 
@@ -401,6 +419,35 @@ PYBIND11_MODULE(OPTDIFF_CUDA_MODULE, m) {
     m.def("get_workspace_limit", &get_workspace_limit);
     m.def("clear_plan_cache", &clear_fft_plan_cache, Release());
     m.def("plan_cache_size", &fft_plan_cache_size);
+    m.def(
+        "plan_cache_stats",
+        [] {
+            const PlanCacheStats st = fft_plan_cache_stats();
+            py::dict d;
+            d["cached"] = st.cached;
+            d["retired"] = st.retired;
+            d["destroyed"] = st.destroyed;
+            return d;
+        },
+        "FFT plans cached, retired (evicted, waiting for their work) and destroyed so far.");
+    m.def(
+        "stream_identity",
+        [](Addr stream) {
+            const StreamIdentity id = stream_identity(as_stream(stream));
+            return py::make_tuple(id.first, id.second);
+        },
+        py::arg("stream"),
+        "The stream part of the FFT plan cache's key in the calling thread: (handle, thread), "
+        "thread 0 unless the handle is the per-thread default stream (2).");
+    m.def(
+        "stream_wait",
+        [](Addr waiter, Addr producer, int device) {
+            DeviceGuard guard(resolve_device(device));
+            stream_wait(as_stream(waiter), as_stream(producer));
+        },
+        py::arg("waiter"), py::arg("producer"), py::arg("device") = -1, Release(),
+        "Work queued on `waiter` from now on runs after the work queued on `producer` so far "
+        "(event record + cudaStreamWaitEvent; the host does not wait).");
     m.def(
         "trim_memory_pool",
         [](int device) {

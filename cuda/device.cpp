@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fft.hpp"
+#include "streams.hpp"
 
 namespace optdiff {
 namespace gpu {
@@ -226,7 +227,7 @@ void* workspace_malloc(size_t bytes, Stream stream) {
     if (pool == nullptr) return device_malloc(bytes);
     void* p = nullptr;
     cudaError_t err = cudaMallocFromPoolAsync(&p, bytes, pool, as_stream(stream));
-    if (err == cudaErrorMemoryAllocation) {
+    if (err == cudaErrorMemoryAllocation && !stream_is_capturing(stream)) {
         (void)cudaGetLastError();
         clear_fft_plan_cache();
         if (cudaMemPoolTrimTo(pool, 0) != cudaSuccess) (void)cudaGetLastError();
@@ -318,6 +319,30 @@ int pointer_device(const void* ptr) {
     }
     if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) return attr.device;
     return -1;
+}
+
+bool stream_is_capturing(Stream stream) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    const cudaError_t err = cudaStreamIsCapturing(as_stream(stream), &status);
+    if (err != cudaSuccess) {
+        // e.g. the legacy stream queried while another stream captures
+        // globally: treat as capturing (the safe answer: nothing is freed).
+        (void)cudaGetLastError();
+        return true;
+    }
+    return status != cudaStreamCaptureStatusNone;
+}
+
+void stream_wait(Stream waiter, Stream producer) {
+    if (waiter == producer) return;
+    cudaEvent_t ev = nullptr;
+    check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate (stream order)");
+    cudaError_t err = cudaEventRecord(ev, as_stream(producer));
+    if (err == cudaSuccess) err = cudaStreamWaitEvent(as_stream(waiter), ev, 0);
+    // Destroying an event whose record and wait are queued is allowed: the
+    // resources go once the work completes.
+    (void)cudaEventDestroy(ev);
+    check(err, "ordering the gradient's stream after the tape's (event record + wait)");
 }
 
 void require_device_pointer(const void* ptr, int device, const char* what) {

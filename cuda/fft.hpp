@@ -1,17 +1,22 @@
 // Batched in-place complex FFTs for the CUDA back end (cuFFT C2C / Z2Z).
 //
-// Plans are cached per (device, precision, geometry, stream): a cuFFT plan
-// owns a work area, so two streams must never share one, and creating a plan
-// costs far more than a transform. The cache is an LRU of a few dozen plans
-// guarded by a mutex; an evicted plan stays alive until its last user drops
-// its shared_ptr. Transforms are unnormalised (forward sign -1, inverse +1);
-// the 1/np^2 of the inverse is folded into the transfer function.
+// Plans are cached per (device, precision, geometry, stream identity; see
+// plan_cache.hpp): creating a plan costs far more than a transform. A plan
+// owns no work area: each transform takes one from the back end's
+// stream-ordered memory pool (cufftSetAutoAllocation(0) + cufftSetWorkArea),
+// so cuFFT's scratch counts against the same pool as the rest. The cache is
+// an LRU of a few dozen plans; an evicted plan is destroyed later, outside
+// the cache lock, once nobody uses it and its last transform has finished
+// (never a device-wide synchronisation, never during stream capture).
+// Transforms are unnormalised (forward sign -1, inverse +1); the 1/np^2 of
+// the inverse is folded into the transfer function.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 
 #include "device.hpp"
+#include "plan_cache.hpp"
 
 namespace optdiff {
 namespace gpu {
@@ -39,9 +44,13 @@ std::shared_ptr<FftPlan> get_fft_plan(bool double_precision, const FftGeometry& 
 // plan's precision). `inverse`: sign +1, else -1. Thread-safe.
 void fft_execute(FftPlan& plan, void* data, bool inverse);
 
-// Drops every cached plan (each is destroyed once no call uses it).
+// Drops every cached plan (each is destroyed once no call uses it, after its
+// own queued transforms; not while a CUDA graph that uses it may still run).
 void clear_fft_plan_cache();
 int fft_plan_cache_size();
+PlanCacheStats fft_plan_cache_stats();
+// Work-area bytes a transform of `plan` takes from the pool (0 in emulation).
+int64_t fft_work_bytes(const FftPlan& plan);
 // cuFFT library version (e.g. 12500), 0 when unknown.
 int fft_library_version() noexcept;
 

@@ -2,14 +2,15 @@
 #include <cuda_runtime_api.h>
 #include <cufft.h>
 
+#include <atomic>
 #include <cstdint>
-#include <list>
-#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
-#include <tuple>
+#include <utility>
 
 #include "fft.hpp"
+#include "streams.hpp"
 
 namespace optdiff {
 namespace gpu {
@@ -49,11 +50,9 @@ void check_cufft(cufftResult r, const std::string& what) {
     throw CudaError(text);
 }
 
-using PlanKey = std::tuple<int, bool, int, int64_t, int64_t, int64_t, int64_t, std::uintptr_t>;
-
 PlanKey make_key(int device, bool dbl, const FftGeometry& g, Stream s) {
-    return PlanKey(device, dbl, g.rank, g.size, g.stride, g.dist, g.batch,
-                   reinterpret_cast<std::uintptr_t>(s));
+    const StreamIdentity id = stream_identity(s);
+    return PlanKey(device, dbl, g.rank, g.size, g.stride, g.dist, g.batch, id.first, id.second);
 }
 
 }  // namespace
@@ -61,7 +60,7 @@ PlanKey make_key(int device, bool dbl, const FftGeometry& g, Stream s) {
 class FftPlan {
 public:
     FftPlan(bool dbl, const FftGeometry& g, Stream stream, int device)
-        : double_(dbl), device_(device) {
+        : double_(dbl), device_(device), stream_(stream) {
         if (g.rank != 1 && g.rank != 2) throw std::invalid_argument("FFT rank must be 1 or 2");
         if (g.size < 1 || g.batch < 1 || g.stride < 1 || g.dist < 1)
             throw std::invalid_argument("FFT geometry must be positive");
@@ -69,6 +68,8 @@ public:
             throw std::invalid_argument("2-D FFTs must be contiguous (stride 1)");
         check_cufft(cufftCreate(&handle_), "plan creation (cufftCreate)");
         try {
+            // The work area comes from the memory pool at each transform.
+            check_cufft(cufftSetAutoAllocation(handle_, 0), "cufftSetAutoAllocation");
             long long n[2] = {g.size, g.size};
             // Non-null embeds: cuFFT ignores stride/dist when they are null.
             long long embed[2] = {g.size, g.size};
@@ -78,23 +79,32 @@ public:
                                     g.dist, dbl ? CUFFT_Z2Z : CUFFT_C2C, g.batch, &work),
                 "planning a " + std::to_string(g.rank) + "-D transform of size " +
                     std::to_string(g.size) + " x batch " + std::to_string(g.batch));
+            work_bytes_ = work;
             check_cufft(cufftSetStream(handle_, static_cast<cudaStream_t>(stream)),
                         "cufftSetStream");
+            // Marks the end of the last transform, so that eviction can tell
+            // (without blocking) when the plan may go.
+            const cudaError_t err = cudaEventCreateWithFlags(&done_, cudaEventDisableTiming);
+            if (err != cudaSuccess) {
+                (void)cudaGetLastError();
+                throw CudaError(std::string("cudaEventCreate for an FFT plan: ") +
+                                cudaGetErrorName(err));
+            }
         } catch (...) {
             cufftDestroy(handle_);
             throw;
         }
     }
-    // The plan's work area may still be in use by queued transforms, and the
-    // stream it was made for may be gone by now: wait for the whole device
-    // before destroying. Plans are only destroyed on eviction or when the
-    // cache is cleared, never per call.
+    // Waits only for this plan's own transforms (its event), then destroys it.
+    // The cache calls this outside its lock, and never for a plan that was
+    // used during stream capture unless the cache is cleared.
     ~FftPlan() {
         int previous = -1;
         if (cudaGetDevice(&previous) == cudaSuccess && previous != device_) {
             (void)cudaSetDevice(device_);
         }
-        (void)cudaDeviceSynchronize();
+        if (recorded_) (void)cudaEventSynchronize(done_);
+        (void)cudaEventDestroy(done_);
         (void)cufftDestroy(handle_);
         if (previous >= 0 && previous != device_) (void)cudaSetDevice(previous);
         (void)cudaGetLastError();
@@ -104,7 +114,10 @@ public:
 
     void execute(void* data, bool inverse) {
         const int dir = inverse ? CUFFT_INVERSE : CUFFT_FORWARD;
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::lock_guard<std::mutex> lock(mutex_);  // a handle's enqueue is not re-entrant
+        // Stream-ordered: freed on the plan's stream after the transform.
+        Workspace<char> work(work_bytes_, stream_);
+        if (work_bytes_ > 0) check_cufft(cufftSetWorkArea(handle_, work.get()), "cufftSetWorkArea");
         if (double_) {
             auto* p = static_cast<cufftDoubleComplex*>(data);
             check_cufft(cufftExecZ2Z(handle_, p, p, dir), "cufftExecZ2Z");
@@ -112,27 +125,51 @@ public:
             auto* p = static_cast<cufftComplex*>(data);
             check_cufft(cufftExecC2C(handle_, p, p, dir), "cufftExecC2C");
         }
+        if (stream_is_capturing(stream_)) {
+            in_graph_ = true;  // a graph may replay it at any time: never reaped
+        } else {
+            const cudaError_t err = cudaEventRecord(done_, static_cast<cudaStream_t>(stream_));
+            if (err != cudaSuccess) {
+                (void)cudaGetLastError();
+                throw CudaError(std::string("cudaEventRecord after an FFT: ") +
+                                cudaGetErrorName(err));
+            }
+            recorded_ = true;
+        }
     }
+
+    // Non-blocking: no transform of this plan is queued or running.
+    bool idle() const noexcept {
+        if (in_graph_) return false;
+        if (!recorded_) return true;
+        const cudaError_t err = cudaEventQuery(done_);
+        if (err == cudaErrorNotReady) return false;
+        if (err != cudaSuccess) (void)cudaGetLastError();
+        return true;
+    }
+
+    int64_t work_bytes() const { return static_cast<int64_t>(work_bytes_); }
 
 private:
     cufftHandle handle_ = 0;
     bool double_ = false;
     int device_ = 0;
-    std::mutex mutex_;  // a handle's enqueue is not re-entrant
+    Stream stream_ = nullptr;
+    size_t work_bytes_ = 0;
+    cudaEvent_t done_ = nullptr;
+    // Written under mutex_ by execute, read by idle() from the cache's reaper.
+    std::atomic<bool> recorded_{false};
+    std::atomic<bool> in_graph_{false};
+    std::mutex mutex_;
 };
 
 namespace {
 
 constexpr size_t kMaxCachedPlans = 32;
 
-struct PlanCache {
-    std::mutex mutex;
-    std::list<std::pair<PlanKey, std::shared_ptr<FftPlan>>> lru;  // front = most recent
-    std::map<PlanKey, std::list<std::pair<PlanKey, std::shared_ptr<FftPlan>>>::iterator> index;
-};
-
-PlanCache& plan_cache() {
-    static PlanCache* cache = new PlanCache();  // never destroyed: see device.cpp
+PlanCache<FftPlan>& plan_cache() {
+    static auto* cache =
+        new PlanCache<FftPlan>(kMaxCachedPlans);  // never destroyed: see device.cpp
     return *cache;
 }
 
@@ -142,55 +179,33 @@ std::shared_ptr<FftPlan> get_fft_plan(bool double_precision, const FftGeometry& 
                                       Stream stream) {
     const int device = current_device();
     const PlanKey key = make_key(device, double_precision, geometry, stream);
-    PlanCache& c = plan_cache();
-    {
-        std::lock_guard<std::mutex> lock(c.mutex);
-        auto it = c.index.find(key);
-        if (it != c.index.end()) {
-            c.lru.splice(c.lru.begin(), c.lru, it->second);
-            return it->second->second;
-        }
-    }
+    PlanCache<FftPlan>& c = plan_cache();
+    // Destroy evicted plans whose work is done (never while this stream is
+    // being captured: destroying frees device memory).
+    if (!stream_is_capturing(stream)) c.reap(false);
+    if (auto hit = c.find(key)) return hit;
     // Plan outside the lock (it can take milliseconds); a racing thread may
     // make the same plan, in which case the first one stored wins.
     std::shared_ptr<FftPlan> plan;
     try {
         plan = std::make_shared<FftPlan>(double_precision, geometry, stream, device);
     } catch (const CudaOutOfMemory&) {
-        clear_fft_plan_cache();  // cached plans hold work areas: drop them and retry once
+        clear_fft_plan_cache();  // cached plans hold device memory: drop them and retry once
         trim_workspace_pool();
         plan = std::make_shared<FftPlan>(double_precision, geometry, stream, device);
     }
-    std::lock_guard<std::mutex> lock(c.mutex);
-    auto it = c.index.find(key);
-    if (it != c.index.end()) return it->second->second;
-    c.lru.emplace_front(key, plan);
-    c.index[key] = c.lru.begin();
-    while (c.lru.size() > kMaxCachedPlans) {
-        c.index.erase(c.lru.back().first);
-        c.lru.pop_back();
-    }
-    return plan;
+    return c.insert(key, std::move(plan));
 }
 
 void fft_execute(FftPlan& plan, void* data, bool inverse) { plan.execute(data, inverse); }
 
-void clear_fft_plan_cache() {
-    PlanCache& c = plan_cache();
-    std::list<std::pair<PlanKey, std::shared_ptr<FftPlan>>> dropped;
-    {
-        std::lock_guard<std::mutex> lock(c.mutex);
-        dropped.swap(c.lru);
-        c.index.clear();
-    }
-    // `dropped` is destroyed here, outside the lock.
-}
+void clear_fft_plan_cache() { plan_cache().clear(); }
 
-int fft_plan_cache_size() {
-    PlanCache& c = plan_cache();
-    std::lock_guard<std::mutex> lock(c.mutex);
-    return static_cast<int>(c.lru.size());
-}
+int fft_plan_cache_size() { return static_cast<int>(plan_cache().stats().cached); }
+
+PlanCacheStats fft_plan_cache_stats() { return plan_cache().stats(); }
+
+int64_t fft_work_bytes(const FftPlan& plan) { return plan.work_bytes(); }
 
 int fft_library_version() noexcept {
     int v = 0;

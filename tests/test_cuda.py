@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import glob
 import importlib
+import importlib.util
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -56,11 +60,24 @@ def test_import_and_device_count_without_gpu():
 # Fixtures: which implementation, which array kind
 # ---------------------------------------------------------------------------
 
+def _cuda_or_skip() -> None:
+    """Skip when this machine has no GPU; FAIL (with the stored reason) when it has one but the
+    CUDA backend cannot use it (a broken build, a missing cuFFT, a driver too old), or when
+    OPTDIFF_REQUIRE_CUDA=1 says a device is expected (benchmarks/gpu_check.sh sets it)."""
+    if HAS_GPU:
+        return
+    reason = cb.cuda_unavailable_reason()
+    evidence = cb.gpu_present()
+    if evidence or os.environ.get("OPTDIFF_REQUIRE_CUDA") == "1":
+        pytest.fail(f"a GPU is expected here ({evidence or 'OPTDIFF_REQUIRE_CUDA=1'}) but "
+                    f"backend='cuda' is unusable: {reason}", pytrace=False)
+    pytest.skip(f"no CUDA device: {reason}")
+
+
 @pytest.fixture(params=["cuda", "cuda-emu"])
 def backend(request):
     if request.param == "cuda":
-        if not HAS_GPU:
-            pytest.skip(f"no CUDA device: {cb.cuda_unavailable_reason()}")
+        _cuda_or_skip()
         yield "cuda"
         return
     if _EMU is None:
@@ -69,15 +86,17 @@ def backend(request):
 
 
 class _HostCAI:
-    """A host array posing as device memory (valid only with the emulation module)."""
+    """A host array posing as device memory (valid only with the emulation module); `stream`:
+    the v3 interface's stream (any integer: the emulated streams are only names)."""
 
-    def __init__(self, a):
+    def __init__(self, a, stream=None):
         self.a = np.ascontiguousarray(a)
+        self.stream = stream
 
     @property
     def __cuda_array_interface__(self):
         return {"shape": self.a.shape, "typestr": self.a.dtype.str, "data": (self.a.ctypes.data, False),
-                "version": 3, "strides": None, "stream": None}
+                "version": 3, "strides": None, "stream": self.stream}
 
 
 def _to_kind(a: np.ndarray, kind: str, backend: str):
@@ -808,3 +827,262 @@ def test_overflowing_intensity_and_misaligned_arrays(backend):
     for name, call in cases:
         with pytest.raises(ValueError, match=f"^{name} is not aligned"):
             call()
+
+
+# ---------------------------------------------------------------------------
+# Issue 22: what a first run on a GPU could hit, tested where the CPU can
+# ---------------------------------------------------------------------------
+
+def test_gpu_present_means_cuda_usable():
+    """On a machine with an NVIDIA GPU a broken CUDA build is a failure, not a skip (item 1)."""
+    evidence = cb.gpu_present()
+    if evidence or os.environ.get("OPTDIFF_REQUIRE_CUDA") == "1":
+        assert HAS_GPU, f"{evidence or 'OPTDIFF_REQUIRE_CUDA=1'} but: {cb.cuda_unavailable_reason()}"
+    else:
+        assert evidence == ""
+
+
+def test_gpu_present_sees_device_nodes_and_nvidia_smi(monkeypatch, tmp_path):
+    monkeypatch.setattr(cb.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(cb.shutil, "which", lambda name: None)
+    assert cb.gpu_present() == ""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-x)'\n")
+    smi.chmod(0o755)
+    monkeypatch.setattr(cb.shutil, "which", lambda name: str(smi))
+    assert "NVIDIA H200" in cb.gpu_present()
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    assert cb.gpu_present() == ""  # a driverless nvidia-smi is no evidence
+    monkeypatch.setattr(cb.glob, "glob", lambda pattern: ["/dev/nvidia0"])
+    assert cb.gpu_present() == "device node /dev/nvidia0"
+
+
+def test_broken_cuda_on_a_gpu_machine_fails_the_tests(monkeypatch):
+    """The fixture's decision: skip without a GPU, fail with the stored reason with one."""
+    monkeypatch.setattr(sys.modules[__name__], "HAS_GPU", False)
+    monkeypatch.setattr(cb, "cuda_unavailable_reason", lambda: "stored import error XYZ")
+    monkeypatch.delenv("OPTDIFF_REQUIRE_CUDA", raising=False)
+    monkeypatch.setattr(cb, "gpu_present", lambda: "")
+    with pytest.raises(pytest.skip.Exception, match="stored import error XYZ"):
+        _cuda_or_skip()
+    monkeypatch.setattr(cb, "gpu_present", lambda: "device node /dev/nvidia0")
+    with pytest.raises(pytest.fail.Exception, match="/dev/nvidia0.*stored import error XYZ"):
+        _cuda_or_skip()
+    monkeypatch.setattr(cb, "gpu_present", lambda: "")
+    monkeypatch.setenv("OPTDIFF_REQUIRE_CUDA", "1")
+    with pytest.raises(pytest.fail.Exception, match="OPTDIFF_REQUIRE_CUDA=1"):
+        _cuda_or_skip()
+
+
+def _module_needed(path: str) -> list:
+    import re
+    import shutil
+    import subprocess
+
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf not installed")
+    dyn = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dyn)
+
+
+def test_cufft_soname_recorded_at_configure_time():
+    """The record next to the module names the cuFFT soname the module needs (item 3)."""
+    spec = importlib.util.find_spec("optdiff._cuda")
+    if spec is None:
+        pytest.skip("optdiff._cuda not built")
+    rec = cb.cufft_record()
+    assert rec, "no _cuda_cufft.txt next to the module (cmake/OptdiffCUDA.cmake writes it)"
+    needed = [n for n in _module_needed(os.path.realpath(spec.origin)) if n.startswith("libcufft")]
+    assert needed == [rec["soname"]]
+    assert os.path.exists(os.path.join(rec["libdir"], rec["soname"]))
+
+
+def test_cufft_candidates_are_exactly_the_soname(tmp_path):
+    rec = {"soname": "libcufft.so.12", "libdir": "/build/machine/lib", "cuda_major": "13"}
+    got = cb.cufft_candidates(rec, environ={"CUDA_HOME": "/opt/cuda"}, nvidia_roots=["/sp/nvidia"])
+    assert got == ["/build/machine/lib/libcufft.so.12", "/opt/cuda/lib64/libcufft.so.12",
+                   "/opt/cuda/lib/libcufft.so.12", "/usr/local/cuda/lib64/libcufft.so.12",
+                   "/sp/nvidia/cu13/lib/libcufft.so.12", "/sp/nvidia/cufft/lib/libcufft.so.12"]
+    assert cb.cufft_candidates({}, environ={}, nvidia_roots=[]) == []
+    (tmp_path / "_cuda_cufft.txt").write_text("# comment\nsoname=libcufft.so.11\nlibdir=/x\ncuda_major=12\n")
+    assert cb.cufft_record(str(tmp_path)) == {"soname": "libcufft.so.11", "libdir": "/x", "cuda_major": "12"}
+    assert cb.cufft_record(str(tmp_path / "missing")) == {}
+
+
+def test_failed_import_reason_names_the_cufft_search(monkeypatch):
+    """The import error and what the preload looked for end up in the reason text."""
+    monkeypatch.setattr(cb, "_modules", {})
+    monkeypatch.setattr(cb, "cufft_record", lambda: {"soname": "libcufft.so.12", "libdir": "/nowhere"})
+    monkeypatch.setattr(cb, "cufft_candidates", lambda rec: ["/nowhere/libcufft.so.12"])
+
+    def fail(name):
+        raise ImportError("libcufft.so.12: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(cb.importlib, "import_module", fail)
+    reason = cb.cuda_unavailable_reason()
+    assert "cannot open shared object file" in reason
+    assert "libcufft.so.12 not found" in reason and "$CUDA_HOME/lib64" in reason
+    assert cb.cuda_device_count() == 0
+
+
+def _emu_only(backend):
+    if backend != "cuda-emu":
+        pytest.skip("checks the emulation module's plan cache (the same code as cuFFT's)")
+
+
+@pytest.mark.gpu
+def test_fft_plan_cache_keys_the_per_thread_stream_by_thread(backend):
+    """Handle 2 (cudaStreamPerThread) is one stream per thread: no plan is shared (item 5)."""
+    _emu_only(backend)
+    mod = _EMU
+    assert mod.stream_identity(0) == mod.stream_identity(1) == (0, 0)
+    assert mod.stream_identity(12345) == (12345, 0)
+    ids = []
+    threads = [threading.Thread(target=lambda: ids.append(mod.stream_identity(2))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ids[0][0] == ids[1][0] == 2 and ids[0][1] != ids[1][1] and 0 not in (ids[0][1], ids[1][1])
+
+    n = 12
+    rng = np.random.default_rng(21)
+    x = _field(rng, (2, n, n), np.complex64)
+    kw = dict(wavelength=WL, pitch=PITCH, distance=4e-3, padding=1)
+    ref = optdiff.Propagator(n, backend="cpu", **kw).forward(x)
+    p = optdiff.Propagator(n, backend="cuda-emu", **kw)
+    p.forward(x)  # make the per-precision instance before the threads share it
+    for stream, want in ((2, 2), (0, 1)):
+        mod.clear_plan_cache()
+        outs = []
+        run = [threading.Thread(target=lambda: outs.append(_to_numpy(p.forward(_HostCAI(x, stream)))))
+               for _ in range(2)]
+        for t in run:
+            t.start()
+        for t in run:
+            t.join()
+        assert mod.plan_cache_stats()["cached"] == want, stream  # one 2-D plan per stream identity
+        for o in outs:
+            _close(o, ref, np.complex64, f"stream {stream}")
+
+
+@pytest.mark.gpu
+def test_fft_plan_cache_evicts_without_blocking(backend):
+    """More geometries than the cache holds: the LRU stays at 32, evicted plans are destroyed
+    (once idle and unused, outside the lock) and results stay right (item 6)."""
+    _emu_only(backend)
+    mod = _EMU
+    mod.clear_plan_cache()
+    before = mod.plan_cache_stats()["destroyed"]
+    rng = np.random.default_rng(22)
+    kw = dict(wavelength=WL, pitch=PITCH, distance=2e-3, padding=1)
+    for n in range(4, 44):  # 40 sizes, one 2-D plan each
+        optdiff.Propagator(n, backend="cuda-emu", **kw).forward(_field(rng, (1, n, n), np.complex64))
+    st = mod.plan_cache_stats()
+    assert st["cached"] == 32
+    assert st["destroyed"] - before + st["retired"] == 8  # every evicted plan is retired or gone
+    assert st["retired"] <= 1  # reaped at the next plan lookup (the last eviction waits for one)
+    x = _field(rng, (2, 4, 4), np.complex64)
+    _close(optdiff.Propagator(4, backend="cuda-emu", **kw).forward(x),
+           optdiff.Propagator(4, backend="cpu", **kw).forward(x), np.complex64, "after eviction")
+    mod.clear_plan_cache()
+    st = mod.plan_cache_stats()
+    assert st["cached"] == 0 and st["retired"] == 0
+
+
+@pytest.mark.gpu
+def test_backward_orders_itself_after_the_tapes_stream(backend, monkeypatch):
+    """Forward on one stream, backward on another: an event wait orders them (item 7)."""
+    _emu_only(backend)
+    calls = []
+    real_wait = _EMU.stream_wait
+    monkeypatch.setattr(_EMU, "stream_wait", lambda *a: (calls.append(a), real_wait(*a))[1])
+    rng = np.random.default_rng(23)
+    n, B, L = 8, 2, 2
+    cpu, gpu = _stack_pair(backend, n, L, 2, True, False)
+    x = _field(rng, (B, n, n), np.complex64)
+    ph = rng.uniform(-np.pi, np.pi, (L, n, n)).astype(np.float32)
+    g = rng.standard_normal((B, n, n)).astype(np.float32)
+    _, tape_ref = cpu.forward_train(x, ph)
+    ref = cpu.backward(tape_ref, g, input_grad=True)
+    _, tape = gpu.forward_train(_HostCAI(x, 5), _HostCAI(ph, 5))
+    assert tape.stream == 5
+    got = gpu.backward(tape, _HostCAI(g, 7), input_grad=True)
+    assert calls == [(7, 5, 0)]  # waiter, producer, device
+    _close(got[0], ref[0], np.float32, "grad_phases across streams")
+    _close(got[1], ref[1], np.complex64, "grad_field across streams")
+    _, tape = gpu.forward_train(_HostCAI(x, 7), _HostCAI(ph, 7))
+    gpu.backward(tape, _HostCAI(g, 7))
+    assert len(calls) == 1  # same stream: nothing to order
+
+
+def test_torch_lazy_conj_and_neg_views_are_resolved_or_refused():
+    """``t.conj()`` shares the unconjugated memory: inputs resolved, outputs refused (item 8)."""
+    torch = pytest.importorskip("torch")
+    from optdiff.optics.backends.cuda_arrays import torch_resolved
+
+    t = torch.randn(5, dtype=torch.complex64)
+    c = t.conj()
+    assert c.is_conj() and c.data_ptr() == t.data_ptr()  # what made it a defect
+    r = torch_resolved(c, "field")
+    assert not r.is_conj() and r.data_ptr() != t.data_ptr()
+    np.testing.assert_array_equal(r.numpy(), np.conj(t.numpy()))
+    assert torch_resolved(t, "field") is t  # no copy without a flag
+    with pytest.raises(ValueError, match="out is a lazily conjugated or negated PyTorch view"):
+        torch_resolved(c, "out", output=True)
+    neg = c.imag  # the imaginary part of a conjugate view is a lazily negated view
+    assert neg.is_neg()
+    np.testing.assert_array_equal(torch_resolved(neg, "x").numpy(), -t.numpy().imag)
+
+
+@pytest.mark.gpu
+def test_torch_conj_views_on_the_device(backend):
+    if backend != "cuda":
+        pytest.skip("PyTorch CUDA tensors need a real device")
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(24)
+    n = 12
+    x = _field(rng, (2, n, n), np.complex64)
+    kw = dict(wavelength=WL, pitch=PITCH, distance=3e-3, padding=2)
+    ref = optdiff.Propagator(n, backend="cpu", **kw).forward(np.conj(x))
+    gpu = optdiff.Propagator(n, backend="cuda", **kw)
+    _close(gpu.forward(torch.from_numpy(x).cuda().conj()), ref, np.complex64, "conj view input")
+    with pytest.raises(ValueError, match="lazily conjugated"):
+        gpu.forward(torch.from_numpy(x).cuda(), out=torch.zeros(2, n, n, dtype=torch.complex64,
+                                                                   device="cuda").conj())
+
+
+def _offset_view(a: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of `a` whose data starts `offset` bytes past a 64-byte boundary."""
+    raw = np.zeros(a.nbytes + 64 + offset, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    v = np.frombuffer(raw.data, dtype=a.dtype, count=a.size, offset=start).reshape(a.shape)
+    v[...] = a
+    return v
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,offset,need", [(np.complex64, 4, 8), (np.complex128, 8, 16)])
+def test_complex_device_arrays_need_their_full_alignment(backend, dtype, offset, need):
+    """cuFFT works in place on the caller's arrays as float2/double2: an address aligned for
+    the real part only (4 bytes for complex64, 8 for complex128) is refused by name (item 9)."""
+    _emu_only(backend)
+    rng = np.random.default_rng(25)
+    n = 8
+    x = _field(rng, (2, n, n), dtype)
+    p = optdiff.Propagator(n, backend=backend, wavelength=WL, pitch=PITCH, distance=1e-3, padding=1)
+    bad = _offset_view(x, offset)
+    assert bad.flags.aligned  # NumPy itself finds it aligned (alignof the real part)
+    with pytest.raises(ValueError, match=f"^field is not aligned.*multiple of {need} bytes"):
+        p.forward(_HostCAI(bad))
+    with pytest.raises(ValueError, match=f"^out is not aligned.*multiple of {need} bytes"):
+        p.forward(_HostCAI(x), out=_HostCAI(_offset_view(np.zeros_like(x), offset)))
+    # The module checks too (addresses from any caller), under its own argument names.
+    impl = getattr(_EMU, "Propagator" + ("32" if dtype == np.complex64 else "64"))(
+        n, (WL, PITCH, 1e-3, "as", 1, 0.0, 0.0))
+    src, dst = _offset_view(x, need), _offset_view(np.zeros_like(x), offset)
+    with pytest.raises(ValueError, match=f"^output is not aligned.*multiple of {need} bytes"):
+        impl.forward(src.ctypes.data, dst.ctypes.data, 2, 0)
+    good = _offset_view(x, need)
+    _close(_to_numpy(p.forward(_HostCAI(good))), p.forward(x), dtype, "aligned view")

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "device.hpp"
+#include "streams.hpp"
 
 namespace optdiff {
 namespace gpu {
@@ -72,6 +73,11 @@ void copy_to_device_sync(void* dst, const void* src, size_t bytes, Stream) {
 void copy_to_host_sync(void* dst, const void* src, size_t bytes, Stream) {
     if (bytes) std::memcpy(dst, src, bytes);
 }
+
+// One host thread does all the emulated work in order: no capture, and
+// every stream is already ordered after every other.
+bool stream_is_capturing(Stream) { return false; }
+void stream_wait(Stream, Stream) {}
 
 int pointer_device(const void* ptr) { return ptr ? 0 : -1; }
 

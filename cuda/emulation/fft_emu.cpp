@@ -1,5 +1,8 @@
 // Host emulation of fft.hpp with FFTW's advanced interface, whose layout
 // semantics (howmany, stride, dist, embed) are those of cufftPlanMany.
+// Plans go through the same cache as cuFFT's (plan_cache.hpp), so the keys,
+// the eviction and the deferred destruction are tested without a GPU; an
+// emulated plan's work is done when execute returns (always idle).
 #include <fftw3.h>
 
 #include <memory>
@@ -59,6 +62,7 @@ public:
         if (pf_fwd_) fftwf_destroy_plan(pf_fwd_);
         if (pf_inv_) fftwf_destroy_plan(pf_inv_);
     }
+    bool idle() const noexcept { return true; }
     void execute(void* data, bool inverse) {
         if (double_) {
             auto* p = static_cast<fftw_complex*>(data);
@@ -75,12 +79,26 @@ private:
     fftwf_plan pf_fwd_ = nullptr, pf_inv_ = nullptr;
 };
 
-std::shared_ptr<FftPlan> get_fft_plan(bool double_precision, const FftGeometry& g, Stream) {
-    return std::make_shared<FftPlan>(double_precision, g);  // no cache: emulation only
+namespace {
+PlanCache<FftPlan>& plan_cache() {
+    static auto* cache = new PlanCache<FftPlan>(32);  // the capacity of fft_cufft.cpp
+    return *cache;
+}
+}  // namespace
+
+std::shared_ptr<FftPlan> get_fft_plan(bool double_precision, const FftGeometry& g, Stream stream) {
+    const StreamIdentity id = stream_identity(stream);
+    const PlanKey key(0, double_precision, g.rank, g.size, g.stride, g.dist, g.batch, id.first,
+                      id.second);
+    plan_cache().reap(false);
+    if (auto hit = plan_cache().find(key)) return hit;
+    return plan_cache().insert(key, std::make_shared<FftPlan>(double_precision, g));
 }
 void fft_execute(FftPlan& plan, void* data, bool inverse) { plan.execute(data, inverse); }
-void clear_fft_plan_cache() {}
-int fft_plan_cache_size() { return 0; }
+void clear_fft_plan_cache() { plan_cache().clear(); }
+int fft_plan_cache_size() { return static_cast<int>(plan_cache().stats().cached); }
+PlanCacheStats fft_plan_cache_stats() { return plan_cache().stats(); }
+int64_t fft_work_bytes(const FftPlan&) { return 0; }
 int fft_library_version() noexcept { return 0; }
 
 }  // namespace gpu

@@ -30,8 +30,12 @@ offset)``, up to float32 rounding (a GPU may fuse multiply-adds).
 from __future__ import annotations
 
 import ctypes
+import glob
 import importlib
+import importlib.util
 import os
+import shutil
+import subprocess
 import threading
 
 import numpy as np
@@ -42,37 +46,106 @@ from .cuda_arrays import SUFFIX, DeviceArray, Session, empty, float_arg, host_ad
 from .cuda_stack import CudaPhaseStack, CudaPropagator, CudaTape
 
 __all__ = ["CudaBackend", "CudaTape", "DeviceArray", "cuda_device_count", "cuda_unavailable_reason",
-           "set_finite_checks", "set_workspace_limit", "clear_plan_cache"]
+           "set_finite_checks", "set_workspace_limit", "clear_plan_cache", "cufft_record", "gpu_present"]
 
 _lock = threading.Lock()
 _modules: dict = {}  # module name -> (module or None, error message)
 
 
-def _preload_cufft() -> str | None:
-    """Load libcufft from the ``nvidia-cufft`` wheel, if installed, before ``_cuda``.
+_CUFFT_RECORD = "_cuda_cufft.txt"  # written next to the module by cmake/OptdiffCUDA.cmake
+_preload_note: dict = {}  # what the last preload did, for the unavailable-reason text
 
-    The module records an absolute RPATH to the wheel it was built against, which is wrong in
-    another environment; a library already loaded under its soname satisfies the dynamic linker
-    whatever the RPATH says.
+
+def cufft_record(module_dir: str | None = None) -> dict:
+    """The cuFFT the module was linked against, as recorded at configure time.
+
+    Keys ``soname`` (e.g. ``libcufft.so.12``), ``libdir``, ``cuda_major``, ``cuda_version``,
+    ``origin``; empty when there is no record (a build without the CUDA module).
     """
+    if module_dir is None:
+        spec = importlib.util.find_spec("optdiff._cuda")
+        if spec is None or not spec.origin:
+            return {}
+        module_dir = os.path.dirname(os.path.realpath(spec.origin))  # through the dev symlink
+    path = os.path.join(module_dir, _CUFFT_RECORD)
     try:
-        import nvidia  # namespace package of the NVIDIA wheels
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
 
-        roots = list(getattr(nvidia, "__path__", []))
-    except ImportError:
-        roots = []
-    for root in roots:
-        for sub, names in (("cu13", ("libcufft.so.12",)), ("cu12", ("libcufft.so.12", "libcufft.so.11")),
-                           ("cufft", ("libcufft.so.12", "libcufft.so.11"))):
-            for name in names:
-                path = os.path.join(root, sub, "lib", name)
-                if os.path.exists(path):
-                    try:
-                        ctypes.CDLL(path, mode=getattr(os, "RTLD_GLOBAL", 0) | getattr(os, "RTLD_NOW", 0))
-                        return path
-                    except OSError:
-                        continue
+
+def cufft_candidates(record: dict, environ=None, nvidia_roots=None) -> list[str]:
+    """Paths where the recorded cuFFT soname may be, in the order they are tried.
+
+    The directory it was built against, ``$CUDA_HOME/lib64`` (and ``$CUDA_PATH``,
+    ``/usr/local/cuda``), then the ``nvidia-cufft`` wheels (``nvidia/cu<major>/lib``,
+    ``nvidia/cufft/lib``). Only files named exactly the soname: another major version would load
+    but leave the module's own NEEDED entry unsatisfied.
+    """
+    soname = record.get("soname")
+    if not soname:
+        return []
+    env = os.environ if environ is None else environ
+    dirs = [record.get("libdir", "")]
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if env.get(var):
+            dirs += [os.path.join(env[var], "lib64"), os.path.join(env[var], "lib")]
+    dirs.append("/usr/local/cuda/lib64")
+    if nvidia_roots is None:
+        try:
+            import nvidia  # namespace package of the NVIDIA wheels
+
+            nvidia_roots = list(getattr(nvidia, "__path__", []))
+        except ImportError:
+            nvidia_roots = []
+    major = record.get("cuda_major", "")
+    for root in nvidia_roots:
+        for sub in dict.fromkeys(x for x in (f"cu{major}" if major else "", "cufft") if x):
+            dirs.append(os.path.join(root, sub, "lib"))
+    return [os.path.join(d, soname) for d in dict.fromkeys(d for d in dirs if d)]
+
+
+def _preload_cufft() -> str | None:
+    """Load exactly the cuFFT soname the module was linked against, before ``_cuda``.
+
+    The module's RUNPATH holds the build machine's absolute directory; a library already loaded
+    under its soname satisfies the dynamic linker whatever the RUNPATH says. Returns the path
+    loaded (None: nothing found, the RUNPATH and the system's search path are left to it).
+    """
+    record = cufft_record()
+    _preload_note.clear()
+    _preload_note["soname"] = record.get("soname", "")
+    tried = []
+    for path in cufft_candidates(record):
+        if not os.path.exists(path):
+            continue
+        try:
+            ctypes.CDLL(path, mode=getattr(os, "RTLD_GLOBAL", 0) | getattr(os, "RTLD_NOW", 0))
+        except OSError as exc:
+            tried.append(f"{path}: {exc}")
+            continue
+        _preload_note["loaded"] = path
+        return path
+    _preload_note["failed"] = tried
     return None
+
+
+def _preload_text() -> str:
+    soname = _preload_note.get("soname")
+    if not soname:
+        return "no cuFFT record next to the module"
+    if "loaded" in _preload_note:
+        return f"{soname} preloaded from {_preload_note['loaded']}"
+    failed = "; ".join(_preload_note.get("failed", []))
+    return (f"{soname} not found in the build directory, $CUDA_HOME/lib64 or the nvidia-cufft wheel"
+            + (f" ({failed})" if failed else ""))
 
 
 def _load(name: str):
@@ -86,9 +159,30 @@ def _load(name: str):
             except ImportError as exc:
                 how = ("rebuild with OPTDIFF_CUDA=ON and the CUDA toolkit plus `pip install nvidia-cufft`"
                        if name == "_cuda" else "rebuild with OPTDIFF_CUDA_EMULATION=ON")
+                extra = f"; cuFFT: {_preload_text()}" if name == "_cuda" else ""
                 _modules[name] = (None, f"optdiff was built without its module {name} or it cannot be "
-                                        f"loaded ({exc}); {how}")
+                                        f"loaded ({exc}){extra}; {how}")
         return _modules[name]
+
+
+def gpu_present() -> str:
+    """Evidence that this machine has an NVIDIA GPU ('' when none is seen), without CUDA.
+
+    A device node (``/dev/nvidia0``, ...) or ``nvidia-smi -L`` listing a GPU. Used so that a
+    broken CUDA build on a GPU machine fails the tests instead of skipping them.
+    """
+    nodes = sorted(glob.glob("/dev/nvidia[0-9]*"))
+    if nodes:
+        return "device node " + ", ".join(nodes)
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            r = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        if r.returncode == 0 and "GPU" in r.stdout:
+            return "nvidia-smi -L: " + r.stdout.strip().splitlines()[0]
+    return ""
 
 
 def cuda_device_count() -> int:
@@ -150,8 +244,8 @@ class CudaBackend:
     def phase_stack(self, spec: StackSpec) -> CudaPhaseStack:
         return CudaPhaseStack(self.mod, self, spec)
 
-    def _wrap(self, x, name):
-        return wrap(x, name, self.mod, self)
+    def _wrap(self, x, name, output=False):
+        return wrap(x, name, self.mod, self, output=output)
 
     def device_array(self, shape, dtype, device: int = 0) -> DeviceArray:
         """Uninitialised device memory of this backend's module (``.get()`` copies it to NumPy)."""
@@ -163,7 +257,7 @@ class CudaBackend:
         if out is None:
             # dtype: checked by the front (optics/sampling_step.py)
             out = np.empty(shape, dtype=dtype)
-        o = self._wrap(out, "out")
+        o = self._wrap(out, "out", output=True)
         float_arg(o, "out", writeable=True)
         if shape is not None and o.shape != tuple(shape):
             raise ValueError(f"out has shape {o.shape}, expected {tuple(shape)}")
@@ -186,7 +280,7 @@ class CudaBackend:
         rules.same_shape("eps", e.shape, "x", a.shape)
         o = None
         if out is not None:
-            o = s.same_side(self._wrap(out, "out"), "out")
+            o = s.same_side(self._wrap(out, "out", output=True), "out")
             float_arg(o, "out", writeable=True)
             rules.dtype("out", o.dtype, a.dtype)
             rules.same_shape("out", o.shape, "x", a.shape)

@@ -160,8 +160,40 @@ def _from_dlpack(x, name):
     return Arr(x, "dlpack", (t.data or 0) + t.byte_offset, shape, dtype, dev_id, 0, keep=capsule)
 
 
-def wrap(x, name: str, mod, backend=None) -> Arr:
-    """Describe `x` (NumPy or CUDA array); raises TypeError/ValueError naming `name`."""
+def torch_resolved(x, name: str, output: bool = False):
+    """`x` with PyTorch's lazy conjugate/negative bits resolved (the data its ``data_ptr()`` holds).
+
+    ``t.conj()`` of a complex tensor is a view whose memory is the unconjugated data plus a flag
+    (``is_conj()``); ``data_ptr()`` points at that memory, so the kernels would read the wrong
+    values. Inputs are resolved (a copy, only when a flag is set); an output with a flag set is
+    refused, since writing through a resolved copy would leave the caller's tensor unchanged.
+    """
+    if not (x.is_conj() or x.is_neg()):
+        return x
+    if output:
+        raise ValueError(f"{name} is a lazily conjugated or negated PyTorch view ({name}.is_conj() or "
+                         f"{name}.is_neg() is True): results cannot be written through it; pass a plain "
+                         f"tensor (e.g. torch.empty_like({name}))")
+    return x.resolve_conj().resolve_neg()
+
+
+def wrap(x, name: str, mod, backend=None, output: bool = False) -> Arr:
+    """Describe `x` (NumPy or CUDA array); raises TypeError/ValueError naming `name`.
+
+    ``output``: the call writes into `x` (a PyTorch tensor with a lazy conj/neg flag is refused,
+    one given as an input is resolved first).
+    """
+    a = _wrap(x, name, mod, output)
+    if not a.host and a.ptr % a.dtype.itemsize:
+        # Device data must be aligned to the whole element: cuFFT transforms complex64/128 in
+        # place as float2/double2 (8/16 bytes); the module checks again under its own names.
+        raise ValueError(f"{name} is not aligned: its data starts at an address that is not a multiple "
+                         f"of {a.dtype.itemsize} bytes (e.g. a view at an odd byte offset); pass an "
+                         f"aligned copy")
+    return a
+
+
+def _wrap(x, name: str, mod, output: bool) -> Arr:
     if isinstance(x, np.ndarray):
         if not x.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray({name}))")
@@ -177,9 +209,12 @@ def wrap(x, name: str, mod, backend=None) -> Arr:
             raise TypeError(f"{name} has unsupported dtype {x.dtype}")
         if not x.is_contiguous():
             raise ValueError(f"{name} must be contiguous (use {name}.contiguous())")
+        resolved = torch_resolved(x, name, output)  # before data_ptr(): see torch_resolved
         dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
         stream = torch.cuda.current_stream(x.device).cuda_stream
-        return Arr(x, "torch", x.data_ptr(), tuple(x.shape), dtype, dev, stream)
+        # keep=: a resolved copy must outlive the call that reads it.
+        return Arr(x, "torch", resolved.data_ptr(), tuple(x.shape), dtype, dev, stream,
+                   keep=None if resolved is x else resolved)
     if top == "cupy":
         import cupy
 

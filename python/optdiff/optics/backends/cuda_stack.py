@@ -39,7 +39,7 @@ class CudaPropagator:
         batch = _field(f, "field", self.n)
         s = _Session(self._mod, f, "field", self._backend)
         if out is not None:
-            o = s.same_side(wrap(out, "out", self._mod, self._backend), "out")
+            o = s.same_side(wrap(out, "out", self._mod, self._backend, output=True), "out")
             rules.dtype("out", o.dtype, f.dtype)
             rules.same_shape("out", o.shape, "field", f.shape)
             rules.writeable("out", out)
@@ -143,7 +143,7 @@ class CudaPhaseStack:
         iptr = cptr = sptr = 0
         if want_intensity:
             if out is not None:
-                o = s.same_side(wrap(out, "out", self._mod, self._backend), "out")
+                o = s.same_side(wrap(out, "out", self._mod, self._backend, output=True), "out")
                 rules.dtype("out", o.dtype, real)
                 rules.same_shape("out", o.shape, "field", f.shape)
                 rules.writeable("out", out)
@@ -303,6 +303,7 @@ class CudaPhaseStack:
             self._check_gradients(s, (gph, gph_ptr), (gx, gx_ptr), real)
             return (gph, gx, (gd, gt)) if param_grads else (gph, gx)
         s = _Session(self._mod, g, "grad_intensity", self._backend)
+        _order_after_tape(self._mod, tape, g)
         s.check_finite(g, "grad_intensity")
         like = wrap(tape.phases, "tape.phases", self._mod, self._backend) if tape.kind in ("cupy", "torch") else g
         gph, gph_ptr = _empty(like, (L, self.n, self.n), real, self._mod, self._backend)
@@ -313,4 +314,21 @@ class CudaPhaseStack:
         return (gph, gx, (gd, gt)) if param_grads else (gph, gx)
 
 
+def _order_after_tape(mod, tape: CudaTape, g) -> None:
+    """Backward runs on the gradient's stream; the tape was written on the forward pass's.
 
+    Queue an event wait so the backward kernels read the tape only after the forward pass has
+    written it (no host wait), and for PyTorch tensors tell the caching allocator that the
+    tape's memory is in use on the gradient's stream too (``record_stream``), so that dropping the
+    tape cannot hand its memory to new work on the forward stream while backward still reads it.
+    """
+    if g.stream == tape.stream:
+        return
+    mod.stream_wait(g.stream, tape.stream, tape.device)
+    if tape.kind == "torch":
+        import torch
+
+        stream = torch.cuda.current_stream(g.obj.device)  # the stream g.stream was read from
+        for t in (tape.field, tape.phases, tape.saved, *getattr(tape, "_keep_capsules", ())):
+            if isinstance(t, torch.Tensor):
+                t.record_stream(stream)
