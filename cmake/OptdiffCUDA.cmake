@@ -62,7 +62,7 @@ if(OPTDIFF_CUDA_EMULATION)
     target_compile_options(_cuda_emu PRIVATE -Werror)
   endif()
   optdiff_sanitize(_cuda_emu)
-  install(TARGETS _cuda_emu DESTINATION .)
+  install(TARGETS _cuda_emu ${OPTDIFF_PY_INSTALL})
 endif()
 
 # ---- is the real thing buildable? -----------------------------------------
@@ -267,7 +267,7 @@ target_compile_options(_cuda PRIVATE -Wall -Wextra)
 if(OPTDIFF_WERROR)
   target_compile_options(_cuda PRIVATE -Werror)
 endif()
-install(TARGETS _cuda DESTINATION .)
+install(TARGETS _cuda ${OPTDIFF_PY_INSTALL})
 # The cuFFT record goes where the module goes (the wheel's package folder).
 if(DEFINED OPTDIFF_PY_INSTALL)
   install(FILES "${_optdiff_cufft_record}" ${OPTDIFF_PY_INSTALL})
