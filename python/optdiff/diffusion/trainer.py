@@ -42,6 +42,7 @@ from .checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from .distill import distill_model
 from .model import MODEL_VERSION, TimeAwareODU
 from .optim import Adam, lr_at
 
@@ -254,8 +255,7 @@ class Trainer:
         self.model = TimeAwareODU(cfg, nthreads=cfg.train.threads)
         self.opt = Adam(self.model.params, self.model.M, cfg.train.beta1, cfg.train.beta2)
         self.rng = np.random.default_rng([cfg.train.seed, 31337])
-        self.step = 0
-        self.elapsed = 0.0
+        self.step, self.elapsed, self.distill_s = 0, 0.0, 0.0  # distill_s: the distillation start's seconds
         self.history: list[dict] = []
         self.val_history: list[dict] = []
         self.weights = (np.asarray(cfg.train.set_weights, dtype=np.float64) if cfg.train.set_weights
@@ -349,6 +349,8 @@ class Trainer:
             self.step, self.elapsed = 0, 0.0
             if tc.calibrate:
                 self.calibrate()
+            if tc.distill_steps:  # the distillation start; its seconds count in the wall-clock time
+                self.elapsed = self.distill_s = distill_model(self.model, self.images, tc, progress)
             self.model.odu.check_light(self.model.params["phases"][0], "initial phases")
         if self.log:
             if resumed:
@@ -436,7 +438,7 @@ class Trainer:
         rate = (self.step * self.cfg.train.batch / self.elapsed) if self.elapsed > 0 else None
         summary = {
             "steps": self.step, "total_steps": self.total_steps, "elapsed_s": self.elapsed,
-            "images_per_s": rate,
+            "images_per_s": rate, "distill_s": self.distill_s,
             "val_mse": res["val_mse"], "zero_mse": res["zero_mse"],
             "set_ranges": [list(s) for s in self.model.set_ranges],
             "light_fraction": light.tolist(),
