@@ -66,6 +66,18 @@ def test_policy_matches_ddpm_sampler_and_posterior():
     np.testing.assert_allclose(pol.log_prob(x, xn, i), want, rtol=1e-10)
 
 
+def test_policy_with_fewer_steps_is_ddim_with_eta_one():
+    from optdiff.diffusion.samplers import ddim_sample
+
+    model = tiny_model(precision="double")
+    pol = ODUPolicy(model, steps=4)
+    x_ref = ddim_sample(model.predict_eps, model.schedule, (2, 6, 6), np.random.default_rng([3, 0]), steps=4, eta=1.0)
+    np.testing.assert_allclose(pol.generate(2, seed=3), np.clip(x_ref, -1, 1), atol=1e-9)
+    assert len(pol.train_steps) == 3                         # the last of the 4 steps is deterministic
+    with pytest.raises(ValueError, match="steps"):
+        ODUPolicy(model, steps=1)
+
+
 def test_sampled_logp_equals_recomputed_logp():
     model = tiny_model()
     pol = ODUPolicy(model)
