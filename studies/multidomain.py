@@ -89,7 +89,7 @@ def summarise(task: str, runs: dict) -> tuple[str, dict]:
                       "paths": {sd: runs[sd][v]["path_text"] for sd in runs}}
         cells = [f"{q[:, i].mean():.4f} ± {q[:, i].std():.4f}" for i in range(len(keys))]
         rows.append(f"| {v} | " + " | ".join(cells) + f" | {q.mean():.4f} | {', '.join(map(str, masks))} |")
-    head = (f"| variant | " + " | ".join(f"{k} {qname}" for k in keys) + " | mean | distinct masks per seed |\n"
+    head = ("| variant | " + " | ".join(f"{k} {qname}" for k in keys) + " | mean | distinct masks per seed |\n"
             + "|" + "---|" * (len(keys) + 3))
     text = f"### {task} ({len(runs)} seed(s): {', '.join(map(str, runs))}; test sets; mean ± std over seeds)\n\n"
     text += head + "\n" + "\n".join(rows) + "\n\nChosen paths (mK = candidate K at that position, . = skip):\n\n"
