@@ -6,8 +6,9 @@ both tools on device-resident tensors, CUDA-synchronised timing, medians.
 
     python benchmarks/gpu_train_step.py --n 64 128 256 300 --padding 1 2 --batch 64
 
-Without a CUDA device (or without a CUDA build of PyTorch) it says so and exits 0:
-nothing here has been run on hardware yet (see the README).
+Without a GPU it says so and exits 0; on a machine with a GPU that optdiff or PyTorch cannot use,
+it exits 1 with the reason. benchmarks/gpu_check.sh runs the full, checked comparison
+(benchmarks/gpu_bench.py); this script is the quick one.
 """
 from __future__ import annotations
 
@@ -97,6 +98,13 @@ def main(argv=None) -> int:
     import optdiff
 
     if "cuda" not in optdiff.available_backends() or not torch.cuda.is_available():
+        from optdiff.optics.backends.cuda import cuda_unavailable_reason, gpu_present
+
+        evidence = gpu_present()
+        if evidence:  # a GPU is here: "skipped" would hide a broken build (issue 22, item 1)
+            print(f"A GPU is present ({evidence}) but the benchmark cannot use it: optdiff: "
+                  f"{cuda_unavailable_reason() or 'ok'}; torch.cuda.is_available() = {torch.cuda.is_available()}")
+            return 1
         print("No CUDA device (or no CUDA build of optdiff/PyTorch) here: GPU benchmark skipped.")
         return 0
     print(f"GPU: {torch.cuda.get_device_name()}; B={args.batch}, L={args.layers}, complex64\n")

@@ -1,0 +1,80 @@
+"""benchmarks/gpu_check.sh, the one-shot GPU check, exercised on the CPU (its dry mode).
+
+The dry mode runs every stage through the CUDA emulation (optdiff._cuda_emu) with tiny sizes and
+without the PyTorch/JAX peers (GPU_CHECK_PEERS=0): it proves the script's plumbing (stage
+timeouts, the overall budget, results.json written stage by stage, skips counted, exit status),
+not anything about a GPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "benchmarks", "gpu_check.sh")
+FILES = {"summary.txt", "results.json", "env.log", "build.log", "tests.log", "tests.xml", "sanitizer.log",
+         "bench.log"}
+
+
+def _needs():
+    for tool in ("bash", "timeout"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+    if importlib.util.find_spec("optdiff._cuda_emu") is None:
+        pytest.skip("optdiff._cuda_emu not built (configure with -DOPTDIFF_CUDA_EMULATION=ON)")
+
+
+def _run(out, **env):
+    e = dict(os.environ, GPU_CHECK_DRY="1", GPU_CHECK_PEERS="0", OUT=str(out), PYTHON=sys.executable,
+             OMP_NUM_THREADS="1", **env)
+    e.pop("OPTDIFF_REQUIRE_CUDA", None)
+    return subprocess.run(["bash", SCRIPT], capture_output=True, text=True, env=e, timeout=240)
+
+
+def test_script_parses():
+    if shutil.which("bash") is None:
+        pytest.skip("bash not installed")
+    r = subprocess.run(["bash", "-n", SCRIPT], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_dry_run_runs_every_stage(tmp_path):
+    _needs()
+    r = _run(tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert set(os.listdir(tmp_path)) == FILES  # the device tool brings back at most 8 files
+    data = json.loads((tmp_path / "results.json").read_text())
+    stages = data["stages"]
+    assert list(stages) == ["env", "build", "info", "tests", "smoke", "sanitizer", "checks", "bench", "profile"]
+    assert all(s["rc"] == 0 for s in stages.values()), stages
+    assert data["tests"]["passed"] > 0 and data["tests"]["failed"] == 0
+    assert data["info"]["info"]["emulation"] is True
+    assert data["smoke"]["smoke"]["failures"] == []
+    cases = data["bench"]["cases"]
+    assert {(c["n"], c["padding"]) for c in cases} == {(16, 1), (16, 2)}
+    for c in cases:
+        for tool in ("optdiff_fused", "optdiff_tape"):
+            entry = c["train"][tool]
+            assert entry["checked"] is True and entry["images_per_s"] > 0, (c["case"], tool, entry)
+        assert c["ddpm"]["optdiff"]["checked"] is True
+        assert c["train_floor"]["bytes"] > 0 and c["train_floor"]["fft_flops"] > 0
+    ref_case = next(c for c in cases if c["batch"] == 8)
+    assert ref_case["train"]["optdiff_fused"]["err_grad"] < 1e-3  # against the complex128 reference
+    assert "ALL STAGES PASSED" in (tmp_path / "summary.txt").read_text()
+
+
+def test_spent_budget_fails_the_run(tmp_path):
+    """Stages that cannot run are failures, never silently green."""
+    _needs()
+    r = _run(tmp_path, GPU_CHECK_BUDGET="2")
+    assert r.returncode == 1
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["stages"]["bench"]["rc"] == 124
+    assert "budget" in data["stages"]["bench"]["note"]
+    assert "SOME STAGE FAILED" in (tmp_path / "summary.txt").read_text()
