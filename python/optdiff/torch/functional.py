@@ -97,11 +97,10 @@ def stack_intensity(field: torch.Tensor, phases: torch.Tensor, geometry: StackGe
     and reruns the forward pass during backward (memory independent of L, about 1.5x the time).
     """
     T.field(field, "field", allow_real=True)
-    T.phases(phases, "phases", T.real_dtype(field), field.shape[-1], geometry.num_layers)
-    T.same_device(field, "field", phases, "phases")
     if field.shape[-1] != geometry.n:
         raise ValueError(f"field must end in ({geometry.n}, {geometry.n}) to match the stack's n, "
                          f"got shape {tuple(field.shape)}")
+    ops._check_stack_args(field, phases, geometry.num_layers, allow_real=True)
     args = geometry.op_args()
     if not _needs_grad(field, phases) or recompute:
         return ops.stack_intensity_op(field, phases, *args)

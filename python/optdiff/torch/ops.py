@@ -67,8 +67,9 @@ def _propagator(device: torch.device, n: int, wavelength, pitch, distance, metho
 
 def _check_stack_args(field, phases, num_layers: int, allow_real: bool = False):
     T.field(field, "field", allow_real=allow_real)
+    if isinstance(phases, torch.Tensor):  # two devices: say so before anything else about phases
+        T.same_device(field, "field", phases, "phases")
     T.phases(phases, "phases", T.real_dtype(field), field.shape[-1], num_layers)
-    T.same_device(field, "field", phases, "phases")
 
 
 def _core(x: torch.Tensor):
@@ -208,10 +209,12 @@ def _cuda_tape(f3: torch.Tensor, phases: torch.Tensor, saved: torch.Tensor | Non
                     stream=torch.cuda.current_stream(f3.device).cuda_stream, recompute=saved is None)
 
 
-def _no_double_backward(ctx, *tensors):
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError("optdiff's phase stack has no second derivative: backward(create_graph=True) "
-                           "through it is not supported")
+def _no_second_derivative(ctx, *grads):
+    raise RuntimeError("optdiff's phase stack has no second derivative: differentiating its gradient "
+                       "(double backward, e.g. a gradient penalty) is not supported")
+
+
+stack_backward_op.register_autograd(_no_second_derivative)
 
 
 def _train_setup(ctx, inputs, output):
@@ -224,7 +227,6 @@ def _train_setup(ctx, inputs, output):
 
 def _train_backward(ctx, grad_intensity, _grad_saved, _grad_mod):
     field, phases, saved, mod = ctx.saved_tensors
-    _no_double_backward(ctx, grad_intensity)
     want_field, want_phases = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     gph, gx = stack_backward_op(field, phases, saved, mod, grad_intensity.contiguous(), *ctx.geometry,
                                 want_field)
@@ -242,7 +244,6 @@ def _intensity_setup(ctx, inputs, output):
 
 def _intensity_backward(ctx, grad_intensity):
     field, phases = ctx.saved_tensors
-    _no_double_backward(ctx, grad_intensity)
     real = not field.is_complex()
     fc = field.to(T.COMPLEX_OF[field.dtype]) if real else field  # amplitudes: d/dRe only
     want_field = ctx.needs_input_grad[0]
