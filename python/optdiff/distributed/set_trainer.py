@@ -103,6 +103,8 @@ class SetTrainer(Trainer):
 
     # ------------------------------------------------------------------ part I/O
     def save_part(self, done: bool = False) -> Path:
+        """Write the part; a finished one also carries the set's final validation (``final_val``),
+        so the assembly need not run every set's validation again one after another."""
         m, p = self.m, self.model.params
         arrays = {f"p.{k}": v[m] for k, v in p.items()}
         for k in p:
@@ -118,6 +120,8 @@ class SetTrainer(Trainer):
         meta = {"step": self.step, "own_steps": self.own_steps, "elapsed_s": self.elapsed,
                 "rng_state": self.rng.bit_generator.state, "total_steps": self.total_steps,
                 "images": int(self.images.shape[0]), "done": bool(done), "resumed_at": self.resumed_at}
+        if done:
+            meta["final_val"] = list(self.own_validation())
         return save_checkpoint(self.part, config, arrays, meta)
 
     def restore_part(self) -> dict:
@@ -168,12 +172,16 @@ class SetTrainer(Trainer):
             self.logs[k].append(v)
         self.own_steps += 1
 
-    def _validate_own_set(self) -> None:
+    def own_validation(self) -> tuple[float, float]:
+        """(val_mse, zero_mse) of set m now: what the trainer's ``validate()`` gives for this set."""
         if self._val_cache is None or self._val_cache[0] != self.own_steps:
             r, t, eps = validation_batch(self.model, self.val_images, self.m, self.cfg.train.val_batch,
                                          self.cfg.train.seed)
             self._val_cache = (self.own_steps, self.model.set_mse(self.m, r, t, eps), float(np.mean(eps * eps)))
-        for k, v in zip(_VAL, (self.step,) + self._val_cache[1:]):
+        return self._val_cache[1:]
+
+    def _validate_own_set(self) -> None:
+        for k, v in zip(_VAL, (self.step,) + self.own_validation()):
             self.vals[k].append(v)
 
     def run(self, max_steps: int | None = None) -> Path:

@@ -71,11 +71,13 @@ def train_on_cluster(client, cfg: Config, out, planner: str | None = None, retri
     except BaseException:
         client.cancel(futures)
         raise
+    t1 = time.perf_counter()
     fut = client.submit(assemble, cfg_dict, str(out.resolve()), planner, key=f"optdiff-assemble-{run}",
                         retries=int(retries), pure=False)
     summary = fut.result()
     wall = time.perf_counter() - t0
     summary["distributed"]["wall_s"] = wall
+    summary["distributed"]["assemble_s"] = time.perf_counter() - t1
     summary["distributed"]["task_seconds"] = [results[m]["seconds"] for m in sorted(results)]
     from ..diffusion.trainer import write_json_atomic
 
