@@ -40,7 +40,7 @@ from benchmarks.common import (  # noqa: E402
     make_inputs,
     reference,
 )
-from benchmarks.gpu_floors import kernel_floors, step_floor  # noqa: E402
+from benchmarks.gpu_floors import ddpm_floor, kernel_floors, step_floor  # noqa: E402
 
 TOL = 1e-3  # float32 against the complex128 reference (relative 2-norm)
 
@@ -398,7 +398,7 @@ def _tools(env: Env, case: Case, field, phases, target, compiled: bool):
 
         tools["torch_eager"] = torch_step(model)
         if compiled:
-            tools["torch_compiled"] = torch_step(torch.compile(model))
+            tools["torch_compiled"] = torch_step(torch.compile(_torch_stack(env, case)))
     try:
         if not env.peers:
             raise RuntimeError("peers off (GPU_CHECK_PEERS=0)")
@@ -495,11 +495,134 @@ def _cases(env: Env, args) -> list:
     return cases
 
 
-def stage_bench(env: Env, res: Results, args) -> int:
+def _time_train(env, case, tools, ref, field, phases, target, failed) -> dict:
+    """Check each tool's step (against `ref`, else against a baseline at the same batch), then
+    time the ones that pass with the NaN/Inf checks off."""
     from optdiff.optics.backends import cuda as cb
 
+    train, baseline = {}, None
+    for name, fn in tools.items():
+        if isinstance(fn, Exception):
+            train[name] = {"error": f"{type(fn).__name__}: {fn}"}
+            continue
+        try:
+            cb.set_finite_checks(True)
+            c0 = time.perf_counter()
+            out = fn()
+            env.sync()
+            first = time.perf_counter() - c0
+            if ref is not None:
+                errs = _check(env, out, ref)
+            else:
+                if baseline is None:
+                    baseline = (("torch_eager", tools["torch_eager"]()) if "torch_eager" in tools
+                                else ("optdiff_cpu", _cpu_step(case, field, phases, target)))
+                base = tuple(env.host(v) if v is not None else None for v in baseline[1])
+                errs = {f"vs_{baseline[0]}_{k}": v for k, v in _check(env, out, base).items()}
+            ok = bool(errs) and all(v <= TOL for v in errs.values())  # unchecked: not timed
+            entry = dict(errs, first_call_s=first, checked=ok)
+            if ok:
+                cb.set_finite_checks(False)  # timing without the NaN/Inf read-backs
+                tm = timed(fn, env, budget=0.02 if env.dry else 0.4)
+                entry.update(tm, images_per_s=case.batch / tm["median"])
+            else:
+                failed.append(f"{case.key()} {name}: check failed {errs}")
+            train[name] = entry
+        except Exception as exc:
+            train[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            if name.startswith("optdiff"):
+                failed.append(f"{case.key()} {name}: {type(exc).__name__}: {exc}")
+                traceback.print_exc()
+        finally:
+            cb.set_finite_checks(True)
+    return train
+
+
+def _time_ddpm(env, case, phases, with_reference, failed) -> dict:
+    """DDPM step per tool: (out - mean) / sigma must be standard normal (5 standard errors), the
+    mean from the complex128 reference (B=64) or from PyTorch eager / the CPU backend in float32."""
+    from optdiff.optics.backends import cuda as cb
+
+    dtools, s = _ddpm_tools(env, case, phases)
+    if with_reference:
+        mean_ref, src = ddpm_reference_mean(case, workers=os.cpu_count()), "complex128"
+    else:
+        x = ddpm_input(case)
+        if env.torch is not None:
+            model = _torch_stack(env, case)
+            with env.torch.inference_mode():
+                inten = env.host(model(env.torch.from_numpy(x).to(env.tdev).to(env.torch.complex64),
+                                       env.torch.from_numpy(phases).to(env.tdev)))
+            src = "torch_eager float32"
+        else:
+            import optdiff
+
+            st = optdiff.PhaseStack(n=case.n, wavelength=case.wavelength, pitch=case.pitch,
+                                    distances=[case.distance] * case.layers,
+                                    input_distance=case.distance, padding=case.padding)
+            inten, src = st.forward(x, phases), "optdiff cpu float32"
+        mean_ref = s.c1 * (x.astype(np.float64) - s.c2 * (s.a * inten.astype(np.float64) + s.b))
+    ddpm = {"_mean_from": src}
+    for name, fn in dtools.items():
+        if isinstance(fn, Exception):
+            ddpm[name] = {"error": f"{type(fn).__name__}: {fn}"}
+            continue
+        try:
+            out = env.host(fn())
+            entry = ddpm_noise_errors(out, mean_ref, s.sigma)
+            m = out.size
+            ok = entry["err_noise_mean"] < 5 / math.sqrt(m) and entry["err_noise_std"] < 5 / math.sqrt(2 * m)
+            entry["checked"] = ok
+            if ok:
+                cb.set_finite_checks(False)
+                tm = timed(fn, env, budget=0.02 if env.dry else 0.3)
+                entry.update(tm, images_per_s=case.batch / tm["median"])
+            else:
+                failed.append(f"{case.key()} ddpm {name}: check failed {entry}")
+            ddpm[name] = entry
+        except Exception as exc:
+            ddpm[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            if name == "optdiff":
+                failed.append(f"{case.key()} ddpm optdiff: {type(exc).__name__}: {exc}")
+        finally:
+            cb.set_finite_checks(True)
+    return ddpm
+
+
+def _generation(env: Env) -> dict:
+    """A whole DDPM generation, measured: 64 images, N=128 (16 dry), padding 2, T=1000 steps (20
+    dry), M=10 phase sets switched every T/M steps, finite checks off."""
+    import optdiff
+    from optdiff.optics.backends import cuda as cb
+
+    n, T, M, B = (16, 20, 10, 8) if env.dry else (128, 1000, 10, 64)
+    case = Case(n=n, padding=2, batch=B)
+    st = _stack(env, case)
+    rng = np.random.default_rng(7)
+    sets = [env.dev(rng.uniform(0, 2 * np.pi, (case.layers, n, n)).astype(np.float32)) for _ in range(M)]
+    x = env.dev(rng.standard_normal((B, n, n)).astype(np.float32))
+    betas = np.linspace(1e-4, 0.02, T)
+    steps = [DDPMStep.at(t, T) for t in range(T - 1, 0, -1)]
+    cb.set_finite_checks(False)
+    try:
+        env.sync()
+        t0 = time.perf_counter()
+        for i, s in enumerate(steps):
+            inten = st.forward(x, sets[min(M - 1, (T - 1 - i) * M // T)])
+            x = optdiff.ddpm_update(x, inten, c1=s.c1, c2=s.c2, sigma=s.sigma, eps_scale=s.a,
+                                    eps_offset=s.b, seed=1, stream=0, offset=i * B * n * n, out=inten,
+                                    backend=env.backend)
+        env.sync()
+        secs = time.perf_counter() - t0
+    finally:
+        cb.set_finite_checks(True)
+    final = env.host(x)
+    return {"n": n, "padding": 2, "batch": B, "steps": len(steps), "sets": M, "seconds": secs,
+            "images_per_s": B / secs, "finite": bool(np.isfinite(final).all()), "beta_max": float(betas[-1])}
+
+
+def stage_bench(env: Env, res: Results, args) -> int:
     failed = []
-    compiled_for = set() if env.dry else {(128, 2, 64), (300, 2, 64)}  # torch.compile: ~30 s each
     refs = {}
     for case in _cases(env, args):
         row = {"case": case.key(), "n": case.n, "padding": case.padding, "batch": case.batch}
@@ -510,84 +633,34 @@ def stage_bench(env: Env, res: Results, args) -> int:
         # take minutes on the CPU)
         if case.batch == (8 if env.dry else 64):
             refs[case.key()] = reference(case, workers=os.cpu_count())
-        tools = _tools(env, case, field, phases, target, (case.n, case.padding, case.batch) in compiled_for)
-        train = {}
-        baseline = None
-        for name, fn in tools.items():
-            if isinstance(fn, Exception):
-                train[name] = {"error": f"{type(fn).__name__}: {fn}"}
-                continue
-            try:
-                cb.set_finite_checks(True)
-                c0 = time.perf_counter()
-                out = fn()
-                env.sync()
-                first = time.perf_counter() - c0
-                if case.key() in refs:
-                    errs = _check(env, out, refs[case.key()])
-                else:
-                    if baseline is None:
-                        baseline = (("torch_eager", tools["torch_eager"]()) if "torch_eager" in tools
-                                    else ("optdiff_cpu", _cpu_step(case, field, phases, target)))
-                    errs = _check(env, out, tuple(env.host(v) if v is not None else None
-                                                  for v in baseline[1])) if baseline else {}
-                    errs = {"vs_" + baseline[0] + "_" + k: v for k, v in errs.items()} if baseline else {}
-                ok = bool(errs) and all(v <= TOL for v in errs.values())  # unchecked: not timed
-                entry = dict(errs, first_call_s=first, checked=ok)
-                if ok:
-                    cb.set_finite_checks(False)  # timing without the NaN/Inf read-backs
-                    tm = timed(fn, env, budget=0.02 if env.dry else 0.4)
-                    entry.update(tm, images_per_s=case.batch / tm["median"])
-                else:
-                    failed.append(f"{case.key()} {name}: check failed {errs}")
-                train[name] = entry
-            except Exception as exc:
-                train[name] = {"error": f"{type(exc).__name__}: {exc}"}
-                if name.startswith("optdiff"):
-                    failed.append(f"{case.key()} {name}: {type(exc).__name__}: {exc}")
-                    traceback.print_exc()
-            finally:
-                cb.set_finite_checks(True)
-        row["train"] = train
+        tools = _tools(env, case, field, phases, target, compiled=False)
+        row["train"] = _time_train(env, case, tools, refs.get(case.key()), field, phases, target, failed)
         row["train_floor"] = step_floor(case)
-        # DDPM sampling step (B=64 and the large batch alike): the noise checked statistically.
-        dtools, s = _ddpm_tools(env, case, phases)
-        mean_ref = ddpm_reference_mean(case, workers=os.cpu_count()) if case.key() in refs else None
-        ddpm = {}
-        for name, fn in dtools.items():
-            if isinstance(fn, Exception):
-                ddpm[name] = {"error": f"{type(fn).__name__}: {fn}"}
-                continue
-            try:
-                out = env.host(fn())
-                entry = {}
-                if mean_ref is not None:
-                    # (out - mean) / sigma must be standard normal: 5 standard errors allowed
-                    entry = ddpm_noise_errors(out, mean_ref, s.sigma)
-                    m = out.size
-                    ok = (entry["err_noise_mean"] < 5 / math.sqrt(m)
-                          and entry["err_noise_std"] < 5 / math.sqrt(2 * m))
-                else:
-                    ok = bool(np.isfinite(out).all())
-                entry["checked"] = ok
-                if ok:
-                    cb.set_finite_checks(False)
-                    tm = timed(fn, env, budget=0.02 if env.dry else 0.3)
-                    entry.update(tm, images_per_s=case.batch / tm["median"])
-                else:
-                    failed.append(f"{case.key()} ddpm {name}: check failed {entry}")
-                ddpm[name] = entry
-            except Exception as exc:
-                ddpm[name] = {"error": f"{type(exc).__name__}: {exc}"}
-                if name == "optdiff":
-                    failed.append(f"{case.key()} ddpm optdiff: {type(exc).__name__}: {exc}")
-            finally:
-                cb.set_finite_checks(True)
-        row["ddpm"] = ddpm
+        row["ddpm"] = _time_ddpm(env, case, phases, case.key() in refs, failed)
+        row["ddpm_floor"] = ddpm_floor(case)
         row["seconds"] = time.perf_counter() - t0
         res.append("cases", row)
         _print_row(row)
-    res.put("projections", projections(res.mine.get("cases", [])))
+    gen = _generation(env)
+    res.put("generation", gen)
+    print("generation:", gen)
+    if not gen["finite"]:
+        failed.append("generation: non-finite images")
+    # torch.compile last (tens of seconds of compilation per shape): a timeout loses only these.
+    if env.torch is not None and not env.dry:
+        for key in ("N128_p2_t1_B64_L4", "N300_p2_t1_B64_L4"):
+            row = next((r for r in res.mine.get("cases", []) if r["case"] == key), None)
+            if row is None or key not in refs:
+                continue
+            case = Case(n=row["n"], padding=row["padding"], batch=row["batch"])
+            field, phases, target = make_inputs(case)
+            tools = _tools(env, case, field, phases, target, compiled=True)
+            got = _time_train(env, case, {"torch_compiled": tools["torch_compiled"]}, refs[key], field,
+                              phases, target, failed)
+            row["train"].update(got)
+            res.save()
+            _print_row(row)
+    res.put("projections", projections(res.mine.get("cases", []), gen))
     res.put("failures", failed)
     print(json.dumps(res.mine["projections"], indent=1))
     return 1 if failed else 0
@@ -604,7 +677,7 @@ def _print_row(row):
           f"ddpm {d or '-'} img/s", flush=True)
 
 
-def projections(cases: list) -> dict:
+def projections(cases: list, generation: dict | None = None) -> dict:
     """The issue's targets from the measured step times (None where the case was not measured)."""
     def ips(n, p, b, section, tool):
         for c in cases:
@@ -612,7 +685,7 @@ def projections(cases: list) -> dict:
                 return c[section].get(tool, {}).get("images_per_s")
         return None
 
-    out = {}
+    out = {"generation_measured_s": (generation or {}).get("seconds")}
     for p in (1, 2):
         d128 = ips(128, p, 64, "ddpm", "optdiff")
         out[f"ddpm_64_images_N128_T1000_p{p}_s"] = 1000 * 64 / d128 if d128 else None

@@ -184,7 +184,7 @@ else
             -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$PYBIND" \
             "${CUDA_ARGS[@]}" "${CMAKE_CUDA_ARGS[@]}" "${FFTW_ARGS[@]}"
         echo
-        printf '%q ' cmake --build "$BDIR" -j"$(nproc)"
+        printf '%q ' cmake --build "$BDIR" -j"${GPU_CHECK_JOBS:-$(nproc)}"
         echo
         printf 'rm -rf %q && mkdir -p %q && cp -r python/optdiff %q/\n' "$PKG" "$PKG" "$PKG"
         printf 'rm -f %q/optdiff/*.so && cp %q/_*.so %q/optdiff/\n' "$PKG" "$BDIR" "$PKG"

@@ -79,3 +79,19 @@ def step_floor(case: Case) -> dict:
     per_sample = npp * C + (L + 1) * nn * C + 2 * nn * R
     return {"bytes": sum(v["bytes"] for v in ks.values()), "fft_flops": ks["cuFFT"]["flops"],
             "workspace_per_sample": per_sample, "workspace_per_sample_with_fft_area": per_sample + npp * C}
+
+
+def ddpm_floor(case: Case) -> dict:
+    """One DDPM sampling step: the stack's forward pass on the real image (no tape) and the
+    update x' = c1 (x - c2 (a I + b)) + sigma z (read x and I, write x')."""
+    n, p, B, L = case.n, case.padding, case.batch, case.layers
+    nn, npp = n * n, (n * p) ** 2
+    fb, fflops = fft_work(case)
+    hops = L + 1
+    bytes_ = (L * nn * (R + C)                                    # M_l
+              + B * npp * C * hops + B * nn * (R + C * L) + L * nn * C  # pad loads (real input first)
+              + hops * (2 * B * npp * C + npp * C)                # H
+              + B * nn * (C + R)                                  # camera: E in, I out
+              + hops * fb                                         # transforms
+              + B * nn * 3 * R)                                   # the update
+    return {"bytes": int(bytes_), "fft_flops": hops * fflops}
