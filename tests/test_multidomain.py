@@ -190,12 +190,19 @@ def test_path_costs_add_up_to_distinct_masks():
 
 
 # ---------------------------------------------------------------------------------- runs
+def ad_masks(res):
+    return res["multipath-adaptive"]["distinct_masks"]
+
+
 def test_tiny_two_domain_run(tmp_path):
     cfg = _config()
     s, optics, _ = search_config_from_dict(cfg)
     res = run_variants(s, optics, _domains(cfg), tmp_path, log=lambda m: None)
-    assert list(res) == ["separate", "shared", "multipath-uniform", "multipath-adaptive"]
+    assert list(res) == ["separate", "shared", "multipath-uniform", "multipath-adaptive", "separate-matched"]
     assert res["separate"]["distinct_masks"] == 4 and not res["separate"]["shared_masks"]
+    m = min(2, max(1, round((res["multipath-uniform"]["distinct_masks"] + ad_masks(res)) / 2 / 2)))
+    assert res["separate-matched"]["matched_masks"] == m and res["separate-matched"]["distinct_masks"] == 2 * m
+    assert not res["separate-matched"]["shared_masks"]
     assert res["shared"]["distinct_masks"] == 2 and len(res["shared"]["shared_masks"]) == 2
     ad = res["multipath-adaptive"]
     assert ad["references"] == [res["separate"]["val_quality"][k] for k in ("low", "high")]
@@ -237,6 +244,10 @@ def test_generation_variant_runs(tmp_path):
 def test_bad_input_messages(tmp_path):
     with pytest.raises(ConfigError, match=r"candidates = 0: must be >= 1"):
         search_config_from_dict(_config(candidates=0))
+    with pytest.raises(ConfigError, match="'separate-matched' needs a multipath variant"):
+        search_config_from_dict(_config(variants=["separate", "separate-matched"]))
+    with pytest.raises(ConfigError, match="'multipath-adaptive' needs 'separate'"):
+        search_config_from_dict(_config(variants=["multipath-adaptive"]))
     bad = _config()
     bad["domain"][1]["size"] = 8
     with pytest.raises(ConfigError, match=r"size = 8: differs from \[multidomain\] image_size = 6"):
@@ -274,9 +285,12 @@ def test_cli_run_and_bad_resume(tmp_path, capsys):
     for name in ("results.md", "results.json", "paths.png", "checkpoint-multipath-uniform.npz"):
         assert (out / name).is_file()
     assert "| multipath-uniform |" in capsys.readouterr().out
-    # a checkpoint of another configuration is refused with a clear message
-    (out / "result-multipath-uniform.json").unlink()
+    # a finished result or a checkpoint of another configuration is refused with a clear message
     cfg.write_text(cfg.read_text().replace("rounds = 2", "rounds = 3"))
+    assert main(["multidomain", str(cfg), "--out", str(out), "--resume", "--no-progress"]) == 1
+    assert "result-shared.json: the finished variant belongs to another configuration" in capsys.readouterr().err
+    (out / "result-shared.json").unlink()
+    (out / "result-multipath-uniform.json").unlink()
     assert main(["multidomain", str(cfg), "--out", str(out), "--resume", "--no-progress"]) == 1
     assert "does not match the requested model" in capsys.readouterr().err
     # corrupt checkpoint
@@ -292,3 +306,12 @@ def test_cli_run_and_bad_resume(tmp_path, capsys):
     assert main(["multidomain", str(bad), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "candidates = 0" in err
+
+
+def test_matched_positions():
+    from optdiff.multidomain.search import matched_positions
+
+    assert matched_positions(3, 1) == [2] and matched_positions(3, 2) == [0, 2]
+    assert matched_positions(4, 3) == [0, 2, 3] and matched_positions(3, 3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="matched_masks must be in 1..3"):
+        matched_positions(3, 0)

@@ -20,9 +20,10 @@ __all__ = ["DomainSpec", "SearchConfig", "VARIANTS", "TASKS", "PRIORITISATIONS",
 
 TASKS = ("classify", "generate")
 PRIORITISATIONS = ("adaptive", "uniform")
-#: What a run compares: separate single-domain models, one fully shared model, and the searched
-#: multi-path model with uniform and with adaptive (reference-based) domain weights.
-VARIANTS = ("separate", "shared", "multipath-uniform", "multipath-adaptive")
+#: What a run compares: separate single-domain models, one fully shared model, the searched
+#: multi-path model with uniform and with adaptive (reference-based) domain weights, and separate
+#: single-domain models whose masks add up to about the multi-path model's distinct masks.
+VARIANTS = ("separate", "shared", "multipath-uniform", "multipath-adaptive", "separate-matched")
 
 
 @dataclass
@@ -130,6 +131,9 @@ class SearchConfig:
             raise _err(s, "variants", self.variants,
                        "'multipath-adaptive' needs 'separate': its domain weights compare each domain with its "
                        "single-domain model's validation quality")
+        if "separate-matched" in self.variants and not any(v.startswith("multipath") for v in self.variants):
+            raise _err(s, "variants", self.variants,
+                       "'separate-matched' needs a multipath variant: its size is the multi-path model's")
 
 
 def _from_table(cls, table, where: str):

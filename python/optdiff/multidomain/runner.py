@@ -3,8 +3,11 @@
 Layout of ``out``: ``checkpoint-<variant>.npz`` (after every round, atomic), ``result-<variant>.json``
 (when the variant is finished), ``history-<variant>.json``, and at the end ``results.json``,
 ``results.md`` and ``paths.png``. A finished variant is not run again on ``resume``; an unfinished
-one continues from its checkpoint. ``multipath-adaptive`` takes its references from the
-``separate`` variant's final validation quality, so ``separate`` runs first.
+one continues from its checkpoint; a finished variant's result must belong to the same
+configuration (its signature is stored with it). ``multipath-adaptive`` takes its references
+from the ``separate`` variant's final validation quality, so ``separate`` runs first;
+``separate-matched`` gives each domain ``round(distinct masks / D)`` masks (at least 1), the
+distinct masks being the mean over the multi-path variants run, so it runs last.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..diffusion.checkpoint import atomic_write
+from ..diffusion.checkpoint import CheckpointError, atomic_write
 from .config import VARIANTS
 from .search import VariantRun
-from .state import restore_run, save_run
+from .state import restore_run, run_signature, save_run
 
 __all__ = ["run_variants", "ORDER"]
 
@@ -42,14 +45,25 @@ def run_variants(search, optics, domains, out, resume: bool = False, progress: b
     results, left = {}, max_rounds
     for variant in [v for v in ORDER if v in search.variants]:
         res_path = out / f"result-{variant}.json"
-        if resume and res_path.is_file():
-            results[variant] = json.loads(res_path.read_text())
-            continue
-        refs = None
+        refs = matched = None
         if variant == "multipath-adaptive":
             sep = results["separate"]
             refs = [sep["val_quality"][k] for k in sep["domains"]]
-        run = VariantRun(search, optics, domains, variant, references=refs)
+        if variant == "separate-matched":
+            multi = [r["distinct_masks"] for v, r in results.items() if v.startswith("multipath")]
+            matched = min(optics.layers, max(1, round(sum(multi) / len(multi) / len(domains))))
+        run = VariantRun(search, optics, domains, variant, references=refs, matched_masks=matched)
+        sig = json.loads(json.dumps(run_signature(run)))
+        if resume and res_path.is_file():
+            try:
+                stored = json.loads(res_path.read_text())
+            except ValueError as exc:
+                raise CheckpointError(f"{res_path}: not a result file ({exc})") from None
+            if not isinstance(stored, dict) or stored.get("signature") != sig:
+                raise CheckpointError(f"{res_path}: the finished variant belongs to another configuration; "
+                                      f"remove it (or choose another --out) to run it again")
+            results[variant] = stored["result"]
+            continue
         ckpt = out / f"checkpoint-{variant}.npz"
         if resume and ckpt.is_file():
             restore_run(ckpt, run)
@@ -73,7 +87,7 @@ def run_variants(search, optics, domains, out, resume: bool = False, progress: b
             bar.close()
         results[variant] = run.results()
         _write_json(out / f"history-{variant}.json", run.history)
-        _write_json(res_path, results[variant])
+        _write_json(res_path, {"signature": sig, "result": results[variant]})
         log(f"{variant}: " + ", ".join(f"{k} {q:.4g}" for k, q in results[variant]["test_quality"].items())
             + f"; {results[variant]['distinct_masks']} distinct masks")
     return results

@@ -8,6 +8,9 @@ Variants (all with the same number of mask-training steps):
 * ``shared``: K = 1, no skip, every domain on the same L masks (only read-outs differ).
 * ``multipath-uniform`` / ``multipath-adaptive``: K candidates and the skip, one controller per
   domain, domain weights uniform or adaptive (:mod:`~optdiff.multidomain.prioritise`).
+* ``separate-matched``: like ``separate``, but each domain has masks at only ``matched_masks``
+  evenly spaced positions (skips elsewhere), so the D models together need about as many masks as
+  the multi-path model.
 
 Round r: every domain draws a path from its controller; ``steps_per_round`` Adam steps of the
 masks on the weighted sum of the domains' losses on those paths; after ``warmup_rounds``, each
@@ -33,7 +36,14 @@ from .supernet import SuperNet, distinct_masks, format_path
 
 __all__ = ["VariantRun", "path_costs"]
 
-_VARIANT_ID = {"separate": 0, "shared": 1, "multipath-uniform": 2, "multipath-adaptive": 3}
+_VARIANT_ID = {"separate": 0, "shared": 1, "multipath-uniform": 2, "multipath-adaptive": 3, "separate-matched": 4}
+
+
+def matched_positions(L: int, m: int) -> list[int]:
+    """``m`` evenly spaced positions of ``L`` (the last one always included)."""
+    if not 1 <= m <= L:
+        raise ValueError(f"matched_masks must be in 1..{L} (the positions), got {m}")
+    return sorted({int(round(x)) for x in np.linspace(L - 1, 0, m)})
 
 
 def path_costs(path, others) -> float:
@@ -47,7 +57,7 @@ class VariantRun:
     """Training state of one variant: super-network, read-outs, controllers, optimisers, history."""
 
     def __init__(self, search, optics, domains: list[DomainData], variant: str, references=None,
-                 precision: str = "single"):
+                 precision: str = "single", matched_masks: int | None = None):
         if variant not in _VARIANT_ID:
             raise ValueError(f"variant must be one of {sorted(_VARIANT_ID)}, got {variant!r}")
         if not domains:
@@ -59,6 +69,12 @@ class VariantRun:
             K, skip, fixed = D, False, [(d,) * L for d in range(D)]
         elif variant == "shared":
             K, skip, fixed = 1, False, [(0,) * L] * D
+        elif variant == "separate-matched":
+            if matched_masks is None:
+                raise ValueError("variant 'separate-matched' needs matched_masks (masks per domain)")
+            where = matched_positions(L, int(matched_masks))
+            K, skip = D, len(where) < L
+            fixed = [tuple(d if pos in where else -1 for pos in range(L)) for d in range(D)]
         else:
             K, skip, fixed = search.candidates, search.skip, None
         self.net = SuperNet(optics, search.image_size, K, skip, seed=search.seed, nthreads=search.threads,
@@ -69,6 +85,7 @@ class VariantRun:
             self.readout = DenoiserReadout(search.image_size, D, search.T, search.t_range)
         self.controllers = None if fixed else [PathController(L, K, skip) for _ in range(D)]
         self.paths = list(fixed) if fixed else [c.best_path() for c in self.controllers]
+        self.matched_masks = None if variant != "separate-matched" else int(matched_masks)
         self.adaptive = variant == "multipath-adaptive"
         if self.adaptive:
             ref = np.asarray(references, dtype=np.float64) if references is not None else None
@@ -196,5 +213,5 @@ class VariantRun:
             "val_quality": dict(zip(self.keys, self.history[-1]["val_quality"])) if self.history else None,
             "test_quality": dict(zip(self.keys, self.test_quality())),
             "references": None if self.references is None else self.references.tolist(),
-            "rounds": self.round,
+            "rounds": self.round, "matched_masks": self.matched_masks,
         }

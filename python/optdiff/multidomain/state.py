@@ -20,7 +20,9 @@ __all__ = ["run_signature", "save_run", "restore_run"]
 
 def run_signature(run: VariantRun) -> dict:
     """What a checkpoint must match to be resumed: the configuration, the variant and the domains."""
-    sig = {"variant": run.variant, "search": dataclasses.asdict(run.search),
+    search = dataclasses.asdict(run.search)
+    search.pop("variants")  # which other variants run does not change this one
+    sig = {"variant": run.variant, "search": search, "matched_masks": run.matched_masks,
            "optics": dataclasses.asdict(run.net.odu.optics), "domains": run.keys,
            "domain_sizes": [int(d.train_x.shape[0]) for d in run.domains],
            "references": None if run.references is None else run.references.tolist()}
