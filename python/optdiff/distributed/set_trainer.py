@@ -6,8 +6,8 @@ sets' read-outs one after another from a second stream. The M sets never share p
 optimiser state, so set ``m`` can be trained on its own if it sees exactly the random numbers it
 would see in the serial run: :class:`SetTrainer` walks the serial schedule step by step, trains
 on the steps of set ``m`` and, on the other sets' steps, only draws (and drops) their minibatch
-with the trainer's own ``_batch`` so the stream stays in step. The draws cost far less than an
-optical step (about 1-2 % of a step at the default sizes for M = 10).
+with the trainer's own ``_batch`` so the stream stays in step. A draw costs about 0.2 % of an
+optical step at the default sizes (measured, docs/distributed.md): about 2 % extra for M = 10.
 
 Each set writes a *part* (``<parts>/set-<m>/part.npz``, atomic, the project's checkpoint
 format) every ``train.ckpt_every`` schedule steps, and a last one marked ``done``: the set's
