@@ -23,7 +23,9 @@ if(NOT OPTDIFF_JAX_INCLUDE_DIR OR NOT EXISTS "${OPTDIFF_JAX_INCLUDE_DIR}/xla/ffi
       "jax.ffi (pip install 'jax>=0.4.31'), or pass -DOPTDIFF_JAX_INCLUDE_DIR=<jax.ffi.include_dir()>. "
       "(An isolated pip build does not see your environment's jax: use --no-build-isolation.)")
   endif()
-  set(OPTDIFF_JAX_STATUS "off (jax not importable by ${Python_EXECUTABLE})")
+  # An isolated pip build cannot import the environment's jax: pass the headers' folder
+  # (-Ccmake.define.OPTDIFF_JAX_INCLUDE_DIR=...) or build with --no-build-isolation.
+  set(OPTDIFF_JAX_STATUS "off (jax.ffi not importable by ${Python_EXECUTABLE}; set OPTDIFF_JAX_INCLUDE_DIR)")
   return()
 endif()
 

@@ -297,18 +297,22 @@ template <class T>
 void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phases, const ffi::AnyBuffer& saved,
                          const ffi::AnyBuffer& modulation, const ffi::AnyBuffer& ct,
                          ffi::AnyBuffer& grad_phases, ffi::AnyBuffer& grad_field,
-                         ffi::Span<const double> hops, bool has_input_hop) {
+                         ffi::Span<const double> hops, bool has_input_hop, bool field_grad) {
     const auto fd = dims_of(field), pd = dims_of(phases), sd = dims_of(saved), md = dims_of(modulation),
-               cd = dims_of(ct), gd = dims_of(grad_field);
+               cd = dims_of(ct), gpd = dims_of(grad_phases);
     const size_t k = pd.size() - 3;
     const int64_t n = pd.back(), L = pd[k], nn = n * n;
-    Grid grid{std::vector<int64_t>(gd.begin(), gd.begin() + k)};
+    // grad_phases is full-size over the vmap grid; grad_field is empty when nobody wants it.
+    Grid grid{std::vector<int64_t>(gpd.begin(), gpd.begin() + k)};
     grid.check(fd, "field");
     grid.check(pd, "phases");
     grid.check(sd, "saved fields");
     grid.check(md, "modulation");
     grid.check(cd, "grad_intensity");
-    const int64_t per_cell = product(gd, k, gd.size() - 2);
+    const int64_t per_cell = product(cd, k, cd.size() - 2);
+    if (field_grad && static_cast<int64_t>(grad_field.element_count()) != grid.cells() * per_cell * nn)
+        throw std::invalid_argument("grad_field has " + std::to_string(grad_field.element_count()) +
+                                    " elements, expected " + std::to_string(grid.cells() * per_cell * nn));
     auto stack = stack_for<T>(n, hops, has_input_hop);
     const auto* f = static_cast<const cplx<T>*>(field.untyped_data());
     const auto* ph = static_cast<const T*>(phases.untyped_data());
@@ -316,7 +320,7 @@ void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phas
     const auto* mod = static_cast<const cplx<T>*>(modulation.untyped_data());
     const auto* g_int = static_cast<const T*>(ct.untyped_data());
     auto* g_ph = static_cast<T*>(grad_phases.untyped_data());
-    auto* g_f = static_cast<cplx<T>*>(grad_field.untyped_data());
+    auto* g_f = field_grad ? static_cast<cplx<T>*>(grad_field.untyped_data()) : nullptr;
     const int64_t cells = grid.cells();
     if (cells == 0) return;
     if (per_cell == 0) {
@@ -333,7 +337,8 @@ void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phas
             stack->backward(f + grid.cell(fd, g) * per_cell * nn, ph + grid.cell(pd, g) * L * nn,
                             sv + grid.cell(sd, g) * per_cell * (L + 1) * nn,
                             g_int + grid.cell(cd, g) * per_cell * nn, per_cell, g_ph + g * L * nn,
-                            g_f + g * per_cell * nn, threads_per_call, mod + grid.cell(md, g) * L * nn);
+                            g_f ? g_f + g * per_cell * nn : nullptr, threads_per_call,
+                            mod + grid.cell(md, g) * L * nn);
         } catch (const std::exception& e) {
             errors[static_cast<size_t>(g)] = e.what();
         }
@@ -346,17 +351,17 @@ void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phas
     }
     for (const auto& e : errors)
         if (!e.empty()) throw std::invalid_argument(e);
-    conj_in_place(g_f, cells * per_cell * nn);  // core convention -> JAX cotangent
+    if (g_f) conj_in_place(g_f, cells * per_cell * nn);  // core convention -> JAX cotangent
 }
 
 ffi::Error stack_backward(ffi::AnyBuffer field, ffi::AnyBuffer phases, ffi::AnyBuffer saved,
                           ffi::AnyBuffer modulation, ffi::AnyBuffer ct, ffi::Result<ffi::AnyBuffer> grad_phases,
                           ffi::Result<ffi::AnyBuffer> grad_field, ffi::Span<const double> hops,
-                          bool has_input_hop) {
+                          bool has_input_hop, bool field_grad) {
     return by_precision(field, phases, [&](auto t) {
         using T = decltype(t);
         stack_backward_impl<T>(field, phases, saved, modulation, ct, *grad_phases, *grad_field, hops,
-                               has_input_hop);
+                               has_input_hop, field_grad);
     });
 }
 
@@ -397,7 +402,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OptdiffStackBackward, stack_backward,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const double>>("hops")
-                                  .Attr<bool>("has_input_hop"));
+                                  .Attr<bool>("has_input_hop")
+                                  .Attr<bool>("field_grad"));
 
 namespace {
 template <class Fn>

@@ -41,9 +41,15 @@ def stack_forward_train(field, phases, hops: np.ndarray, has_input_hop: bool):
     return intensity, (field, phases, saved, modulation)
 
 
-def stack_backward(residuals, grad_intensity, hops: np.ndarray, has_input_hop: bool):
-    """(d loss / d phases, the field's cotangent), both in JAX's convention."""
+def stack_backward(residuals, grad_intensity, hops: np.ndarray, has_input_hop: bool, field_grad: bool):
+    """(d loss / d phases, the field's cotangent or None), both in JAX's convention.
+
+    Without ``field_grad`` the field's cotangent is neither computed nor allocated (an empty output).
+    """
     field, phases, saved, modulation = residuals
-    outs = (jax.ShapeDtypeStruct(phases.shape, phases.dtype), jax.ShapeDtypeStruct(field.shape, field.dtype))
+    g_field = jax.ShapeDtypeStruct(field.shape if field_grad else (0,), field.dtype)
+    outs = (jax.ShapeDtypeStruct(phases.shape, phases.dtype), g_field)
     call = jax.ffi.ffi_call("optdiff_stack_backward", outs, vmap_method="expand_dims")
-    return call(field, phases, saved, modulation, grad_intensity, hops=hops, has_input_hop=has_input_hop)
+    g_phases, g_field = call(field, phases, saved, modulation, grad_intensity, hops=hops,
+                             has_input_hop=has_input_hop, field_grad=field_grad)
+    return g_phases, (g_field if field_grad else None)

@@ -13,6 +13,7 @@ from functools import partial
 
 import jax
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from optdiff.optics.specs import HopSpec, StackSpec
 
@@ -78,21 +79,31 @@ def stack_op(s: _Stack, field, phases):
     return _callback.stack_forward(field, phases, s.spec)
 
 
+# symbolic_zeros: fwd learns which inputs are differentiated, so a model that trains only the
+# phases (the usual case) skips the field's cotangent. The residuals carry that as their structure
+# (a trailing () or None), which is static.
 def _stack_fwd(s, field, phases):
+    want_field = () if field.perturbed else None
     if s.use_ffi:
-        return _ffi.stack_forward_train(field, phases, s.values(), s.has_input_hop)
-    return _callback.stack_forward_train(field, phases, s.spec)
+        out, res = _ffi.stack_forward_train(field.value, phases.value, s.values(), s.has_input_hop)
+    else:
+        out, res = _callback.stack_forward_train(field.value, phases.value, s.spec)
+    return out, (res, want_field)
 
 
 def _stack_bwd(s, residuals, ct):
+    res, want_field = residuals
+    if isinstance(ct, SymbolicZero):  # the intensity does not reach the loss
+        return None, None
     if s.use_ffi:
-        g_phases, g_field = _ffi.stack_backward(residuals, ct, s.values(), s.has_input_hop)
+        g_phases, g_field = _ffi.stack_backward(res, ct, s.values(), s.has_input_hop, want_field is not None)
     else:
-        g_phases, g_field = _callback.stack_backward(residuals, ct, s.spec)
+        g_phases, g_field = _callback.stack_backward(res, ct, s.spec)
+        g_field = g_field if want_field is not None else None
     return g_field, g_phases
 
 
-stack_op.defvjp(_stack_fwd, _stack_bwd)
+stack_op.defvjp(_stack_fwd, _stack_bwd, symbolic_zeros=True)
 
 
 def resolve_ffi(use_ffi: bool | None) -> bool:
