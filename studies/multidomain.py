@@ -116,8 +116,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [("classify", int(s), args.domains.split(",")) for s in args.seeds.split(",")]
-    if args.generate:
-        jobs += [("generate", int(s), args.generate_domains.split(",")) for s in args.generate_seeds.split(",")]
+    if args.generate:  # first seed of generation first: the variant most likely to need a look
+        gen = [("generate", int(s), args.generate_domains.split(",")) for s in args.generate_seeds.split(",")]
+        jobs = gen[:1] + jobs + gen[1:]
     runs: dict = {}
     t0 = time.time()
     for task, seed, names in jobs:

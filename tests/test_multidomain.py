@@ -216,8 +216,9 @@ def test_tiny_two_domain_run(tmp_path):
     assert "multipath-uniform" in results_table(res)
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    cfg = _config(variants=["separate", "multipath-adaptive"])
+@pytest.mark.parametrize("task", ["classify", "generate"])
+def test_resume_equals_uninterrupted_run(tmp_path, task):
+    cfg = _config(variants=["separate", "multipath-adaptive"], task=task)
     s, optics, _ = search_config_from_dict(cfg)
     doms = _domains(cfg)
     full = run_variants(s, optics, doms, tmp_path / "a", log=lambda m: None)
@@ -236,8 +237,19 @@ def test_generation_variant_runs(tmp_path):
     cfg = _config(task="generate", variants=["shared", "multipath-uniform"], rounds=2, finetune_steps=0)
     cfg["optics"]["amp_scale"] = 0.125
     s, optics, _ = search_config_from_dict(cfg)
-    res = run_variants(s, optics, _domains(cfg), tmp_path, log=lambda m: None)
+    doms = _domains(cfg)
+    res = run_variants(s, optics, doms, tmp_path, log=lambda m: None)
     assert all(q < 0 for r in res.values() for q in r["test_quality"].values())  # -eps-MSE
+    # scoring a path the read-out was not trained on refits it for the measurement only
+    from optdiff.multidomain import VariantRun
+
+    run = VariantRun(s, optics, doms, "multipath-uniform")
+    before = {k: v.copy() for k, v in run.readout.params.items()}
+    other = (1, SKIP)
+    q = run.validate_path(0, other)
+    assert all(np.array_equal(before[k], v) for k, v in run.readout.params.items())
+    stale = run.readout.quality(0, run.net.intensity(*run.val[0][:1], other), run.val[0][1])
+    assert q > stale  # the least-squares read-out of that path beats the other path's
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -45,6 +45,7 @@ class ClassifierReadout:
 
     kind = "classify"
     quality_name = "accuracy"
+    fits = False  # no closed-form fit: trained with Adam only
 
     def __init__(self, image_size: int, classes: list[int]):
         self.classes = [int(c) for c in classes]
@@ -94,6 +95,7 @@ class DenoiserReadout:
 
     kind = "generate"
     quality_name = "-eps-MSE"
+    fits = True  # calibrate() fits scale and offset by least squares
 
     def __init__(self, image_size: int, domains: int, T: int, t_range):
         self.schedule = NoiseSchedule(T)

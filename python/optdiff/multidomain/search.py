@@ -17,6 +17,9 @@ masks on the weighted sum of the domains' losses on those paths; after ``warmup_
 controller scores ``controller_samples`` paths on its validation set (reward = quality - cost)
 and takes a REINFORCE step; the domains' best paths are re-read and validated, which updates the
 adaptive weights. After ``rounds`` rounds, ``finetune_steps`` more steps on the best paths.
+A read-out with a closed-form fit (generation's per-pixel affine map) is refitted by least squares
+whenever its domain trains on another path, and temporarily for scoring a path it was not
+trained on: it belongs to one optical path, and a stale one would score the path, not the optics.
 Every random draw comes from ``default_rng([seed, variant, round, purpose, ...])``, so a run
 resumed from any round's checkpoint continues exactly as an uninterrupted one.
 """
@@ -102,10 +105,13 @@ class VariantRun:
         self.history: list[dict] = []
         self.val = [self.readout.batch(d.val_x, d.val_y, np.arange(d.val_x.shape[0]), self._rng(0, 90, i))
                     for i, d in enumerate(domains)]
-        for i, d in enumerate(domains):  # least-squares start of the read-outs that have one
-            xb, tb = self.readout.batch(d.train_x, d.train_y, np.arange(min(256, d.train_x.shape[0])),
-                                        self._rng(0, 91, i))
-            self.readout.calibrate(i, self.net.intensity(xb, self.paths[i]), tb)
+        # the batch a read-out with a closed-form fit (generation) is fitted on, whenever its domain
+        # moves to another path: a per-pixel affine read-out belongs to one optical path
+        self.fit = [self.readout.batch(d.train_x, d.train_y, np.arange(min(256, d.train_x.shape[0])),
+                                       self._rng(0, 91, i)) for i, d in enumerate(domains)]
+        self.train_paths = list(self.paths)  # the path each domain's read-out was last fitted/trained on
+        for i in range(D):
+            self._refit(i, self.paths[i])
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -123,9 +129,26 @@ class VariantRun:
     def path_of(self, name: str) -> tuple[int, ...]:
         return self.paths[domain_index(self.keys, name)]
 
+    def _refit(self, d: int, path) -> None:
+        x, t = self.fit[d]
+        self.readout.calibrate(d, self.net.intensity(x, path), t)
+
+    def _quality(self, d: int, path, x, t) -> float:
+        """Quality of ``path`` on (x, t); a fitted read-out is refitted to a path it was not trained
+        on for the measurement only (restored afterwards)."""
+        path = tuple(path)
+        if not (self.readout.fits and path != tuple(self.train_paths[d])):
+            return self.readout.quality(d, self.net.intensity(x, path), t)
+        saved = {k: v[d].copy() for k, v in self.readout.params.items()}
+        self._refit(d, path)
+        q = self.readout.quality(d, self.net.intensity(x, path), t)
+        for k, v in saved.items():
+            self.readout.params[k][d] = v
+        return q
+
     def validate_path(self, d: int, path) -> float:
         x, t = self.val[d]
-        return self.readout.quality(d, self.net.intensity(x, path), t)
+        return self._quality(d, path, x, t)
 
     # ------------------------------------------------------------------ training
     def train_step(self, paths, rng) -> list[float]:
@@ -167,6 +190,10 @@ class VariantRun:
             paths = [c.sample(self._rng(r, 0, d)) for d, c in enumerate(self.controllers)]
         else:
             paths = list(self.paths)
+        for d, p in enumerate(paths):
+            if self.readout.fits and tuple(p) != tuple(self.train_paths[d]):
+                self._refit(d, p)
+            self.train_paths[d] = tuple(p)
         steps = s.steps_per_round if search_round else min(s.steps_per_round,
                                                            s.finetune_steps - (r - s.rounds) * s.steps_per_round)
         losses = [self.train_step(paths, self._rng(r, 1, k)) for k in range(steps)]
@@ -193,7 +220,7 @@ class VariantRun:
         out = []
         for d, dom in enumerate(self.domains):
             x, t = self.readout.batch(dom.test_x, dom.test_y, np.arange(dom.test_x.shape[0]), self._rng(0, 92, d))
-            out.append(self.readout.quality(d, self.net.intensity(x, self.paths[d]), t))
+            out.append(self._quality(d, self.paths[d], x, t))
         return out
 
     def results(self) -> dict:

@@ -30,7 +30,8 @@ def run_signature(run: VariantRun) -> dict:
 
 
 def _arrays(run: VariantRun) -> dict:
-    a = {"masks": run.net.masks, "weights": run.weights, "paths": np.array(run.paths, dtype=np.int64)}
+    a = {"masks": run.net.masks, "weights": run.weights, "paths": np.array(run.paths, dtype=np.int64),
+         "train_paths": np.array(run.train_paths, dtype=np.int64)}
     for k, v in run.readout.params.items():
         a[f"readout.{k}"] = v
     for k, v in run.mask_opt.state_arrays().items():
@@ -63,6 +64,7 @@ def restore_run(path, run: VariantRun) -> None:
     run.net.masks[...] = arrays["masks"]
     run.weights = arrays["weights"].astype(np.float64).copy()
     run.paths = [tuple(int(c) for c in p) for p in arrays["paths"]]
+    run.train_paths = [tuple(int(c) for c in p) for p in arrays["train_paths"]]
     for k, v in run.readout.params.items():
         v[...] = arrays[f"readout.{k}"]
     run.mask_opt.load_state_arrays({k[len("mask_opt."):]: v for k, v in arrays.items() if k.startswith("mask_opt.")})
