@@ -3,7 +3,8 @@ killed mid-set), samples are the same for any worker count, sweeps skip finished
 input (unknown or empty grid, unreachable scheduler, unwritable folder, foreign parts) gives a
 message naming the problem.
 
-One real LocalCluster with 2 worker processes (1 thread each) serves the whole module. The FFTW
+One real LocalCluster with 2 worker processes (1 thread each) serves the whole module and is closed
+by its fixture (clients first), so the suite's warnings-as-errors sees no shutdown warning. The FFTW
 planner is set to "estimate" here and in every task: that is what makes results bitwise equal
 across processes (docs/api.md, Threads).
 """
@@ -32,12 +33,6 @@ from optdiff.distributed.set_trainer import SetTrainer, part_path  # noqa: E402
 from optdiff.distributed.sweep import read_sweep, run_sweep  # noqa: E402
 from optdiff.distributed.train import existing_parts, train_on_cluster  # noqa: E402
 from optdiff.optics import set_planner_effort  # noqa: E402
-
-pytestmark = pytest.mark.filterwarnings(
-    # distributed's own shutdown: a LocalCluster closing while its workers' comms are still being
-    # torn down can leave an unclosed socket to the garbage collector; nothing of ours is involved
-    "ignore::ResourceWarning",
-)
 
 
 def _images(k=96, size=8, seed=0):
