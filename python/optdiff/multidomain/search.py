@@ -130,6 +130,8 @@ class VariantRun:
         return self.paths[domain_index(self.keys, name)]
 
     def _refit(self, d: int, path) -> None:
+        if not self.readout.fits:
+            return
         x, t = self.fit[d]
         self.readout.calibrate(d, self.net.intensity(x, path), t)
 
