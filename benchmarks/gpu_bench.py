@@ -93,7 +93,7 @@ class Results:
 class Env:
     """Where things run: the real GPU (torch CUDA tensors) or, with --dry, the CPU emulation."""
 
-    def __init__(self, dry: bool):
+    def __init__(self, dry: bool, need_gpu: bool = True):
         self.dry = dry
         self.backend = "cuda-emu" if dry else "cuda"
         # GPU_CHECK_PEERS=0 (dry runs only): no PyTorch/JAX peers, for a quick test of the script
@@ -106,7 +106,7 @@ class Env:
                 torch = None
         self.torch = torch
         self.tdev = "cpu" if dry or torch is None or not torch.cuda.is_available() else "cuda"
-        if not dry and self.tdev != "cuda":
+        if not dry and need_gpu and self.tdev != "cuda":
             raise SystemExit("PyTorch has no CUDA device here: the GPU stages need one (or use --dry)")
 
     def dev(self, a: np.ndarray):
@@ -777,7 +777,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="results file to merge this stage's results into")
     ap.add_argument("--dry", action="store_true", help="on the CPU through cuda-emu, tiny sizes")
     args = ap.parse_args(argv)
-    env = Env(args.dry)
+    env = Env(args.dry, need_gpu=args.stage != "info")  # info reports whatever it finds
     res = Results(args.json, args.stage)
     res.put("started", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     fn = {"info": lambda: stage_info(env, res), "smoke": lambda: stage_smoke(env, res),

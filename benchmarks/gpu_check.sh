@@ -191,8 +191,15 @@ else
         # the cuFFT record goes next to the module (the real build only)
         printf 'if [ -f %q/_cuda_cufft.txt ]; then cp %q/_cuda_cufft.txt %q/optdiff/; fi\n' "$BDIR" "$BDIR" "$PKG"
     } > "$BUILD_SH"
-    run build 240 "$BUILDLOG" bash "$BUILD_SH"
+    run build "${GPU_CHECK_BUILD_CAP:-240}" "$BUILDLOG" bash "$BUILD_SH"
+    BUILD_RC=$?
     rm -f "$BUILD_SH"
+    if [ "$BUILD_RC" != 0 ]; then  # nothing after this can mean anything: stop, keep the time
+        tail -30 "$BUILDLOG" | tee -a "$SUMMARY"
+        for s in info tests smoke sanitizer checks bench profile; do note "$s" 125 0 "not run: the build failed"; done
+        say "total $(($(date +%s) - START))s; SOME STAGE FAILED (build)"
+        exit 1
+    fi
     export PYTHONPATH=$PKG:$REPO
 fi
 
@@ -265,7 +272,9 @@ if [ "$DRY" != 1 ] && command -v compute-sanitizer > /dev/null; then
         "$PY" benchmarks/gpu_bench.py smoke --json "$OUT/sanitizer.json"
     rm -f "$OUT/sanitizer.json" "$OUT/sanitizer.json.tmp"
 else
-    note sanitizer 0 0 "not run: ${DRY:+dry run; }compute-sanitizer $(command -v compute-sanitizer > /dev/null && echo present || echo absent)"
+    why="compute-sanitizer $(command -v compute-sanitizer > /dev/null && echo present || echo absent)"
+    [ "$DRY" = 1 ] && why="dry run; $why"
+    note sanitizer 0 0 "not run: $why"
 fi
 
 # ---------------------------------------------------------------- checks, benchmarks, profile

@@ -60,6 +60,9 @@ def test_import_and_device_count_without_gpu():
 # Fixtures: which implementation, which array kind
 # ---------------------------------------------------------------------------
 
+_EVIDENCE: dict = {}
+
+
 def _cuda_or_skip() -> None:
     """Skip when this machine has no GPU; FAIL (with the stored reason) when it has one but the
     CUDA backend cannot use it (a broken build, a missing cuFFT, a driver too old), or when
@@ -67,7 +70,10 @@ def _cuda_or_skip() -> None:
     if HAS_GPU:
         return
     reason = cb.cuda_unavailable_reason()
-    evidence = cb.gpu_present()
+    probe = cb.gpu_present
+    if probe not in _EVIDENCE:  # once per probe: nvidia-smi may take a while on a broken driver
+        _EVIDENCE[probe] = probe()
+    evidence = _EVIDENCE[probe]
     if evidence or os.environ.get("OPTDIFF_REQUIRE_CUDA") == "1":
         pytest.fail(f"a GPU is expected here ({evidence or 'OPTDIFF_REQUIRE_CUDA=1'}) but "
                     f"backend='cuda' is unusable: {reason}", pytrace=False)
