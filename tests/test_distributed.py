@@ -200,7 +200,10 @@ def test_samples_identical_for_any_worker_count(client, distributed_run):
     model = load_model(out / "checkpoint.npz", nthreads=1)[0]
     sc = model.cfg.sample  # 7 images in chunks of 3: the last chunk is short
     ref = generate(model.predict_eps, model.schedule, sc, sc.count, model.H)
-    two = sample_on_cluster(client, out / "checkpoint.npz", sc, planner="estimate", progress=False)
+    lines = []
+    with open_client(scheduler=client.scheduler.address, log=lines.append) as other:  # --scheduler ADDRESS
+        two = sample_on_cluster(other, out / "checkpoint.npz", sc, planner="estimate", progress=False)
+    assert lines and lines[0].startswith("Dask dashboard: http")
     one_worker = [sorted(client.scheduler_info()["workers"])[0]]
     one = sample_on_cluster(client, out / "checkpoint.npz", sc, planner="estimate", progress=False,
                             workers=one_worker)
@@ -334,7 +337,8 @@ def test_cli_train_with_workers(data_file, serial, tmp_path, capsys):
     code = main(["train", "--config", str(cfg_file), "--workers", "1", "--out", str(tmp_path / "cli"),
                  "--planner", "estimate", "--no-progress"])
     assert code == 0, capsys.readouterr().err
-    assert "LocalCluster: 1 worker processes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "LocalCluster: 1 worker processes" in err and "Dask dashboard: http" in err
     _same_checkpoint(serial, tmp_path / "cli")
     assert (tmp_path / "cli" / "training.png").exists()
     code = main(["train", "--config", str(cfg_file), "--workers", "1", "--max-steps", "3"])
