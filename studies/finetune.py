@@ -76,6 +76,39 @@ def run_one(args, ckpt: Path, clf, real, method: str, seed: int, out: Path) -> d
     return ft.fit(resume=resume)
 
 
+def round_cost(args, ckpt: Path, clf, out: Path, repeats: int = 3) -> dict:
+    """Seconds of one round's parts, timed interleaved in this process (the machine is shared, so
+    only the ratios within a repeat are robust): sampling the batch, the reward queries, and one
+    update epoch of PRDP and of DDPO on the same trajectories (parameters restored after each)."""
+    from benchmarks.common import interleaved_times, quartiles
+
+    model, _, _ = load_model(ckpt, nthreads=1)
+    reward = make_reward("class:3", clf)
+    saved = {k: v.copy() for k, v in model.params.items()}
+    fts = {}
+    for m in ("prdp", "ddpo"):
+        cfg = FinetuneConfig(method=m, batch=args.batch, epochs=1, minibatch=args.minibatch, lr=args.lr,
+                             beta=args.beta, clip=args.clip, timestep_fraction=args.timestep_fraction)
+        fts[m] = Finetuner(model, reward, out / "cost" / m, cfg, log=lambda s: None)
+    traj = fts["prdp"].policy.sample(args.batch, np.random.default_rng(0))
+    rewards = reward(traj.final)
+
+    def update(m):
+        def run():
+            fts[m]._update(traj, rewards, np.random.default_rng(1))
+            for k, v in saved.items():
+                model.params[k][...] = v
+        return run
+
+    tools = {"sample": lambda: fts["prdp"].policy.sample(args.batch, np.random.default_rng(0)),
+             "reward": lambda: reward(traj.final), "prdp_epoch": update("prdp"), "ddpo_epoch": update("ddpo")}
+    times = interleaved_times(tools, repeats)
+    res = {k: quartiles(v) for k, v in times.items()}
+    res["prdp_over_ddpo_median"] = float(np.median(np.array(times["prdp_epoch"]) / np.array(times["ddpo_epoch"])))
+    res["prdp_epoch_over_sample_median"] = float(np.median(np.array(times["prdp_epoch"]) / np.array(times["sample"])))
+    return res
+
+
 def curves(out: Path, methods, seeds):
     import csv
 
@@ -135,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--timestep-fraction", type=float, default=0.5)
     p.add_argument("--eval-count", type=int, default=128)
     p.add_argument("--eval-every", type=int, default=4)
+    p.add_argument("--cost-repeats", type=int, default=3, help="interleaved repeats of the cost measurement (0: skip)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +185,9 @@ def main(argv=None) -> int:
             results[f"{m}-s{seed}"] = run_one(args, ckpt, clf, real, m, seed, out)
     cur = curves(out, methods, seeds)
     plot(out, cur)
-    summary = {"classifier_accuracy": acc, "args": vars(args), "runs": results, "elapsed_s": time.time() - t0}
+    cost = round_cost(args, ckpt, clf, out, args.cost_repeats) if args.cost_repeats > 0 else None
+    summary = {"classifier_accuracy": acc, "args": vars(args), "runs": results, "cost": cost,
+               "elapsed_s": time.time() - t0}
     write_json_atomic(out / "results.json", summary)
     lines = ["# Reward finetuning: MNIST ODU towards \"3\"s (PRDP vs DDPO)", "",
              f"Command: `OMP_NUM_THREADS=1 python studies/finetune.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
@@ -170,6 +206,15 @@ def main(argv=None) -> int:
         lines.append("")
         lines.append(f"{m.upper()}: eval reward change {np.mean(d):+.4f} (per seed {', '.join(f'{v:+.4f}' for v in d)}), "
                      f"FID change {np.mean(f):+.2f} (per seed {', '.join(f'{v:+.2f}' for v in f)})")
+    if cost:
+        lines += ["", f"Cost of a round's parts (B = {args.batch}, one update epoch, timestep fraction "
+                  f"{args.timestep_fraction}; seconds, median [quartiles] of {args.cost_repeats} interleaved repeats, "
+                  "shared machine):", ""]
+        for k in ("sample", "reward", "prdp_epoch", "ddpo_epoch"):
+            q = cost[k]
+            lines.append(f"* {k}: {q[1]:.2f} [{q[0]:.2f}, {q[2]:.2f}]")
+        lines.append(f"* PRDP epoch / DDPO epoch (within a repeat, median): {cost['prdp_over_ddpo_median']:.2f}; "
+                     f"PRDP epoch / sampling: {cost['prdp_epoch_over_sample_median']:.2f}")
     atomic_write(out / "results.md", lambda fh: fh.write("\n".join(lines) + "\n"))
     print("\n".join(lines))
     return 0
