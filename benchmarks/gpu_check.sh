@@ -127,8 +127,15 @@ TOOLKIT_NOTE="nvcc on PATH (CUDA 13 runtime + CUDA 13 cuFFT)"
 CMAKE_CUDA_ARGS=()
 if [ "$DRY" != 1 ] && [ -n "$DRIVER_MAJOR" ] && [ "$DRIVER_MAJOR" -lt 580 ] 2>/dev/null; then
     # A CUDA 13 runtime needs driver R580+: fall back to a 12.x toolkit and a cu12 cuFFT.
-    CU12=$(ls -d /usr/local/cuda-12* 2>/dev/null | sort -V | tail -1)
-    CU12_FFT=$("$PY" -c "import nvidia, os; print(next((os.path.join(r, 'cu12') for r in nvidia.__path__ if os.path.exists(os.path.join(r, 'cu12', 'include', 'cufft.h'))), ''))" 2>/dev/null)
+    # shellcheck disable=SC2086  # the glob must expand
+    CU12=$(ls -d ${GPU_CHECK_CUDA12_GLOB:-/usr/local/cuda-12*} 2>/dev/null | sort -V | tail -1)
+    # a CUDA 12 cuFFT wheel: nvidia/cu12 (newer layout) or nvidia/cufft (nvidia-cufft-cu12)
+    CU12_FFT=$("$PY" -c "
+import glob, nvidia, os
+hits = [os.path.join(r, s) for r in nvidia.__path__ for s in ('cu12', 'cufft')
+        if glob.glob(os.path.join(r, s, 'lib', 'libcufft.so.11*'))
+        and os.path.exists(os.path.join(r, s, 'include', 'cufft.h'))]
+print(hits[0] if hits else '')" 2>/dev/null)
     if [ -n "$CU12" ] && [ -x "$CU12/bin/nvcc" ]; then
         CMAKE_CUDA_ARGS=(-DCMAKE_CUDA_COMPILER="$CU12/bin/nvcc")
         [ -n "$CU12_FFT" ] && CMAKE_CUDA_ARGS+=(-DOPTDIFF_CUFFT_ROOT="$CU12_FFT")
@@ -143,7 +150,8 @@ note env 0 $(($(date +%s) - START)) "driver ${DRIVER:-none}"
 
 # ---------------------------------------------------------------- build
 BUILDLOG=$OUT/build.log
-PKG=$REPO/build/gpu/pkg
+BDIR=${GPU_CHECK_BUILD_DIR:-$REPO/build/gpu}
+PKG=$BDIR/pkg
 if [ "$DRY" = 1 ] && [ "${GPU_CHECK_DRY_BUILD:-0}" != 1 ]; then
     # The dry run uses the in-tree build (python/optdiff's modules); GPU_CHECK_DRY_BUILD=1
     # builds build/gpu-dry with the emulation module instead (minutes on 2 cores).
@@ -151,10 +159,9 @@ if [ "$DRY" = 1 ] && [ "${GPU_CHECK_DRY_BUILD:-0}" != 1 ]; then
     echo "dry run: using the in-tree modules under python/optdiff" >> "$BUILDLOG"
     note build 0 0 "dry: in-tree modules"
 else
-    BDIR=$REPO/build/gpu
     CUDA_ARGS=(-DOPTDIFF_CUDA=ON -DOPTDIFF_CUDA_ARCHITECTURES=90)
     if [ "$DRY" = 1 ]; then
-        BDIR=$REPO/build/gpu-dry
+        BDIR=${GPU_CHECK_BUILD_DIR:-$REPO/build/gpu-dry}
         PKG=$BDIR/pkg
         CUDA_ARGS=(-DOPTDIFF_CUDA=OFF)
     fi
@@ -268,7 +275,7 @@ EOF
 SANLOG=$OUT/sanitizer.log
 run smoke 60 "$SANLOG" "$PY" benchmarks/gpu_bench.py smoke --json "$RESULTS" "${DRYFLAG[@]}"
 if [ "$DRY" != 1 ] && command -v compute-sanitizer > /dev/null; then
-    run sanitizer 90 "$SANLOG" compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
+    run sanitizer 75 "$SANLOG" compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
         "$PY" benchmarks/gpu_bench.py smoke --json "$OUT/sanitizer.json"
     rm -f "$OUT/sanitizer.json" "$OUT/sanitizer.json.tmp"
 else

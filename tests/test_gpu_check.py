@@ -32,7 +32,8 @@ def _needs():
 
 def _run(out, **env):
     e = dict(os.environ, GPU_CHECK_DRY="1", GPU_CHECK_PEERS="0", OUT=str(out), PYTHON=sys.executable,
-             OMP_NUM_THREADS="1", **env)
+             OMP_NUM_THREADS="1")
+    e.update(env)
     e.pop("OPTDIFF_REQUIRE_CUDA", None)
     return subprocess.run(["bash", SCRIPT], capture_output=True, text=True, env=e, timeout=240)
 
@@ -78,3 +79,28 @@ def test_spent_budget_fails_the_run(tmp_path):
     assert data["stages"]["bench"]["rc"] == 124
     assert "budget" in data["stages"]["bench"]["note"]
     assert "SOME STAGE FAILED" in (tmp_path / "summary.txt").read_text()
+
+
+def test_old_driver_builds_with_a_cuda12_toolkit(tmp_path):
+    """Driver older than R580 (the CUDA 13 runtime's minimum): the build is configured with a
+    12.x toolkit when one is installed, and the run says so (issue 22, item 2). A fake
+    nvidia-smi and toolkit; the build itself then fails, which stops the run."""
+    _needs()
+    bin_dir, cu12 = tmp_path / "bin", tmp_path / "cuda-12.8"
+    (cu12 / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\ncase \"$*\" in *driver_version*) echo 570.86.15;; *) echo 'GPU 0: fake';; esac\n")
+    nvcc = cu12 / "bin" / "nvcc"
+    nvcc.write_text("#!/bin/sh\nexit 1\n")
+    for f in (smi, nvcc):
+        f.chmod(0o755)
+    out = tmp_path / "out"
+    r = _run(out, GPU_CHECK_DRY="0", GPU_CHECK_BUILD_CAP="8", GPU_CHECK_BUILD_DIR=str(tmp_path / "build"), GPU_CHECK_CUDA12_GLOB=str(tmp_path / "cuda-12*"),
+             PATH=f"{bin_dir}:{os.environ['PATH']}")
+    summary = (out / "summary.txt").read_text()
+    assert r.returncode == 1
+    assert f"driver 570.86.15 < R580: CUDA 12 toolkit {cu12}" in summary
+    assert f"-DCMAKE_CUDA_COMPILER={nvcc}" in (out / "build.log").read_text()
+    data = json.loads((out / "results.json").read_text())
+    assert data["stages"]["tests"]["note"] == "not run: the build failed"
