@@ -81,10 +81,10 @@ def overhead(n: int, batch: int, layers: int, rounds: int) -> list[dict]:
     np.testing.assert_allclose(I1.detach().numpy(), I0, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g1.numpy(), g0, rtol=1e-4, atol=1e-6 * float(np.abs(g0).max()))
 
+    rows = [fixed_cost(layers)]
     cases = [("propagation (one hop)", lambda: prop.forward(field_np), lambda: tprop(field)),
              (f"stack forward, no grad (L={layers})", lambda: st.forward(field_np, phases_np), torch_forward),
              (f"stack forward + backward (L={layers})", direct_train, torch_train)]
-    rows = []
     for name, direct, wrapped in cases:
         t = common.interleaved_times({"direct": direct, "torch": wrapped}, rounds)
         q = ratio_stats(t["torch"], t["direct"])
@@ -93,6 +93,38 @@ def overhead(n: int, batch: int, layers: int, rounds: int) -> list[dict]:
         print(f"{name}: overhead {100 * (q[1] - 1):+.1f}% [{100 * (q[0] - 1):+.1f}, {100 * (q[2] - 1):+.1f}]",
               flush=True)
     return rows
+
+
+def fixed_cost(layers: int, calls: int = 3000) -> dict:
+    """The wrapper's cost per call, alone: the training pass on a grid so small (n=8, B=1, one
+    thread) that the core's work is a few microseconds; the difference of the medians is what
+    optdiff.torch adds to every call, whatever the size."""
+    before = optdiff.get_num_threads()
+    optdiff.set_num_threads(1)
+    try:
+        geom = dict(wavelength=common.WAVELENGTH, pitch=common.PITCH, distances=[common.DISTANCE] * layers,
+                    input_distance=common.DISTANCE)
+        st = optdiff.PhaseStack(8, **geom)
+        module = odt.OpticalStack(8, **geom, init="uniform")
+        f_np = np.ones((1, 8, 8), np.complex64)
+        g_np = np.ones((1, 8, 8), np.float32)
+        ph_np = module.phases.detach().numpy().copy()
+        f, g = torch.from_numpy(f_np), torch.from_numpy(g_np)
+
+        def direct():
+            I, tape = st.forward_train(f_np, ph_np)
+            return st.backward(tape, g_np)
+
+        def wrapped():
+            module.phases.grad = None
+            module(f).backward(g)
+
+        t = common.interleaved_times({"direct": direct, "torch": wrapped}, calls)
+    finally:
+        optdiff.set_num_threads(before)
+    d, w = common.quartiles(t["direct"])[1], common.quartiles(t["torch"])[1]
+    print(f"fixed cost per training call: {1e6 * (w - d):.0f} us (direct {1e6 * d:.0f} us)", flush=True)
+    return dict(case="fixed cost: forward + backward at n=8, B=1, 1 thread", direct=d, torch=w, ratio=None)
 
 
 def d2nn(ex, n: int, batch: int, layers: int, rounds: int) -> dict:
@@ -143,6 +175,10 @@ def write_report(path: str, argv: list[str], args, rows, d2nn_rows) -> None:
                   "| --- | ---: | ---: | ---: |"]
         for r in rows:
             q = r["ratio"]
+            if q is None:  # the fixed cost: an absolute difference
+                lines.append(f"| {r['case']} | {1e3 * r['direct']:.3f} | {1e3 * r['torch']:.3f} | "
+                             f"+{1e6 * (r['torch'] - r['direct']):.0f} us per call |")
+                continue
             lines.append(f"| {r['case']} | {1e3 * r['direct']:.1f} | {1e3 * r['torch']:.1f} | "
                          f"{100 * (q[1] - 1):+.1f}% [{100 * (q[0] - 1):+.1f}, {100 * (q[2] - 1):+.1f}] |")
         lines += ["", "Target: at most 5%. Direct: `Propagator.forward`, `PhaseStack.forward`, "

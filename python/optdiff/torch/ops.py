@@ -221,6 +221,8 @@ def _train_setup(ctx, inputs, output):
     field, phases, *geometry = inputs
     _, saved, mod = output
     ctx.mark_non_differentiable(saved, mod)
+    # No zero gradients for the tape outputs: they would be [B, L+1, n, n] fields written each step.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(field, phases, saved, mod)
     ctx.geometry = geometry
 
@@ -228,6 +230,8 @@ def _train_setup(ctx, inputs, output):
 def _train_backward(ctx, grad_intensity, _grad_saved, _grad_mod):
     field, phases, saved, mod = ctx.saved_tensors
     want_field, want_phases = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if grad_intensity is None:  # the intensity did not reach the loss
+        return (None,) * (2 + len(ctx.geometry))
     gph, gx = stack_backward_op(field, phases, saved, mod, grad_intensity.contiguous(), *ctx.geometry,
                                 want_field)
     return (gx if want_field else None, gph if want_phases else None) + (None,) * len(ctx.geometry)
