@@ -10,7 +10,7 @@ tool once in a shuffled order, so machine load hits all of them alike):
 2. the wrapper's overhead: a jitted forward + VJP of the phase stack through optdiff.jax against
    the same work through optdiff's NumPy API (forward_train + backward), same inputs.
 
-    python benchmarks/jax_interop.py --sizes 128 256 --batch 64 --rounds 10 --out benchmarks/results/jax_interop.md
+    python benchmarks/jax_interop.py --sizes 128 256 --batch 64 --out benchmarks/results/jax_interop.md
 """
 
 from __future__ import annotations
@@ -119,13 +119,15 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="grid sides N")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per measurement")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per training-step measurement")
+    p.add_argument("--overhead-rounds", type=int, default=20,
+                   help="interleaved rounds per wrapper-overhead measurement (the difference is small: more rounds)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of optdiff's core")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the Markdown results here")
     a = p.parse_args(argv)
-    if min(a.sizes) < 16 or a.batch < 1 or a.layers < 1 or a.rounds < 2:
-        p.error("--sizes >= 16, --batch >= 1, --layers >= 1, --rounds >= 2")
+    if min(a.sizes) < 16 or a.batch < 1 or a.layers < 1 or a.rounds < 2 or a.overhead_rounds < 2:
+        p.error("--sizes >= 16, --batch >= 1, --layers >= 1, --rounds and --overhead-rounds >= 2")
     if not oj.ffi_available():
         print("warning: optdiff._jax_ffi is not built; optdiff.jax runs through jax.pure_callback", file=sys.stderr)
     oj.set_num_threads(a.threads)
@@ -138,7 +140,8 @@ def main(argv=None):
              "within each interleaved round (every tool once per round, shuffled order). "
              f"jax {jax.__version__}, optdiff core threads {a.threads}, XLA's own threading default; "
              f"optdiff.jax path: {'XLA FFI' if oj.ffi_available() else 'pure_callback'}; float32/complex64, "
-             f"L={a.layers} masks, padding 2 (angular spectrum), batch {a.batch}, {a.rounds} rounds.", ""]
+             f"L={a.layers} masks, padding 2 (angular spectrum), batch {a.batch}, {a.rounds} rounds per training "
+             f"step, {a.overhead_rounds} per overhead measurement.", ""]
     for n in a.sizes:
         tools, agree = train_step_tools(d2nn, n, a.batch, a.layers, a.seed)
         times = interleaved_times(tools, a.rounds, seed=a.seed)
@@ -149,7 +152,7 @@ def main(argv=None):
         print("\n".join(lines[-(len(times) + 3):]), flush=True)
     for n in a.sizes:
         tools, agree = overhead_tools(n, a.batch, a.layers, a.seed)
-        times = interleaved_times(tools, a.rounds, seed=a.seed)
+        times = interleaved_times(tools, a.overhead_rounds, seed=a.seed)
         lines += [f"## Wrapper overhead: stack forward + VJP, N={n}", "",
                   f"Gradients agree to {agree:.1e} (max rel.).", ""]
         lines += _table(times, "optdiff NumPy API") + [""]

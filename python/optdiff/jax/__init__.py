@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from optdiff.optics import set_num_threads as _core_set_num_threads
+from optdiff.optics import set_planner_effort as _core_set_planner_effort
 from optdiff.optics.specs import hop_spec, stack_spec
 
 from . import _callback
@@ -25,7 +26,8 @@ from ._encode import check_field, check_phases
 from ._ops import _Hop, _Stack, propagate_op, resolve_ffi, stack_op
 from ._targets import ffi_available, ffi_module
 
-__all__ = ["Propagator", "PhaseStack", "propagate", "phase_stack", "ffi_available", "set_num_threads"]
+__all__ = ["Propagator", "PhaseStack", "propagate", "phase_stack", "ffi_available", "set_num_threads",
+           "set_planner_effort"]
 
 
 def set_num_threads(n: int) -> None:
@@ -35,6 +37,15 @@ def set_num_threads(n: int) -> None:
     mod = ffi_module()
     if mod is not None:
         mod.set_num_threads(int(n))
+
+
+def set_planner_effort(effort: str) -> None:
+    """FFTW planning effort ("estimate", "measure", "patient") for plans made from now on, in
+    optdiff's NumPy API and in the JAX FFI module alike (built objects are cached: set it first)."""
+    _core_set_planner_effort(effort)
+    mod = ffi_module()
+    if mod is not None:
+        mod.set_planner_effort({"estimate": 0, "measure": 1, "patient": 2}[effort])
 
 
 def _as_field(field, n: int):

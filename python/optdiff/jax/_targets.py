@@ -27,9 +27,11 @@ def _load():
                     jax.ffi.register_ffi_target(name, capsule, platform="cpu")
                 _state["module"], _state["error"] = mod, None
                 # The module carries its own copy of the core: start it with optdiff's thread count.
+                from optdiff import _core
                 from optdiff.optics import get_num_threads
 
                 mod.set_num_threads(get_num_threads())
+                mod.set_planner_effort(_core.get_planner_effort())
         return _state["module"]
 
 
