@@ -98,6 +98,11 @@ run() {
 
 # ---------------------------------------------------------------- env: the driver first
 ENVLOG=$OUT/env.log
+# The toolkit's tools may not be on PATH (CMake needs nvcc to build the CUDA module).
+for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do
+    [ -d "$d" ] && case ":$PATH:" in *":$d:"*) ;; *) PATH=$PATH:$d ;; esac
+done
+export PATH
 {
     echo "date: $(date -u +%FT%TZ)  dry=$DRY  budget=${BUDGET}s  host=$(hostname)"
     if command -v nvidia-smi > /dev/null; then
@@ -228,7 +233,9 @@ else
     export OPTDIFF_REQUIRE_CUDA=1  # backend='cuda' unusable: the tests fail, never skip
 fi
 export CUDA_LAUNCH_BLOCKING=1  # a kernel fault is reported at its launch, not later
-run tests 150 "$TESTLOG" "$PY" -m pytest -q -p no:cacheprovider -rs \
+# Third-party pytest plugins of that image stay out: with warnings as errors (pyproject) one
+# plugin's deprecation warning would fail the run for nothing optdiff did.
+PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 run tests 150 "$TESTLOG" "$PY" -m pytest -q -p no:cacheprovider -rs \
     --junitxml="$OUT/tests.xml" "${SELECT[@]}" "${TESTS[@]}"
 # Skips: allowed only for what cannot run here by design (CuPy/PyTorch kinds on the emulation).
 "$PY" - "$OUT/tests.xml" "$DRY" "$RESULTS" <<'EOF' >> "$SUMMARY" 2>&1
