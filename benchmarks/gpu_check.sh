@@ -282,8 +282,9 @@ EOF
 SANLOG=$OUT/sanitizer.log
 run smoke 60 "$SANLOG" "$PY" benchmarks/gpu_bench.py smoke --json "$RESULTS" "${DRYFLAG[@]}"
 if [ "$DRY" != 1 ] && command -v compute-sanitizer > /dev/null; then
-    # PyTorch's caching allocator would hide an overrun inside one of its cached blocks.
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 run sanitizer 75 "$SANLOG" compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
+    # Caching allocators would hide an overrun inside a cached block: PyTorch's off, and
+    # optdiff's scratch from plain cudaMalloc instead of its stream-ordered pool.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 OPTDIFF_CUDA_NO_POOL=1 run sanitizer 75 "$SANLOG" compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
         "$PY" benchmarks/gpu_bench.py smoke --json "$OUT/sanitizer.json"
     rm -f "$OUT/sanitizer.json" "$OUT/sanitizer.json.tmp"
 else

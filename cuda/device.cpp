@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <mutex>
 #include <string>
@@ -70,7 +71,11 @@ cudaMemPool_t device_pool(int device) {
     }
     if (t.state[d] == 0) {
         int supported = 0;
-        if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) !=
+        // OPTDIFF_CUDA_NO_POOL=1: plain cudaMalloc/cudaFree for every scratch buffer, so that
+        // compute-sanitizer bounds-checks each one (benchmarks/gpu_check.sh sets it there).
+        const char* no_pool = std::getenv("OPTDIFF_CUDA_NO_POOL");
+        if ((no_pool != nullptr && no_pool[0] == '1') ||
+            cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) !=
                 cudaSuccess ||
             supported == 0) {
             (void)cudaGetLastError();
