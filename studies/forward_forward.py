@@ -15,6 +15,7 @@ Oguz et al. (Optics Letters 48, 5249, 2023) trained with Forward-Forward (FF) 2 
 Only MNIST's 10k test file is on this machine, so the 4000/1000/1000 images are drawn without
 overlap from it (seeded). Each seed runs in its own process (``--seeds 1``); ``--summarise``
 gathers ``runs.jsonl`` into ``results.md`` (mean and spread over seeds) and ``accuracy.png``.
+``--untrained`` adds the floor: the ridge read-out on the FF networks before any training.
 
     OMP_NUM_THREADS=1 python studies/forward_forward.py --mnist-dir DIR --seeds 0 &
     OMP_NUM_THREADS=1 python studies/forward_forward.py --mnist-dir DIR --seeds 1 &
@@ -85,6 +86,29 @@ def run(args) -> None:
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def untrained(args) -> None:
+    """The ridge read-out on the FF networks before any training (random conv weights): the floor."""
+    from optdiff.ff.readout import RidgeReadout
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        *data, source = load_split("mnist", args.mnist_dir, (4000, 1000, 1000), 32, seed)
+        (xt, yt), (xv, yv), (xs, ys) = data
+        for name in args.models:
+            if MODELS[name][0] != "ff":
+                continue
+            cfg = config(name, seed, 1, 1, args.lr)
+            tr = FFTrainer(cfg, Path(args.runs) / f"{name}-untrained-s{seed}", data=data, progress=False, name=name)
+            ro = RidgeReadout(cfg.train.readout_lambda).fit(tr.net.features(xt), yt, 10)
+            r = {"model": f"{name} (untrained)", "inference": "readout", "seed": seed, "epochs": 0,
+                 "train_seconds": 0.0, "params": tr.net.parameter_count() + ro.W.size + ro.bias.size, "flops": 0,
+                 "val_acc": float((ro.predict(tr.net.features(xv)) == yv).mean()),
+                 "test_acc": float((ro.predict(tr.net.features(xs)) == ys).mean()), "source_split": source}
+            with open(OUT / "runs.jsonl", "a") as f:
+                f.write(json.dumps(r) + "\n")
+            print(r["model"], seed, round(r["test_acc"], 4), flush=True)
+
+
 def summarise() -> None:
     rows = [json.loads(line) for line in open(OUT / "runs.jsonl")]
     groups: dict = {}
@@ -92,7 +116,7 @@ def summarise() -> None:
         groups.setdefault((r["model"], r["inference"]), {})[r["seed"]] = r  # a rerun replaces its seed
     lines = ["| model | inference | seeds | test acc (mean +- std) | val acc | params | FLOPs/inference | "
              "optics sim FLOPs | train time (s) | epochs |", "|---|---|---|---|---|---|---|---|---|---|"]
-    order = list(MODELS)
+    order = list(MODELS) + [f"{m} (untrained)" for m in MODELS]
     summary = []
     for (model, inf), by_seed in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         rs = list(by_seed.values())
@@ -138,13 +162,15 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="Adam step of the FF blocks")
     p.add_argument("--runs", default="runs/forward_forward", help="checkpoints of each run")
     p.add_argument("--summarise", action="store_true", help="only gather runs.jsonl into results.md")
+    p.add_argument("--untrained", action="store_true",
+                   help="only the ridge read-out of the untrained FF networks (random weights): the floor")
     args = p.parse_args()
     if args.summarise:
         summarise()
         return
     if not args.mnist_dir:
         p.error("--mnist-dir is required")
-    run(args)
+    untrained(args) if args.untrained else run(args)
 
 
 if __name__ == "__main__":
