@@ -70,6 +70,32 @@ def test_a_second_derivative_is_refused_with_a_message():
         g.sum().backward()
 
 
+def test_fused_mse_gradcheck_and_equals_the_taped_loss():
+    m = stack(8)
+    f, t = field((2, 8, 8)), torch.rand(2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    p = m.phases.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: odt.stack_mse(f, p, t, m.geometry), (p,))
+    loss = m.mse_loss(f, t)
+    loss.backward()
+    g_fused = m.phases.grad.clone()
+    m.zero_grad()
+    ref = torch.nn.functional.mse_loss(m(f), t)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(g_fused, m.phases.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_fused_mse_refuses_inputs_that_require_grad_by_name():
+    m = stack(8)
+    f, t = field((2, 8, 8)), torch.rand(2, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="field requires grad, but the fused MSE step differentiates the phases only"):
+        m.mse_loss(f.requires_grad_(), t)
+    with pytest.raises(ValueError, match="target requires grad"):
+        m.mse_loss(f.detach(), t.requires_grad_())
+    with pytest.raises(ValueError, match="target must be torch.float64 shaped like the field"):
+        m.mse_loss(f.detach(), torch.rand(2, 4, 4, dtype=torch.float64))
+
+
 # --------------------------------------------------------------------------- agreement with the core
 
 @pytest.mark.parametrize("real", [torch.float32, torch.float64])

@@ -12,12 +12,15 @@ Needs the optional extra ``[torch]``.
 from __future__ import annotations
 
 try:
-    import torch as _torch  # noqa: F401  (the real PyTorch: absolute imports skip this package)
+    import torch as _torch  # the real PyTorch: absolute imports never find this package
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("optdiff.torch needs PyTorch: pip install 'optdiff[torch]'") from exc
+if not hasattr(_torch.library, "register_autograd"):  # custom_op, register_fake/autograd: 2.4
+    raise ImportError(f"optdiff.torch needs PyTorch 2.4 or newer (torch.library.custom_op), found "
+                      f"{_torch.__version__}")
 
 from . import ops
-from .functional import StackGeometry, propagate, stack_intensity
+from .functional import StackGeometry, propagate, stack_intensity, stack_mse
 from .modules import OpticalStack, Propagation
 
-__all__ = ["OpticalStack", "Propagation", "StackGeometry", "propagate", "stack_intensity", "ops"]
+__all__ = ["OpticalStack", "Propagation", "StackGeometry", "propagate", "stack_intensity", "stack_mse", "ops"]

@@ -17,7 +17,7 @@ from ..optics.specs import hop_spec, stack_spec
 from . import _tensors as T
 from . import ops
 
-__all__ = ["StackGeometry", "propagate", "stack_intensity"]
+__all__ = ["StackGeometry", "propagate", "stack_intensity", "stack_mse"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,25 @@ def stack_intensity(field: torch.Tensor, phases: torch.Tensor, geometry: StackGe
     if not field.is_complex():
         field = field.to(T.COMPLEX_OF[field.dtype])  # the tape is kept for complex fields
     return ops.stack_forward_train_op(field, phases, *args)[0]
+
+
+def stack_mse(field: torch.Tensor, phases: torch.Tensor, target: torch.Tensor, geometry: StackGeometry
+              ) -> torch.Tensor:
+    """``mean((stack_intensity(field, phases) - target)^2)`` by the core's fused step.
+
+    Forward, loss and backward run per sample while its fields are in the thread's cache: no
+    tape is kept (``PhaseStack.mse_loss_and_grad``). The gradient is for ``phases`` only:
+    ``field`` and ``target`` must not require grad (a ``ValueError`` naming them; use
+    ``torch.nn.functional.mse_loss(stack_intensity(...), target)`` when they need one). The
+    phases' gradient is computed with the loss, also when no backward follows.
+    """
+    T.field(field)
+    ops._check_stack_args(field, phases, geometry.num_layers)
+    ops._check_target(target, field)
+    if torch.is_grad_enabled():
+        for t, name in ((field, "field"), (target, "target")):
+            if t.requires_grad:
+                raise ValueError(f"{name} requires grad, but the fused MSE step differentiates the phases only; "
+                                 f"pass {name}.detach(), or use mse_loss(stack_intensity(...), target) for "
+                                 f"a gradient of {name}")
+    return ops.stack_mse_op(field, phases, target, *geometry.op_args())[0]

@@ -66,6 +66,11 @@ class OpticalStack(nn.Module):
         """Camera intensity ``[..., n, n]`` for ``field`` ``[..., n, n]`` (complex, or real amplitudes)."""
         return F.stack_intensity(field, self.phases, self.geometry, recompute=self.recompute)
 
+    def mse_loss(self, field: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``mean((self(field) - target)^2)`` by the core's fused step (no tape; gradient for the
+        phases only: ``field`` and ``target`` must not require grad). See :func:`stack_mse`."""
+        return F.stack_mse(field, self.phases, target, self.geometry)
+
     def extra_repr(self) -> str:
         g = self.geometry
         return (f"n={g.n}, layers={g.num_layers}, wavelength={g.wavelength:g}, pitch={g.pitch:g}, "
