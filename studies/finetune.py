@@ -69,8 +69,9 @@ def run_one(args, ckpt: Path, clf, real, method: str, seed: int, out: Path) -> d
                          minibatch=args.minibatch, lr=args.lr, beta=args.beta, clip=args.clip, kl=args.kl,
                          sets=args.sets, timestep_fraction=args.timestep_fraction, seed=seed,
                          eval_count=args.eval_count, eval_every=args.eval_every)
-    ft = Finetuner(model, make_reward("class:3", clf), folder, cfg, space=clf, real_images=real,
-                   base_checkpoint=str(ckpt), reward_name="class:3",
+    monitor = make_reward("class:3", clf) if args.reward != "class:3" else None
+    ft = Finetuner(model, make_reward(args.reward, clf), folder, cfg, space=clf, real_images=real,
+                   base_checkpoint=str(ckpt), reward_name=args.reward, monitor=monitor,
                    log=lambda s: print(f"[{method} s{seed}] {s}", flush=True))
     resume = (folder / "checkpoint.npz").exists()
     return ft.fit(resume=resume)
@@ -126,7 +127,7 @@ def curves(out: Path, methods, seeds):
     return res
 
 
-def plot(out: Path, cur: dict) -> None:
+def plot(out: Path, cur: dict, label: str = "class:3") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,7 +143,7 @@ def plot(out: Path, cur: dict) -> None:
             ax.plot(per[0][0][:n], np.mean([r[:n] for _, r in per], axis=0), color=colors.get(m), lw=2.2,
                     label=f"{m.upper()} (mean of {len(per)} seeds)")
     ax.set_xlabel("reward queries")
-    ax.set_ylabel('batch mean P(class 3)')
+    ax.set_ylabel(f"batch mean reward ({label})")
     ax.set_title('Finetuning a 14x14 MNIST ODU towards "3"s')
     ax.legend(fontsize=8)
     path = out / "reward_curves.png"
@@ -156,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/finetune")
     p.add_argument("--methods", default="prdp,ddpo")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--reward", default="class:3", choices=("class:3", "logclass:3"),
+                   help="trained reward (logclass:3: its log; P(class 3) is then monitored)")
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2)
@@ -184,7 +187,7 @@ def main(argv=None) -> int:
         for m in methods:
             results[f"{m}-s{seed}"] = run_one(args, ckpt, clf, real, m, seed, out)
     cur = curves(out, methods, seeds)
-    plot(out, cur)
+    plot(out, cur, args.reward)
     cost = round_cost(args, ckpt, clf, out, args.cost_repeats) if args.cost_repeats > 0 else None
     summary = {"classifier_accuracy": acc, "args": vars(args), "runs": results, "cost": cost,
                "elapsed_s": time.time() - t0}
@@ -196,14 +199,22 @@ def main(argv=None) -> int:
              "with fixed start noise.", "",
              "| run | eval reward before | after | FID before | after | s / round (sample + update) |",
              "| --- | --- | --- | --- | --- | --- |"]
+    mon = args.reward != "class:3"
+    if mon:
+        lines[-2] = lines[-2].replace("| FID before", "| P(3) before | after | FID before")
+        lines[-1] += " --- | --- |"
     for k, r in results.items():
-        lines.append(f"| {k} | {r['eval_reward_before']:.4f} | {r['eval_reward_after']:.4f} | {r['fid_before']:.2f} | "
+        extra = f"{r['monitor_before']:.4f} | {r['monitor_after']:.4f} | " if mon else ""
+        lines.append(f"| {k} | {r['eval_reward_before']:.4f} | {r['eval_reward_after']:.4f} | {extra}{r['fid_before']:.2f} | "
                      f"{r['fid_after']:.2f} | {r['mean_round_s']:.1f} ({r['mean_sample_s']:.1f} + {r['mean_update_s']:.1f}) |")
     for m in methods:
         rs = [results[f"{m}-s{s}"] for s in seeds if f"{m}-s{s}" in results]
         d = [r["eval_reward_after"] - r["eval_reward_before"] for r in rs]
         f = [r["fid_after"] - r["fid_before"] for r in rs]
         lines.append("")
+        if mon:
+            dm = [r["monitor_after"] - r["monitor_before"] for r in rs]
+            lines.append(f"{m.upper()}: P(3) change {np.mean(dm):+.4f} (per seed {', '.join(f'{v:+.4f}' for v in dm)})")
         lines.append(f"{m.upper()}: eval reward change {np.mean(d):+.4f} (per seed {', '.join(f'{v:+.4f}' for v in d)}), "
                      f"FID change {np.mean(f):+.2f} (per seed {', '.join(f'{v:+.2f}' for v in f)})")
     if cost:

@@ -296,6 +296,9 @@ def test_rewards_and_bad_input(tmp_path, monkeypatch):
     r = make_reward("class:3", clf)
     np.testing.assert_allclose(r(np.zeros((2, 4, 4))), [0.1, 0.1])
     np.testing.assert_allclose(make_reward("legibility", clf)(np.zeros((2, 4, 4))), [0.1, 0.1])
+    np.testing.assert_allclose(make_reward("logclass:3", clf)(np.zeros((2, 4, 4))), np.log([0.1, 0.1]))
+    with pytest.raises(ValueError, match="logclass:10.*not 10"):
+        make_reward("logclass:10", clf)
     with pytest.raises(ValueError, match="class:12.*not 12"):
         make_reward("class:12", clf)
     with pytest.raises(ValueError, match="integer label"):

@@ -20,8 +20,9 @@ def register(sub, parsers, add_config_flags) -> None:
                     "--reward class:3 --method prdp --rounds 20 --data-dir ~/mnist --out runs/ft3")
     p.add_argument("checkpoint", help="the trained model (optdiff train's checkpoint.npz)")
     p.add_argument("--reward", required=True,
-                   help="class:K (probability of class K under the classifier), legibility (its largest "
-                        "class probability), or module:function (a Python callable images [B,H,W] -> [B])")
+                   help="class:K (probability of class K under the classifier), logclass:K (its log), legibility "
+                        "(the largest class probability), or module:function (a Python callable "
+                        "images [B,H,W] -> [B])")
     p.add_argument("--method", choices=("prdp", "ddpo"), default="prdp", help="objective (default prdp)")
     p.add_argument("--rounds", type=int, default=20, help="online rounds (default 20)")
     p.add_argument("--out", default="runs/finetune", help="output folder (default runs/finetune)")
@@ -86,7 +87,7 @@ def _classifier(args, model, out: Path, log):
                              f"can be trained ({exc})") from None
         log(f"no data for the FID ({exc}); the reward curve has no FID")
         x = y = None
-    if x is not None and args.reward.strip().startswith("class:") and not args.classifier:
+    if x is not None and args.reward.strip().startswith(("class:", "logclass:")) and not args.classifier:
         k = args.reward.strip().split(":", 1)[1]
         labels = sorted(int(v) for v in __import__("numpy").unique(y))
         if not k.lstrip("-").isdigit() or int(k) not in labels:  # before a classifier is trained for it

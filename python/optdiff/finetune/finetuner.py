@@ -42,7 +42,7 @@ from .rewards import RewardError, evaluate_reward
 __all__ = ["FinetuneConfig", "Finetuner", "FinetuneError", "CURVE_FIELDS"]
 
 CURVE_FIELDS = ["round", "queries", "skipped", "reward_mean", "reward_std", "loss", "clipped_frac",
-                "mean_abs_log_ratio", "kl", "grad_norm", "eval_reward", "fid", "sample_s", "update_s",
+                "mean_abs_log_ratio", "kl", "grad_norm", "eval_reward", "eval_monitor", "fid", "sample_s", "update_s",
                 "eval_s", "round_s", "message"]
 
 #: Default proximal clip per method (PRDP: of each log-ratio; DDPO: of each ratio around 1).
@@ -107,11 +107,13 @@ class Finetuner:
 
     ``reference``: the pretrained parameters (default: a copy of ``model``'s now);
     ``space``: a feature space (``features(images)``) for the FID, with ``real_images``;
+    ``monitor``: a second function of the images, evaluated (not trained on) with the evaluation
+    samples, e.g. the class probability when training on its logarithm;
     ``log``: a callable for messages (default ``print``).
     """
 
     def __init__(self, model: TimeAwareODU, reward, out, cfg: FinetuneConfig, reference: dict | None = None,
-                 space=None, real_images=None, base_checkpoint: str = "", reward_name: str = "",
+                 space=None, real_images=None, base_checkpoint: str = "", reward_name: str = "", monitor=None,
                  log=print, progress: bool = False):
         self.model, self.reward, self.cfg = model, reward, cfg.validate()
         self.out = Path(out)
@@ -121,7 +123,7 @@ class Finetuner:
         self.space = space
         self.real_feats = space.features(real_images) if space is not None and real_images is not None else None
         self.base_checkpoint, self.reward_name = str(base_checkpoint), reward_name
-        self.log, self.progress = log, progress
+        self.log, self.progress, self.monitor = log, progress, monitor
         self.adam = Adam(model.params, model.M)
         self.round = 0
         self.rows: list[dict] = []
@@ -181,6 +183,8 @@ class Finetuner:
         except RewardError as exc:
             res["reward"] = float("nan")
             self.log(f"evaluation reward failed: {exc}")
+        if self.monitor is not None:
+            res["monitor"] = float(evaluate_reward(self.monitor, x).mean())
         if self.real_feats is not None:
             from ..evaluation.metrics import frechet_distance
 
@@ -255,7 +259,8 @@ class Finetuner:
             save_model(self.out / "reference.npz", _with_params(self.model, self.reference))
             ev = self.evaluate()
             save_grid(ev["samples"][:64], self.out / "samples_before.png", scale=3)
-            self.rows = [{"round": -1, "queries": 0, "skipped": 0, "eval_reward": ev["reward"], "fid": ev.get("fid", ""),
+            self.rows = [{"round": -1, "queries": 0, "skipped": 0, "eval_reward": ev["reward"],
+                          "eval_monitor": ev.get("monitor", ""), "fid": ev.get("fid", ""),
                           "message": "before finetuning"}]
             self._write_curve()
             self.log(f"before: eval reward {ev['reward']:.4f}" + (f", FID {ev['fid']:.2f}" if "fid" in ev else ""))
@@ -288,7 +293,8 @@ class Finetuner:
                 if last or (self.round + 1) % c.eval_every == 0:
                     te = time.perf_counter()
                     ev = self.evaluate()
-                    row.update(eval_reward=ev["reward"], fid=ev.get("fid", ""), eval_s=round(time.perf_counter() - te, 3))
+                    row.update(eval_reward=ev["reward"], eval_monitor=ev.get("monitor", ""), fid=ev.get("fid", ""),
+                               eval_s=round(time.perf_counter() - te, 3))
                     if last:
                         save_grid(ev["samples"][:64], self.out / "samples_after.png", scale=3)
                 row["round_s"] = round(time.perf_counter() - t0, 3)
@@ -325,6 +331,8 @@ class Finetuner:
                 "fid_before": f(evals[0].get("fid")) if evals else None,
                 "eval_reward_after": f(evals[-1]["eval_reward"]) if len(evals) > 1 else None,
                 "fid_after": f(evals[-1].get("fid")) if len(evals) > 1 else None,
+                "monitor_before": f(evals[0].get("eval_monitor")) if evals else None,
+                "monitor_after": f(evals[-1].get("eval_monitor")) if len(evals) > 1 else None,
                 "mean_round_s": float(np.mean([float(r["round_s"]) for r in done])) if done else None,
                 "mean_sample_s": float(np.mean([float(r["sample_s"]) for r in done])) if done else None,
                 "mean_update_s": float(np.mean([float(r["update_s"]) for r in done])) if done else None}

@@ -2,6 +2,8 @@
 
 * ``class:K``: the probability of class ``K`` under the project's classifier (the CNN of
   :mod:`optdiff.evaluation.cnn_features`, or the MLP ``FeatureNet`` without PyTorch).
+* ``logclass:K``: its logarithm (floored at ``log 1e-12``): the same optimum, but a graded signal
+  where almost every sample has a small probability of class ``K``.
 * ``legibility`` (alias ``confidence``): the classifier's largest class probability.
 * ``module:function``: a user callable ``f(images [B, H, W] in [-1, 1]) -> rewards [B]``
   (``module`` importable, e.g. a file on ``PYTHONPATH``).
@@ -30,14 +32,24 @@ class RewardError(RuntimeError):
 
 
 class _ClassProb:
+    prefix = "class"
+
     def __init__(self, clf, k: int):
         classes = [int(c) for c in np.asarray(clf.classes)]
+        self.name = f"{self.prefix}:{k}"
         if k not in classes:
-            raise ValueError(f"--reward class:{k}: the classifier knows the classes {classes}, not {k}")
-        self.clf, self.col, self.name = clf, classes.index(k), f"class:{k}"
+            raise ValueError(f"--reward {self.name}: the classifier knows the classes {classes}, not {k}")
+        self.clf, self.col = clf, classes.index(k)
 
     def __call__(self, images):
         return self.clf.predict_proba(images)[:, self.col]
+
+
+class _LogClassProb(_ClassProb):
+    prefix = "logclass"
+
+    def __call__(self, images):
+        return np.log(np.maximum(super().__call__(images), 1e-12))
 
 
 class _Confidence:
@@ -64,14 +76,14 @@ def _callable(spec: str) -> Callable:
 
 def needs_classifier(spec: str) -> bool:
     s = str(spec).strip()
-    return s.startswith("class:") or s in ("legibility", "confidence")
+    return s.startswith(("class:", "logclass:")) or s in ("legibility", "confidence")
 
 
 def make_reward(spec: str, classifier=None) -> Callable:
     """The reward function for ``spec`` (see the module docstring); ``classifier`` for the
     classifier rewards (an object with ``classes`` and ``predict_proba``)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"--reward must be 'class:K', 'legibility' or 'module:function', got {spec!r}")
+        raise ValueError(f"--reward must be 'class:K', 'logclass:K', 'legibility' or 'module:function', got {spec!r}")
     s = spec.strip()
     if needs_classifier(s):
         if classifier is None:
@@ -82,10 +94,10 @@ def make_reward(spec: str, classifier=None) -> Callable:
             k = int(s.split(":", 1)[1])
         except ValueError:
             raise ValueError(f"--reward {s!r}: the class must be an integer label, e.g. class:3") from None
-        return _ClassProb(classifier, k)
+        return _LogClassProb(classifier, k) if s.startswith("log") else _ClassProb(classifier, k)
     if ":" in s:
         return _callable(s)
-    raise ValueError(f"--reward must be 'class:K', 'legibility' or 'module:function', got {spec!r}")
+    raise ValueError(f"--reward must be 'class:K', 'logclass:K', 'legibility' or 'module:function', got {spec!r}")
 
 
 def evaluate_reward(fn: Callable, images: np.ndarray) -> np.ndarray:
