@@ -57,7 +57,8 @@ optdiff::PropagationSpec hop_from(const double* v) {
         throw std::invalid_argument("method code must be 0, 1 or 2");
     s.method = static_cast<optdiff::Method>(m);
     s.padding = static_cast<int>(v[4]);
-    if (static_cast<double>(s.padding) != v[4]) throw std::invalid_argument("padding must be 1 or 2");
+    if (static_cast<double>(s.padding) != v[4])
+        throw std::invalid_argument("padding must be 1 or 2");
     s.tilt_x = v[5];
     s.tilt_y = v[6];
     return s;
@@ -92,7 +93,8 @@ std::string key_of(int64_t n, ffi::Span<const double> values, bool flag) {
 }
 
 template <class T>
-std::shared_ptr<const optdiff::Propagator<T>> propagator_for(int64_t n, ffi::Span<const double> hop) {
+std::shared_ptr<const optdiff::Propagator<T>> propagator_for(int64_t n,
+                                                             ffi::Span<const double> hop) {
     static Cache<optdiff::Propagator<T>> cache;
     if (hop.size() != kHopValues) throw std::invalid_argument("hop must hold 7 values");
     return cache.get(key_of(n, hop, false),
@@ -147,12 +149,14 @@ struct Grid {
 
     void check(const std::vector<int64_t>& d, const char* name) const {
         if (d.size() < vd.size())
-            throw std::invalid_argument(std::string(name) + " has rank " + std::to_string(d.size()) +
-                                        ", fewer than the " + std::to_string(vd.size()) + " vmap dimensions");
+            throw std::invalid_argument(std::string(name) + " has rank " +
+                                        std::to_string(d.size()) + ", fewer than the " +
+                                        std::to_string(vd.size()) + " vmap dimensions");
         for (size_t i = 0; i < vd.size(); ++i)
             if (d[i] != vd[i] && d[i] != 1)
                 throw std::invalid_argument(std::string(name) + " shape " + dims_str(d) +
-                                            " does not broadcast over the vmap dimensions " + dims_str(vd));
+                                            " does not broadcast over the vmap dimensions " +
+                                            dims_str(vd));
     }
     // Row-major index of grid cell g in an operand whose vmap dimensions are d[0..k).
     int64_t cell(const std::vector<int64_t>& d, int64_t g) const {
@@ -168,7 +172,8 @@ struct Grid {
 };
 
 ffi::Error as_ffi_error(const std::exception& e) {
-    if (dynamic_cast<const std::invalid_argument*>(&e)) return ffi::Error::InvalidArgument(e.what());
+    if (dynamic_cast<const std::invalid_argument*>(&e))
+        return ffi::Error::InvalidArgument(e.what());
     return ffi::Error::Internal(e.what());
 }
 
@@ -179,10 +184,17 @@ ffi::Error as_ffi_error(const std::exception& e) {
 // mode honours it) makes that 512x fewer faults. It changes nothing else about the memory.
 void prefer_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr uintptr_t huge = uintptr_t(2) << 20;
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(huge - 1);
+    constexpr uintptr_t huge = uintptr_t(2) << 20, page = 4096;
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
+    const uintptr_t begin = (lo + huge - 1) & ~(huge - 1), end = hi & ~(huge - 1);
     if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+        // Then fault the pages in with one call instead of one trap per page (Linux >= 5.14; an
+        // older kernel refuses the advice and the pages fault in as they are written).
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+    const uintptr_t pb = (lo + page - 1) & ~(page - 1), pe = hi & ~(page - 1);
+    if (pe > pb) madvise(reinterpret_cast<void*>(pb), pe - pb, MADV_POPULATE_WRITE);
 #else
     (void)p;
     (void)bytes;
@@ -238,11 +250,12 @@ ffi::Error propagate(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, ffi::Span<
 
 // ---- stack forward: intensity; with `train`, also the tape and the modulation table --------
 template <class T>
-void stack_forward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phases, ffi::AnyBuffer& intensity,
-                        cplx<T>* saved, cplx<T>* modulation, ffi::Span<const double> hops,
-                        bool has_input_hop) {
+void stack_forward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phases,
+                        ffi::AnyBuffer& intensity, cplx<T>* saved, cplx<T>* modulation,
+                        ffi::Span<const double> hops, bool has_input_hop) {
     const auto fd = dims_of(field), pd = dims_of(phases), od = dims_of(intensity);
-    if (pd.size() < 3) throw std::invalid_argument("phases must have shape [L, n, n], got " + dims_str(pd));
+    if (pd.size() < 3)
+        throw std::invalid_argument("phases must have shape [L, n, n], got " + dims_str(pd));
     const size_t k = pd.size() - 3;
     const int64_t n = pd.back(), L = pd[k], nn = n * n;
     if (fd.size() < k + 2 || fd.back() != n || fd[fd.size() - 2] != n)
@@ -253,7 +266,8 @@ void stack_forward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phase
     grid.check(pd, "phases");
     const int64_t per_cell = product(od, k, od.size() - 2);  // samples per grid cell
     if (product(fd, k, fd.size() - 2) != per_cell)
-        throw std::invalid_argument("field batch " + dims_str(fd) + " does not match " + dims_str(od));
+        throw std::invalid_argument("field batch " + dims_str(fd) + " does not match " +
+                                    dims_str(od));
     auto stack = stack_for<T>(n, hops, has_input_hop);
     if (stack->layers() != L)
         throw std::invalid_argument("phases has " + std::to_string(L) + " layers, the stack " +
@@ -273,9 +287,10 @@ void stack_forward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phase
         return;
     }
     for (int64_t g = 0; g < cells; ++g)
-        stack->forward(f + grid.cell(fd, g) * per_cell * nn, ph + grid.cell(pd, g) * L * nn, per_cell,
-                       out + g * per_cell * nn, saved ? saved + g * per_cell * (L + 1) * nn : nullptr,
-                       nullptr, 0, modulation ? modulation + g * L * nn : nullptr);
+        stack->forward(f + grid.cell(fd, g) * per_cell * nn, ph + grid.cell(pd, g) * L * nn,
+                       per_cell, out + g * per_cell * nn,
+                       saved ? saved + g * per_cell * (L + 1) * nn : nullptr, nullptr, 0,
+                       modulation ? modulation + g * L * nn : nullptr);
 }
 
 template <class F>
@@ -294,8 +309,9 @@ ffi::Error by_precision(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phase
     return ffi::Error::Success();
 }
 
-ffi::Error stack_forward(ffi::AnyBuffer field, ffi::AnyBuffer phases, ffi::Result<ffi::AnyBuffer> intensity,
-                         ffi::Span<const double> hops, bool has_input_hop) {
+ffi::Error stack_forward(ffi::AnyBuffer field, ffi::AnyBuffer phases,
+                         ffi::Result<ffi::AnyBuffer> intensity, ffi::Span<const double> hops,
+                         bool has_input_hop) {
     return by_precision(field, phases, [&](auto t) {
         using T = decltype(t);
         prefer_huge_pages(intensity->untyped_data(), intensity->size_bytes());
@@ -304,26 +320,29 @@ ffi::Error stack_forward(ffi::AnyBuffer field, ffi::AnyBuffer phases, ffi::Resul
 }
 
 ffi::Error stack_forward_train(ffi::AnyBuffer field, ffi::AnyBuffer phases,
-                               ffi::Result<ffi::AnyBuffer> intensity, ffi::Result<ffi::AnyBuffer> saved,
+                               ffi::Result<ffi::AnyBuffer> intensity,
+                               ffi::Result<ffi::AnyBuffer> saved,
                                ffi::Result<ffi::AnyBuffer> modulation, ffi::Span<const double> hops,
                                bool has_input_hop) {
     return by_precision(field, phases, [&](auto t) {
         using T = decltype(t);
         prefer_huge_pages(saved->untyped_data(), saved->size_bytes());
         prefer_huge_pages(intensity->untyped_data(), intensity->size_bytes());
-        stack_forward_impl<T>(field, phases, *intensity, static_cast<cplx<T>*>(saved->untyped_data()),
-                              static_cast<cplx<T>*>(modulation->untyped_data()), hops, has_input_hop);
+        stack_forward_impl<T>(
+            field, phases, *intensity, static_cast<cplx<T>*>(saved->untyped_data()),
+            static_cast<cplx<T>*>(modulation->untyped_data()), hops, has_input_hop);
     });
 }
 
 // ---- stack backward: d loss / d phases per vmap cell and the field's cotangent ------------
 template <class T>
-void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phases, const ffi::AnyBuffer& saved,
-                         const ffi::AnyBuffer& modulation, const ffi::AnyBuffer& ct,
-                         ffi::AnyBuffer& grad_phases, ffi::AnyBuffer& grad_field,
-                         ffi::Span<const double> hops, bool has_input_hop, bool field_grad) {
-    const auto fd = dims_of(field), pd = dims_of(phases), sd = dims_of(saved), md = dims_of(modulation),
-               cd = dims_of(ct), gpd = dims_of(grad_phases);
+void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phases,
+                         const ffi::AnyBuffer& saved, const ffi::AnyBuffer& modulation,
+                         const ffi::AnyBuffer& ct, ffi::AnyBuffer& grad_phases,
+                         ffi::AnyBuffer& grad_field, ffi::Span<const double> hops,
+                         bool has_input_hop, bool field_grad) {
+    const auto fd = dims_of(field), pd = dims_of(phases), sd = dims_of(saved),
+               md = dims_of(modulation), cd = dims_of(ct), gpd = dims_of(grad_phases);
     const size_t k = pd.size() - 3;
     const int64_t n = pd.back(), L = pd[k], nn = n * n;
     // grad_phases is full-size over the vmap grid; grad_field is empty when nobody wants it.
@@ -334,9 +353,11 @@ void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phas
     grid.check(md, "modulation");
     grid.check(cd, "grad_intensity");
     const int64_t per_cell = product(cd, k, cd.size() - 2);
-    if (field_grad && static_cast<int64_t>(grad_field.element_count()) != grid.cells() * per_cell * nn)
+    if (field_grad &&
+        static_cast<int64_t>(grad_field.element_count()) != grid.cells() * per_cell * nn)
         throw std::invalid_argument("grad_field has " + std::to_string(grad_field.element_count()) +
-                                    " elements, expected " + std::to_string(grid.cells() * per_cell * nn));
+                                    " elements, expected " +
+                                    std::to_string(grid.cells() * per_cell * nn));
     auto stack = stack_for<T>(n, hops, has_input_hop);
     const auto* f = static_cast<const cplx<T>*>(field.untyped_data());
     const auto* ph = static_cast<const T*>(phases.untyped_data());
@@ -379,14 +400,15 @@ void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phas
 }
 
 ffi::Error stack_backward(ffi::AnyBuffer field, ffi::AnyBuffer phases, ffi::AnyBuffer saved,
-                          ffi::AnyBuffer modulation, ffi::AnyBuffer ct, ffi::Result<ffi::AnyBuffer> grad_phases,
+                          ffi::AnyBuffer modulation, ffi::AnyBuffer ct,
+                          ffi::Result<ffi::AnyBuffer> grad_phases,
                           ffi::Result<ffi::AnyBuffer> grad_field, ffi::Span<const double> hops,
                           bool has_input_hop, bool field_grad) {
     return by_precision(field, phases, [&](auto t) {
         using T = decltype(t);
         if (field_grad) prefer_huge_pages(grad_field->untyped_data(), grad_field->size_bytes());
-        stack_backward_impl<T>(field, phases, saved, modulation, ct, *grad_phases, *grad_field, hops,
-                               has_input_hop, field_grad);
+        stack_backward_impl<T>(field, phases, saved, modulation, ct, *grad_phases, *grad_field,
+                               hops, has_input_hop, field_grad);
     });
 }
 
@@ -461,6 +483,7 @@ PYBIND11_MODULE(_jax_ffi, m) {
     targets["optdiff_stack_forward"] = capsule(OptdiffStackForward);
     targets["optdiff_stack_forward_train"] = capsule(OptdiffStackForwardTrain);
     targets["optdiff_stack_backward"] = capsule(OptdiffStackBackward);
-    m.def("registrations", [targets]() { return targets; },
-          "FFI target name -> handler capsule, for jax.ffi.register_ffi_target(platform='cpu')");
+    m.def(
+        "registrations", [targets]() { return targets; },
+        "FFI target name -> handler capsule, for jax.ffi.register_ffi_target(platform='cpu')");
 }

@@ -41,12 +41,15 @@ int main() {
     prop.forward(beam.data(), out.data(), 1);
     double energy_out = 0.0;
     for (const auto& v : out) energy_out += optdiff::cabs2(v);
-    check(std::fabs(energy_out / energy_in - 1.0) < 1e-12, "propagation conserves energy", energy_out / energy_in - 1.0);
+    check(std::fabs(energy_out / energy_in - 1.0) < 1e-12, "propagation conserves energy",
+          energy_out / energy_in - 1.0);
     const double zr = M_PI * w0 * w0 / wavelength, z = hop.distance;
     const double expect_peak = 1.0 / (1.0 + (z / zr) * (z / zr));
     // the pixel nearest the axis (the grid's centre lies between four pixels)
-    const double peak = optdiff::cabs2(out[(n / 2) * n + n / 2]) / optdiff::cabs2(beam[(n / 2) * n + n / 2]);
-    check(std::fabs(peak / expect_peak - 1.0) < 1e-2, "on-axis intensity follows the Gaussian beam law", peak / expect_peak - 1.0);
+    const double peak =
+        optdiff::cabs2(out[(n / 2) * n + n / 2]) / optdiff::cabs2(beam[(n / 2) * n + n / 2]);
+    check(std::fabs(peak / expect_peak - 1.0) < 1e-2,
+          "on-axis intensity follows the Gaussian beam law", peak / expect_peak - 1.0);
 
     // A two-layer phase stack: intensity out, gradient of sum(I * w) for the phases, checked
     // against a central finite difference along a random direction.
@@ -55,7 +58,8 @@ int main() {
     hop.padding = 2;
     spec.hops = {hop, hop};
     optdiff::PhaseStack<double> stack(spec);
-    std::vector<double> phases(2 * n * n), weights(n * n), dir(2 * n * n), intensity(n * n), grad(2 * n * n);
+    std::vector<double> phases(2 * n * n), weights(n * n), dir(2 * n * n), intensity(n * n),
+        grad(2 * n * n);
     for (int64_t i = 0; i < 2 * n * n; ++i) {
         phases[i] = std::sin(0.37 * i);
         dir[i] = std::cos(1.3 * i);
@@ -70,7 +74,8 @@ int main() {
     };
     std::vector<cplx<double>> saved(stack.saved_fields_per_sample() * n * n);
     stack.forward(beam.data(), phases.data(), 1, intensity.data(), saved.data(), nullptr);
-    stack.backward(beam.data(), phases.data(), saved.data(), weights.data(), 1, grad.data(), nullptr);
+    stack.backward(beam.data(), phases.data(), saved.data(), weights.data(), 1, grad.data(),
+                   nullptr);
     const double eps = 1e-6;
     std::vector<double> plus(phases), minus(phases);
     for (int64_t i = 0; i < 2 * n * n; ++i) {
@@ -80,8 +85,8 @@ int main() {
     const double fd = (loss(plus) - loss(minus)) / (2 * eps);
     double analytic = 0.0;
     for (int64_t i = 0; i < 2 * n * n; ++i) analytic += grad[i] * dir[i];
-    check(std::fabs(fd - analytic) <= 1e-6 * std::fabs(analytic) + 1e-12, "stack gradient matches finite difference",
-          (fd - analytic) / analytic);
+    check(std::fabs(fd - analytic) <= 1e-6 * std::fabs(analytic) + 1e-12,
+          "stack gradient matches finite difference", (fd - analytic) / analytic);
 
     std::printf("%d failed\n", failures);
     return failures == 0 ? 0 : 1;
