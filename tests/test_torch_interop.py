@@ -295,3 +295,40 @@ def test_a_cuda_tensor_without_a_usable_cuda_backend_is_a_clear_error():
     with pytest.raises(RuntimeError, match=r"field is a CUDA tensor \(cuda:0\) but optdiff's CUDA backend cannot "
                                            r"run: .*pass field.cpu\(\)"):
         ops._stack(torch.device("cuda:0"), 8, *stack(8).geometry.op_args())
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_stay_on_the_device_and_agree_with_the_cpu():
+    """Runs only where PyTorch has CUDA and optdiff's CUDA backend finds a device."""
+    from optdiff.optics.backends.cuda import cuda_device_count
+
+    if not torch.cuda.is_available() or cuda_device_count() == 0:
+        pytest.skip("needs PyTorch with CUDA and optdiff's CUDA backend on a device")
+    n = 16
+    m = stack(n, dtype=torch.float32)
+    f = field((2, 3, n, n), torch.complex64)
+    t = torch.rand(2, 3, n, n, generator=torch.Generator().manual_seed(7))
+    fr = f.clone().requires_grad_()
+    I_cpu = m(fr)
+    I_cpu.backward(t)
+    g_cpu, gf_cpu = m.phases.grad.clone(), fr.grad.clone()
+    p = odt.Propagation(n, wavelength=WL, pitch=PITCH, distance=DZ)
+    out_cpu = p(f)
+    m.zero_grad()
+    m.to("cuda")
+    fc, tc = f.cuda().requires_grad_(), t.cuda()
+    side = torch.cuda.Stream()  # the ops must run on torch's current stream, whichever it is
+    with torch.cuda.stream(side):
+        I = m(fc)
+        I.backward(tc)
+        out = p(fc.detach())
+        with torch.no_grad():
+            I_ng = m(fc.detach())
+    torch.cuda.synchronize()
+    assert I.device.type == m.phases.grad.device.type == fc.grad.device.type == out.device.type == "cuda"
+    scale = float(I_cpu.abs().max())
+    torch.testing.assert_close(I.cpu(), I_cpu.detach(), rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(I_ng.cpu(), I_cpu.detach(), rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(m.phases.grad.cpu(), g_cpu, rtol=1e-3, atol=1e-4 * float(g_cpu.abs().max()))
+    torch.testing.assert_close(fc.grad.cpu(), gf_cpu, rtol=1e-3, atol=1e-4 * float(gf_cpu.abs().max()))
+    torch.testing.assert_close(out.cpu(), out_cpu, rtol=1e-4, atol=1e-5 * float(out_cpu.abs().max()))
