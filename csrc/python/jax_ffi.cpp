@@ -389,7 +389,9 @@ void stack_backward_impl(const ffi::AnyBuffer& field, const ffi::AnyBuffer& phas
         }
     };
     if (parallel_cells) {
+#ifdef OPTDIFF_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(optdiff::get_num_threads())
+#endif
         for (int64_t g = 0; g < cells; ++g) run_cell(g);
     } else {
         for (int64_t g = 0; g < cells; ++g) run_cell(g);
