@@ -133,6 +133,9 @@ def test_jit_and_vmap(use_ffi):
 
     g_ref = jax.grad(loss_batched)(ph)
     assert _rel(jax.jit(jax.grad(loss_vmapped))(ph), g_ref) <= 1e-5
+    # the propagator under vmap and jit
+    prop = oj.Propagator(N, distance=0.02, use_ffi=use_ffi, **PHYS)
+    assert _rel(jax.jit(jax.vmap(prop.adjoint))(x), prop.adjoint(x)) <= 1e-6
     # per-example gradients (vmap of grad) sum to the batch gradient
     per = jax.vmap(jax.grad(lambda p, f, wi: jnp.sum(wi * stack(f, p))), in_axes=(None, 0, 0))(ph, x, w)
     assert per.shape == (3,) + ph.shape
