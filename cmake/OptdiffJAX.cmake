@@ -7,30 +7,33 @@ if(OPTDIFF_JAX STREQUAL "OFF")
   return()
 endif()
 
-if(NOT OPTDIFF_JAX_INCLUDE_DIR)
+set(OPTDIFF_JAX_INCLUDE_DIR "" CACHE PATH "XLA FFI headers (jax.ffi.include_dir()); empty: ask the build's Python")
+set(_optdiff_jax_inc "${OPTDIFF_JAX_INCLUDE_DIR}")
+if(NOT _optdiff_jax_inc)
   execute_process(
     COMMAND "${Python_EXECUTABLE}" -c "import jax.ffi; print(jax.ffi.include_dir(), end='')"
-    OUTPUT_VARIABLE _optdiff_jax_inc ERROR_QUIET RESULT_VARIABLE _optdiff_jax_rc)
-  if(_optdiff_jax_rc EQUAL 0 AND EXISTS "${_optdiff_jax_inc}/xla/ffi/api/ffi.h")
-    set(OPTDIFF_JAX_INCLUDE_DIR "${_optdiff_jax_inc}" CACHE PATH "XLA FFI headers (jax.ffi.include_dir())")
+    OUTPUT_VARIABLE _optdiff_jax_detected ERROR_QUIET RESULT_VARIABLE _optdiff_jax_rc)
+  if(_optdiff_jax_rc EQUAL 0)
+    set(_optdiff_jax_inc "${_optdiff_jax_detected}")
   endif()
 endif()
 
-if(NOT OPTDIFF_JAX_INCLUDE_DIR OR NOT EXISTS "${OPTDIFF_JAX_INCLUDE_DIR}/xla/ffi/api/ffi.h")
+if(NOT _optdiff_jax_inc OR NOT EXISTS "${_optdiff_jax_inc}/xla/ffi/api/ffi.h")
   if(OPTDIFF_JAX STREQUAL "ON")
     message(FATAL_ERROR
-      "OPTDIFF_JAX=ON but the XLA FFI headers were not found: ${Python_EXECUTABLE} cannot import "
-      "jax.ffi (pip install 'jax>=0.4.31'), or pass -DOPTDIFF_JAX_INCLUDE_DIR=<jax.ffi.include_dir()>. "
-      "(An isolated pip build does not see your environment's jax: use --no-build-isolation.)")
+      "OPTDIFF_JAX=ON but the XLA FFI headers were not found (looked in '${_optdiff_jax_inc}'): "
+      "${Python_EXECUTABLE} cannot import jax.ffi (pip install 'jax>=0.4.31'), or pass "
+      "-DOPTDIFF_JAX_INCLUDE_DIR=<jax.ffi.include_dir()>. (An isolated pip build does not see your "
+      "environment's jax: use --no-build-isolation or -Ccmake.define.OPTDIFF_JAX_INCLUDE_DIR=...)")
   endif()
   # An isolated pip build cannot import the environment's jax: pass the headers' folder
   # (-Ccmake.define.OPTDIFF_JAX_INCLUDE_DIR=...) or build with --no-build-isolation.
-  set(OPTDIFF_JAX_STATUS "off (jax.ffi not importable by ${Python_EXECUTABLE}; set OPTDIFF_JAX_INCLUDE_DIR)")
+  set(OPTDIFF_JAX_STATUS "off (no XLA FFI headers: set OPTDIFF_JAX_INCLUDE_DIR or install jax for ${Python_EXECUTABLE})")
   return()
 endif()
 
 pybind11_add_module(_jax_ffi MODULE ${CMAKE_CURRENT_SOURCE_DIR}/csrc/python/jax_ffi.cpp)
-target_include_directories(_jax_ffi SYSTEM PRIVATE "${OPTDIFF_JAX_INCLUDE_DIR}")
+target_include_directories(_jax_ffi SYSTEM PRIVATE "${_optdiff_jax_inc}")
 target_link_libraries(_jax_ffi PRIVATE optdiff_core)
 target_compile_options(_jax_ffi PRIVATE -Wall -Wextra)
 if(OPTDIFF_WERROR)
@@ -51,4 +54,4 @@ else()
 endif()
 optdiff_sanitize(_jax_ffi)
 install(TARGETS _jax_ffi ${OPTDIFF_PY_INSTALL})
-set(OPTDIFF_JAX_STATUS "on (${OPTDIFF_JAX_INCLUDE_DIR})")
+set(OPTDIFF_JAX_STATUS "on (${_optdiff_jax_inc})")
