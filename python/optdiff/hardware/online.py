@@ -60,6 +60,16 @@ class FrameBinning:
         """d loss / d frames from d loss / d binned intensity."""
         return resample.apply(np.asarray(g, dtype=np.float64), self.ay.T, self.ax.T) / gain_electrons
 
+    def grid_adjoint(self, g: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
+        """``cy.T @ (ay.T @ g @ ax) @ cx`` (float64 ``[B, grid, grid]``): the binning's adjoint and
+        then a camera map's (``cy``, ``cx``: grid -> camera pixels), as one product per side
+        ``[grid, H]`` (built once per camera map), so the 130 x 130 frames are never formed."""
+        hit = getattr(self, "_fused", None)
+        if hit is None or hit[0] is not cy or hit[1] is not cx:
+            hit = (cy, cx, cy.T @ self.ay.T, cx.T @ self.ax.T)
+            self._fused = hit
+        return resample.apply(np.asarray(g, dtype=np.float64), hit[2], hit[3])
+
 
 class TwinRefiner:
     """Adam on the twin's free parameters (normalised by their tolerances) towards captured frames."""
@@ -159,9 +169,8 @@ class BenchODU:
     def intensity_train(self, r, phases):
         frames = self.capture(r, phases)
         I = self.to_intensity(frames)
-        if self.mode == "online":
-            twin_frames, ctx = self.twin.forward_train(r, phases, self.exposure)
-            return I, ("twin", ctx, twin_frames, frames)
+        if self.mode == "online":   # the twin's frames only when its refinement step needs them
+            return I, ("twin", self.twin.forward_tape(r, phases, self.exposure), frames)
         if self.mode == "experimental-backprop":
             _, tape = self._ideal.intensity_train(r, phases)
             return I, ("ideal", tape)
@@ -172,11 +181,13 @@ class BenchODU:
         self.steps += 1
         if tape[0] == "ideal":
             return self._ideal.backward(tape[1], g_binned)
-        _, ctx, twin_frames, frames = tape
-        gain_e, _ = self._gain_dark()
-        _, gph = self.twin.backward(ctx, self.binning.adjoint(g_binned, gain_e), params=False, phase_grad=True)
+        _, ctx, frames = tape
+        # d loss / d frames = binning adjoint / gain_e; d frames / d I = camera map * gain * gf
+        cy, cx, gain, _ = ctx.camera
+        factor = gain * ctx.gain_factor / self._gain_dark()[0]
+        gph = self.twin.phase_grad(ctx, self.binning.grid_adjoint(g_binned, cy, cx) * factor)
         if self.refiner is not None and self.steps % self.refine_every == 0:
-            self.refiner.step(ctx, twin_frames, frames)
+            self.refiner.step(ctx, self.twin.frames_of(ctx), frames)
         return gph
 
     def state(self) -> dict:

@@ -43,11 +43,12 @@ class TwinContext:
     shift_px: np.ndarray
     base: np.ndarray          # unshifted input fields [B, g, g]
     intensity: np.ndarray     # [B, g, g] at the camera plane
-    cam_intensity: np.ndarray  # [B, rows, cols] resampled, before photometry
+    cam_intensity: np.ndarray | None  # [B, rows, cols] resampled, before photometry (None until asked)
     gain_factor: float        # electrons per unit intensity at this exposure
     shown: np.ndarray         # [L, g, g] LUT phases before the blur
     u: np.ndarray | None      # [L, g, g] LUT drive (None for float phases shown exactly)
     float_phases: bool
+    camera: tuple = ()        # (cy, cx, gain, dark_level) of the parameters at the forward pass
 
 
 class DigitalTwin:
@@ -185,8 +186,10 @@ class DigitalTwin:
         return parts.blur_axes(shown, K, K).astype(self.rdtype), shown, u, not np.issubdtype(s.dtype, np.integer)
 
     # ------------------------------------------------------------------ forward
-    def forward_train(self, images, slm, exposure=None) -> tuple[np.ndarray, TwinContext]:
-        """Mean frames ``[B, rows, cols]`` (float64 DN) and the context for :meth:`backward`."""
+    def forward_tape(self, images, slm, exposure=None) -> TwinContext:
+        """The stack's forward pass and the context for :meth:`backward` / :meth:`phase_grad`,
+        without the camera map: the online step's gradient needs no twin frames
+        (:meth:`frames_of` makes them when asked)."""
         t = protocol.check_exposure(exposure)
         base = self.base_field(images)
         shift = self.input_shift_px()
@@ -194,11 +197,23 @@ class DigitalTwin:
         ph, shown, u, floats = self.phases(slm)
         stack = self.stack()
         I, tape = stack.forward_train(field, ph, nthreads=self.nthreads)
-        Ic = resample.apply(I.astype(np.float64), self.cy, self.cx)
         gf = self.epi * (1.0 if t is None else t / self.camera_exposure)
-        frames = self.params.gain * gf * Ic + self.params.dark_level
-        ctx = TwinContext(tape, stack, self.geometry, shift, base, I, Ic, gf, shown, u, floats)
-        return frames, ctx
+        p = self.params
+        return TwinContext(tape, stack, self.geometry, shift, base, I, None, gf, shown, u, floats,
+                           (self.cy, self.cx, p.gain, p.dark_level))
+
+    def frames_of(self, ctx: TwinContext) -> np.ndarray:
+        """Mean frames ``[B, rows, cols]`` (float64 DN) of a forward context (camera map and
+        photometry of the parameters it was made with)."""
+        cy, cx, gain, dark = ctx.camera
+        if ctx.cam_intensity is None:
+            ctx.cam_intensity = resample.apply(ctx.intensity.astype(np.float64), cy, cx)
+        return gain * ctx.gain_factor * ctx.cam_intensity + dark
+
+    def forward_train(self, images, slm, exposure=None) -> tuple[np.ndarray, TwinContext]:
+        """Mean frames ``[B, rows, cols]`` (float64 DN) and the context for :meth:`backward`."""
+        ctx = self.forward_tape(images, slm, exposure)
+        return self.frames_of(ctx), ctx
 
     def frames(self, images, slm, exposure=None) -> np.ndarray:
         return self.forward_train(images, slm, exposure)[0]
@@ -227,12 +242,25 @@ class DigitalTwin:
         K, dK = self.kernels
         gB = parts.blur_axes(gph, K, K)     # the blur is symmetric: its adjoint is itself
         if params:
+            if ctx.cam_intensity is None:
+                self.frames_of(ctx)
             out = self._param_grads(ctx, G, Gc, gph, gB, gx, pg)
-        grad_phases = None
-        if phase_grad:
-            d = parts.lut_derivatives(ctx.u, p.phase_scale, p.lut_curvature)[2] / (2 * math.pi)
-            grad_phases = (gB * d)[:, self._pad:self._pad + self.n, self._pad:self._pad + self.n]
-        return out, grad_phases
+        return out, (self._pattern_grad(ctx, gB) if phase_grad else None)
+
+    def phase_grad(self, ctx: TwinContext, grad_intensity: np.ndarray) -> np.ndarray:
+        """d loss / d the patterns in radians ``[L, n, n]`` (float64) from d loss / d the stack's
+        intensity ``[B, grid, grid]`` (the camera map's adjoint already applied, e.g. fused with
+        a binning's): :meth:`backward`'s phase gradient without the camera and parameter terms."""
+        g_I = np.ascontiguousarray(grad_intensity, dtype=self.rdtype)
+        gph, _ = ctx.stack.backward(ctx.tape, g_I, nthreads=self.nthreads)
+        K, _ = self.kernels
+        return self._pattern_grad(ctx, parts.blur_axes(gph.astype(np.float64), K, K))
+
+    def _pattern_grad(self, ctx: TwinContext, gB: np.ndarray) -> np.ndarray:
+        """Through the LUT (straight through the level rounding) and the crop to the patterns."""
+        p = self.params
+        d = parts.lut_derivatives(ctx.u, p.phase_scale, p.lut_curvature)[2] / (2 * math.pi)
+        return (gB * d)[:, self._pad:self._pad + self.n, self._pad:self._pad + self.n]
 
     def _param_grads(self, ctx, G, Gc, gph, gB, gx, pg) -> dict:
         p, geo = self.params, ctx.geometry

@@ -1,0 +1,99 @@
+"""The online step's shortcuts give what the straightforward composition gives: the fused binning
+and camera adjoint, the twin's tape without frames, and the batched resampling against a
+per-image reference."""
+
+import numpy as np
+import pytest
+
+from optdiff.config import OpticsConfig
+from optdiff.hardware import EmulatedExperiment, resample
+from optdiff.hardware.online import BenchODU
+from optdiff.hardware.twin import DigitalTwin
+from optdiff.hardware.twin_params import TwinParams
+from optdiff.odu import ODU
+
+OPTICS = OpticsConfig(n=32, layers=2)
+H = 8
+F32 = np.finfo(np.float32).eps
+
+
+def _setup(flip=False, exposure=None, grid=None):
+    optics = OpticsConfig(n=32, layers=2, camera_flip=True) if flip else OPTICS
+    ideal = ODU(optics, H)
+    twin = DigitalTwin(optics, H, grid=grid)
+    # a twin away from the nominal bench: camera offset, gain and dark level all count
+    p = twin.params
+    twin.set_params(p.replace(camera_offset=(7e-6, -4e-6), gain=1.07 * p.gain, dark_level=19.0,
+                              crosstalk=0.2, lut_curvature=0.05))
+    bench = BenchODU(ideal, EmulatedExperiment(1, optics, H), "online", twin, exposure=exposure)
+    rng = np.random.default_rng(3)
+    r = rng.uniform(-1, 1, (3, H, H))
+    phases = rng.uniform(0, 2 * np.pi, (2, 32, 32))
+    return bench, twin, r, phases, rng
+
+
+@pytest.mark.parametrize("flip,exposure,grid", [(False, None, None), (True, 2e-3, 36)])
+def test_online_backward_equals_binning_adjoint_then_twin_backward(flip, exposure, grid):
+    bench, twin, r, phases, rng = _setup(flip, exposure, grid)
+    I, tape = bench.intensity_train(r, phases)
+    g = rng.standard_normal(I.shape)
+    got = bench.backward(tape, g)
+    # the reference: d loss / d frames through the binning, then the twin's full backward
+    _, ctx, _ = tape
+    gain_e, _ = bench._gain_dark()
+    _, want = twin.backward(ctx, bench.binning.adjoint(g, gain_e), params=False, phase_grad=True)
+    assert got.shape == want.shape == (2, 32, 32) and got.dtype == np.float64
+    # both feed the float32 stack: equal to float32 rounding of its input gradient
+    assert np.max(np.abs(got - want)) <= 1e3 * F32 * np.max(np.abs(want))
+
+
+def test_tape_without_frames_then_frames_of_equals_forward_train():
+    bench, twin, r, phases, rng = _setup()
+    frames, ctx = twin.forward_train(r, phases, 2e-3)
+    ctx2 = twin.forward_tape(r, phases, 2e-3)
+    assert ctx2.cam_intensity is None
+    np.testing.assert_array_equal(twin.frames_of(ctx2), frames)
+    np.testing.assert_array_equal(ctx2.intensity, ctx.intensity)
+    # the parameter gradients of a tape whose frames were never made are those of forward_train
+    G = rng.standard_normal(frames.shape)
+    a, pa = twin.backward(ctx, G, phase_grad=True)
+    b, pb = twin.backward(twin.forward_tape(r, phases, 2e-3), G, phase_grad=True)
+    np.testing.assert_array_equal(pa, pb)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_frames_of_uses_the_parameters_of_the_forward_pass():
+    bench, twin, r, phases, rng = _setup()
+    frames, _ = twin.forward_train(r, phases)
+    ctx = twin.forward_tape(r, phases)
+    twin.set_params(TwinParams.from_dict({**twin.params.to_dict(), "gain": 2 * twin.params.gain,
+                                          "camera_offset": [0.0, 0.0]}))
+    np.testing.assert_array_equal(twin.frames_of(ctx), frames)
+
+
+def test_online_refinement_still_gets_the_twin_frames():
+    bench, twin, r, phases, rng = _setup()
+    bench = BenchODU(bench._ideal, bench.device, "online", twin, refine_every=1)
+    before = twin.params
+    I, tape = bench.intensity_train(r, phases)
+    bench.backward(tape, np.zeros_like(I))
+    assert np.isfinite(bench.refiner.last_discrepancy) and bench.refiner.t == 1
+    assert twin.params != before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
+def test_resample_apply_matches_a_per_image_reference(dtype):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 3, 17, 13)).astype(dtype)
+    if np.iscomplexobj(a):
+        a += 1j * rng.standard_normal(a.shape).astype(dtype)
+    ry = resample.overlap_matrix(9, 1.3, 1.7, 17)
+    rx = resample.lowpass_matrix(13, 0.2)[:, :13]
+    got = resample.apply(a, ry, rx)
+    tol = 50 * np.finfo(a.real.dtype).eps
+    for idx in np.ndindex(a.shape[:2]):
+        ref = ry @ a[idx].astype(np.complex128) @ rx.T
+        assert np.max(np.abs(got[idx] - ref)) <= tol * np.max(np.abs(ref))
+    assert got.dtype == a.dtype and got.shape == (2, 3, 9, 13)
+    np.testing.assert_array_equal(resample.apply(a, None, None), a)
