@@ -97,3 +97,16 @@ def test_resample_apply_matches_a_per_image_reference(dtype):
         assert np.max(np.abs(got[idx] - ref)) <= tol * np.max(np.abs(ref))
     assert got.dtype == a.dtype and got.shape == (2, 3, 9, 13)
     np.testing.assert_array_equal(resample.apply(a, None, None), a)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_binning_of_the_covered_part_equals_the_straightforward_formula(flip):
+    bench, twin, r, phases, rng = _setup(flip)
+    b = bench.binning
+    frames = rng.uniform(0, 4095, (3, twin.rows, twin.cols))
+    want = resample.apply((frames - 17.5) / 3.25, b.ay, b.ax)
+    got = b.intensity(frames, 3.25, 17.5)
+    assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
+    # frames as the camera gives them (integers) and as floats: the same
+    u16 = np.rint(frames).astype(np.uint16)
+    np.testing.assert_array_equal(b.intensity(u16, 3.25, 17.5), b.intensity(u16.astype(np.float64), 3.25, 17.5))

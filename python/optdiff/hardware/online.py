@@ -50,11 +50,16 @@ class FrameBinning:
         self.ax = resample.overlap_matrix(H, img_start - cam_start, k, twin.cols, 0.0, f)
         if flip:
             self.ay, self.ax = self.ay[::-1].copy(), self.ax[::-1].copy()
+        # the camera rows and columns the image covers: the rest of a frame is never read
+        self._rows, self._cols = _span(self.ay), _span(self.ax)
+        self._ay, self._ax = self.ay[:, self._rows], self.ax[:, self._cols]
+        self._coverage = np.outer(self.ay.sum(axis=1), self.ax.sum(axis=1))
 
     def intensity(self, frames, gain_electrons: float, dark: float) -> np.ndarray:
-        """``(frames - dark) / gain_electrons`` binned (float64)."""
-        e = (np.asarray(frames, dtype=np.float64) - dark) / gain_electrons
-        return resample.apply(e, self.ay, self.ax)
+        """``(frames - dark) / gain_electrons`` binned (float64); binned first (it is linear), so
+        only the covered part of each frame is touched and the dark level is one pass on the bins."""
+        f = np.asarray(frames)[..., self._rows, self._cols].astype(np.float64)
+        return (resample.apply(f, self._ay, self._ax) - dark * self._coverage) / gain_electrons
 
     def adjoint(self, g: np.ndarray, gain_electrons: float) -> np.ndarray:
         """d loss / d frames from d loss / d binned intensity."""
@@ -206,6 +211,12 @@ class BenchODU:
             r.origin = TwinParams.from_dict(saved["origin"])
             r.scales = r.origin.scales(r.free)
             r.t, r.m, r.v = int(saved["t"]), np.asarray(saved["m"], float), np.asarray(saved["v"], float)
+
+
+def _span(weights: np.ndarray) -> slice:
+    """The columns of ``weights`` from its first nonzero one to its last."""
+    hit = np.flatnonzero(np.any(weights != 0, axis=0))
+    return slice(0, 0) if hit.size == 0 else slice(int(hit[0]), int(hit[-1]) + 1)
 
 
 def _finite_or_none(v):
