@@ -6,6 +6,7 @@ backward of the digital twin; its refinement step every ``--refine-every`` steps
 ``experimental-backprop`` (capture, then the ideal ODU's forward and backward), the emulated
 capture alone, the twin's forward and backward alone, and the twin's refinement step. Ratios to
 the offline step are taken within a round and reported as the median and interquartile range.
+The twin's cache of input fields is emptied before each call (a training step has new images).
 The derived row ``online_minus_capture`` (the online step less the emulated capture of the same
 round) is what the step costs with a real bench, whose capture is exposure time, not compute.
 
@@ -60,11 +61,13 @@ def main(argv=None) -> None:
 
     def step(odu):
         def run():
+            twin.clear_cache()   # a training step has new images: no cached input field
             model.odu = odu
             model.loss_and_grads(0, r, t, eps)
         return run
 
     def refine():
+        twin.clear_cache()
         frames = online.capture(r, model.params["phases"][0])
         tf, ctx = twin.forward_train(r, model.params["phases"][0])
         from optdiff.hardware.online import TwinRefiner
@@ -73,8 +76,9 @@ def main(argv=None) -> None:
     g_binned = np.ones((args.batch, 20, 20))
 
     def twin_only():   # what the online step runs on the twin: its tape, then the fused adjoint
+        twin.clear_cache()
         ctx = twin.forward_tape(r, model.params["phases"][0])
-        twin.phase_grad(ctx, online.binning.grid_adjoint(g_binned, *ctx.camera[:2]))
+        twin.phase_grad(ctx, online.binning.grid_adjoint(g_binned, *ctx.camera[:2], twin.rdtype))
 
     tools = {"offline": step(ideal), "online": step(online), "experimental-backprop": step(eb),
              "capture_only": lambda: online.capture(r, model.params["phases"][0]),

@@ -65,15 +65,16 @@ class FrameBinning:
         """d loss / d frames from d loss / d binned intensity."""
         return resample.apply(np.asarray(g, dtype=np.float64), self.ay.T, self.ax.T) / gain_electrons
 
-    def grid_adjoint(self, g: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
-        """``cy.T @ (ay.T @ g @ ax) @ cx`` (float64 ``[B, grid, grid]``): the binning's adjoint and
-        then a camera map's (``cy``, ``cx``: grid -> camera pixels), as one product per side
-        ``[grid, H]`` (built once per camera map), so the 130 x 130 frames are never formed."""
+    def grid_adjoint(self, g: np.ndarray, cy: np.ndarray, cx: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """``cy.T @ (ay.T @ g @ ax) @ cx`` (``[B, grid, grid]`` in ``dtype``): the binning's adjoint
+        and then a camera map's (``cy``, ``cx``: grid -> camera pixels), as one product per side
+        ``[grid, H]`` (built once per camera map), so the 130 x 130 frames are never formed; the
+        twin's stack takes float32, so the online step asks for that and skips a float64 pass."""
         hit = getattr(self, "_fused", None)
         if hit is None or hit[0] is not cy or hit[1] is not cx:
             hit = (cy, cx, cy.T @ self.ay.T, cx.T @ self.ax.T)
             self._fused = hit
-        return resample.apply(np.asarray(g, dtype=np.float64), hit[2], hit[3])
+        return resample.apply(np.asarray(g, dtype=dtype), hit[2], hit[3])
 
 
 class TwinRefiner:
@@ -190,7 +191,8 @@ class BenchODU:
         # d loss / d frames = binning adjoint / gain_e; d frames / d I = camera map * gain * gf
         cy, cx, gain, _ = ctx.camera
         factor = gain * ctx.gain_factor / self._gain_dark()[0]
-        gph = self.twin.phase_grad(ctx, self.binning.grid_adjoint(g_binned, cy, cx) * factor)
+        g_I = self.binning.grid_adjoint(np.asarray(g_binned, dtype=np.float64) * factor, cy, cx, self.twin.rdtype)
+        gph = self.twin.phase_grad(ctx, g_I)
         if self.refiner is not None and self.steps % self.refine_every == 0:
             self.refiner.step(ctx, self.twin.frames_of(ctx), frames)
         return gph

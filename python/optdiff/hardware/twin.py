@@ -165,6 +165,11 @@ class DigitalTwin:
         self._last_shift = (key, base, res)
         return res
 
+    def clear_cache(self) -> None:
+        """Forget the cached input fields and shift (a benchmark of steps with new images; memory)."""
+        self._inputs.clear()
+        self._last_shift = None
+
     def input_shift_px(self) -> np.ndarray:
         return (np.asarray(self.params.dmd_offset) + self.geometry.landing[0]) / self.pitch
 
