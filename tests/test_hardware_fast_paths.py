@@ -7,6 +7,7 @@ import pytest
 
 from optdiff.config import OpticsConfig
 from optdiff.hardware import EmulatedExperiment, resample
+from optdiff.hardware import twin_parts as parts
 from optdiff.hardware.online import BenchODU
 from optdiff.hardware.twin import DigitalTwin
 from optdiff.hardware.twin_params import TwinParams
@@ -24,7 +25,7 @@ def _setup(flip=False, exposure=None, grid=None):
     # a twin away from the nominal bench: camera offset, gain and dark level all count
     p = twin.params
     twin.set_params(p.replace(camera_offset=(7e-6, -4e-6), gain=1.07 * p.gain, dark_level=19.0,
-                              crosstalk=0.2, lut_curvature=0.05))
+                              crosstalk=0.2, lut_curvature=0.05, dmd_offset=(3.1e-6, -5.3e-6)))
     bench = BenchODU(ideal, EmulatedExperiment(1, optics, H), "online", twin, exposure=exposure)
     rng = np.random.default_rng(3)
     r = rng.uniform(-1, 1, (3, H, H))
@@ -110,3 +111,36 @@ def test_binning_of_the_covered_part_equals_the_straightforward_formula(flip):
     # frames as the camera gives them (integers) and as floats: the same
     u16 = np.rint(frames).astype(np.uint16)
     np.testing.assert_array_equal(b.intensity(u16, 3.25, 17.5), b.intensity(u16.astype(np.float64), 3.25, 17.5))
+
+
+@pytest.mark.parametrize("n,shift", [(24, (0.37, -1.41)), (23, (2.6, 0.2)), (24, (0.0, 0.0))])
+def test_shifted_lowpass_equals_the_fourier_shift_of_the_lowpassed_canvas(n, shift):
+    rng = np.random.default_rng(1)
+    canvas = rng.uniform(0, 1, (3, 15, 13))
+    ly = resample.lowpass_matrix(n, 0.17)[:, 4:19]
+    lx = resample.lowpass_matrix(n, 0.17)[:, 5:18]
+    want = parts.fourier_shift(ly @ canvas @ lx.T, shift, dtype=np.complex128)
+    got = parts.ShiftedLowpass(ly, lx, shift, np.complex128)(canvas)
+    assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
+    if n % 2 == 0 and shift[0]:
+        assert np.max(np.abs(want.imag)) > 1e-6 * np.max(np.abs(want))   # the Nyquist terms count
+    got32 = parts.ShiftedLowpass(ly, lx, shift, np.complex64)(canvas.astype(np.float32))
+    assert got32.dtype == np.complex64
+    assert np.max(np.abs(got32 - want)) <= 100 * F32 * np.max(np.abs(want))
+
+
+def test_a_tape_of_fresh_images_equals_the_cached_path():
+    bench, twin, r, phases, rng = _setup()
+    assert np.all(twin.input_shift_px() != 0)
+    frames, ctx = twin.forward_train(r, phases)
+    twin.clear_cache()
+    fresh = twin.forward_tape(r, phases, fresh_images=True)
+    assert fresh.base is None
+    assert np.max(np.abs(fresh.intensity - ctx.intensity)) <= 100 * F32 * np.max(ctx.intensity)
+    np.testing.assert_allclose(twin.frames_of(fresh), frames, rtol=100 * F32, atol=100 * F32 * frames.max())
+    G = rng.standard_normal(frames.shape)
+    a, pa = twin.backward(ctx, G, phase_grad=True)
+    b, pb = twin.backward(fresh, G, phase_grad=True)
+    assert np.max(np.abs(pa - pb)) <= 1e3 * F32 * np.max(np.abs(pa))
+    for k in a:
+        assert np.max(np.abs(a[k] - b[k])) <= 1e3 * F32 * max(np.max(np.abs(a[k])), 1e-30), k

@@ -179,6 +179,15 @@ class DMDRelay:
         return "counts", d.fill_counts(levels)
 
     def field(self, values: np.ndarray) -> np.ndarray:
+        out, band = self.canvas(values)
+        if self.lowpass is not None:   # only the rows and columns the image lights go through it
+            by, bx = band
+            out = resample.apply(out[:, by, bx].astype(np.float32), self.lowpass[:, by], self.lowpass[:, bx])
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def canvas(self, values: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+        """The relayed mirrors on the grid before the aperture, ``[B, n, n]``, and the rows and
+        columns they light (:meth:`field` is this through the low-pass)."""
         kind, v = self._shown(values)
         if self.matched:
             if kind == "grey":
@@ -186,20 +195,14 @@ class DMDRelay:
                 g = v.astype(np.float32)[..., None, None] * stamp
             else:
                 g = self._stamps[v]
-            out, band = self._overlap_add(g)
+            return self._overlap_add(g)
+        s = self.dmd.superpixel
+        if kind == "grey":
+            pat = np.repeat(np.repeat(v, s, axis=-2), s, axis=-1)
         else:
-            band = (slice(None), slice(None))
-            s = self.dmd.superpixel
-            if kind == "grey":
-                pat = np.repeat(np.repeat(v, s, axis=-2), s, axis=-1)
-            else:
-                rank = np.tile(bayer_matrix(s), (self.H, self.W)).astype(np.int64)
-                pat = (np.repeat(np.repeat(v, s, axis=-2), s, axis=-1) > rank).astype(np.float64)
-            out = resample.apply(pat, self._ry, self._rx)
-        if self.lowpass is not None:   # only the rows and columns the image lights go through it
-            by, bx = band
-            out = resample.apply(out[:, by, bx].astype(np.float32), self.lowpass[:, by], self.lowpass[:, bx])
-        return np.ascontiguousarray(out, dtype=np.float32)
+            rank = np.tile(bayer_matrix(s), (self.H, self.W)).astype(np.int64)
+            pat = (np.repeat(np.repeat(v, s, axis=-2), s, axis=-1) > rank).astype(np.float64)
+        return resample.apply(pat, self._ry, self._rx), (slice(None), slice(None))
 
     def _overlap_add(self, g: np.ndarray):
         """Add the (k+1)^2 stamps ``g [B, H, W, k+1, k+1]`` of the superpixels onto the n x n grid;

@@ -176,7 +176,7 @@ class BenchODU:
         frames = self.capture(r, phases)
         I = self.to_intensity(frames)
         if self.mode == "online":   # the twin's frames only when its refinement step needs them
-            return I, ("twin", self.twin.forward_tape(r, phases, self.exposure), frames)
+            return I, ("twin", self.twin.forward_tape(r, phases, self.exposure, fresh_images=True), frames)
         if self.mode == "experimental-backprop":
             _, tape = self._ideal.intensity_train(r, phases)
             return I, ("ideal", tape)

@@ -41,7 +41,7 @@ class TwinContext:
     stack: PhaseStack
     geometry: object
     shift_px: np.ndarray
-    base: np.ndarray          # unshifted input fields [B, g, g]
+    base: np.ndarray | None   # unshifted input fields [B, g, g] (None: made from ``images`` when asked)
     intensity: np.ndarray     # [B, g, g] at the camera plane
     cam_intensity: np.ndarray | None  # [B, rows, cols] resampled, before photometry (None until asked)
     gain_factor: float        # electrons per unit intensity at this exposure
@@ -49,6 +49,7 @@ class TwinContext:
     u: np.ndarray | None      # [L, g, g] LUT drive (None for float phases shown exactly)
     float_phases: bool
     camera: tuple = ()        # (cy, cx, gain, dark_level) of the parameters at the forward pass
+    images: object = None     # what was shown (for ``base`` when it was not made)
 
 
 class DigitalTwin:
@@ -95,6 +96,7 @@ class DigitalTwin:
         self._stacks: dict = {}
         self._inputs: dict = {}
         self._last_shift = None
+        self._shifted_lowpass = None
         self.set_params(TwinParams.from_config(nom, self.L) if params is None else params)
 
     # ------------------------------------------------------------------ parameters
@@ -191,21 +193,35 @@ class DigitalTwin:
         return parts.blur_axes(shown, K, K).astype(self.rdtype), shown, u, not np.issubdtype(s.dtype, np.integer)
 
     # ------------------------------------------------------------------ forward
-    def forward_tape(self, images, slm, exposure=None) -> TwinContext:
+    def forward_tape(self, images, slm, exposure=None, *, fresh_images: bool = False) -> TwinContext:
         """The stack's forward pass and the context for :meth:`backward` / :meth:`phase_grad`,
         without the camera map: the online step's gradient needs no twin frames
-        (:meth:`frames_of` makes them when asked)."""
+        (:meth:`frames_of` makes them when asked).
+
+        ``fresh_images`` (images not seen before, as in a training step): the relay's low-pass and
+        the input's shift as one product per side (:class:`~.twin_parts.ShiftedLowpass`, no FFTs
+        and no cached field; equal to float32 rounding); otherwise the cached field is shifted."""
         t = protocol.check_exposure(exposure)
-        base = self.base_field(images)
         shift = self.input_shift_px()
-        field = self._shifted(base, shift)[0]
+        rel = self._relay
+        if fresh_images and rel.matched and rel.lowpass is not None:
+            canvas, (by, bx) = rel.canvas(self.amplitudes(images))
+            key = (float(shift[0]), float(shift[1]), by.start, by.stop, bx.start, bx.stop)
+            op = self._shifted_lowpass
+            if op is None or op[0] != key:
+                op = (key, parts.ShiftedLowpass(rel.lowpass[:, by], rel.lowpass[:, bx], shift, self.cdtype))
+                self._shifted_lowpass = op
+            base, field = None, op[1](canvas[:, by, bx])
+        else:
+            base = self.base_field(images)
+            field = self._shifted(base, shift)[0]
         ph, shown, u, floats = self.phases(slm)
         stack = self.stack()
         I, tape = stack.forward_train(field, ph, nthreads=self.nthreads)
         gf = self.epi * (1.0 if t is None else t / self.camera_exposure)
         p = self.params
         return TwinContext(tape, stack, self.geometry, shift, base, I, None, gf, shown, u, floats,
-                           (self.cy, self.cx, p.gain, p.dark_level))
+                           (self.cy, self.cx, p.gain, p.dark_level), images)
 
     def frames_of(self, ctx: TwinContext) -> np.ndarray:
         """Mean frames ``[B, rows, cols]`` (float64 DN) of a forward context (camera map and
@@ -276,7 +292,8 @@ class DigitalTwin:
         gcy = float(np.sum(Gc * resample.apply(I, self.dcy, self.cx))) / self.pitch
         grads["camera_offset"] = np.array([gcx, gcy])
         # the input field's shift (DMD offset + landing on patch 0), in pixels
-        _, dfx, dfy = self._shifted(ctx.base, ctx.shift_px, derivative=True)
+        base = ctx.base if ctx.base is not None else self.base_field(ctx.images)
+        _, dfx, dfy = self._shifted(base, ctx.shift_px, derivative=True)
         gx64 = gx.astype(np.complex128)
         gs = np.array([np.sum(gx64.real * dfx.real + gx64.imag * dfx.imag),
                        np.sum(gx64.real * dfy.real + gx64.imag * dfy.imag)]) / self.pitch

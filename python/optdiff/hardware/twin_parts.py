@@ -19,7 +19,8 @@ import numpy as np
 
 from . import resample
 
-__all__ = ["lut", "lut_derivatives", "single_threaded_blas", "blur_kernels", "blur_axes", "fourier_shift", "overlap_and_derivative"]
+__all__ = ["lut", "lut_derivatives", "single_threaded_blas", "blur_kernels", "blur_axes", "fourier_shift",
+           "shift_operator", "ShiftedLowpass", "overlap_and_derivative"]
 
 TWO_PI = 2.0 * math.pi
 
@@ -96,6 +97,47 @@ def fourier_shift(field: np.ndarray, shift_px, derivative: bool = False, dtype=n
     kx = (-2j * math.pi * fx).astype(dtype)
     ky = (-2j * math.pi * fy).astype(dtype)
     return out, fft.ifft2(spec * kx, **kw), fft.ifft2(spec * ky, **kw)
+
+
+def shift_operator(n: int, shift: float) -> tuple[np.ndarray, float]:
+    """:func:`fourier_shift` along one axis of length n as a matrix: ``(R, c)`` with the shift
+    ``S = R + 1j c u u^T``, ``R`` real ``[n, n]``, ``u = (-1)^i``. Every frequency but the Nyquist
+    one comes with its conjugate, so only that one (even n) gives an imaginary part, of rank one."""
+    f = np.fft.fftfreq(n)
+    ramp = np.exp(-2j * math.pi * f * shift)
+    S = np.fft.ifft(ramp[:, None] * np.fft.fft(np.eye(n), axis=0), axis=0)
+    c = math.sin(math.pi * shift) / n if n % 2 == 0 else 0.0
+    return S.real.copy(), c
+
+
+class ShiftedLowpass:
+    """``fourier_shift(ly @ canvas @ lx.T, shift_px)`` without FFTs, for ``canvas [B, a, b]``,
+    ``ly [n, a]``, ``lx [m, b]`` (x = columns = ``shift_px[0]``): the real part of the shift folded
+    into the low-pass (one real product per side, as the relay's own), the Nyquist terms (rank one
+    per side) added from matrix-vector products. ``dtype`` complex; its real precision throughout."""
+
+    def __init__(self, ly: np.ndarray, lx: np.ndarray, shift_px, dtype=np.complex64):
+        real = np.finfo(dtype).dtype
+        (ry, self.cy), (rx, self.cx) = (shift_operator(ly.shape[0], float(shift_px[1])),
+                                        shift_operator(lx.shape[0], float(shift_px[0])))
+        uy, ux = (-1.0) ** np.arange(ly.shape[0]), (-1.0) ** np.arange(lx.shape[0])
+        self.my, self.mx = (ry @ ly).astype(real), (rx @ lx).astype(real)
+        self.wy, self.wx = (uy @ ly).astype(real), (ux @ lx).astype(real)
+        self.uy, self.ux = uy.astype(real), ux.astype(real)
+        self.dtype, self.real = np.dtype(dtype), real
+
+    def __call__(self, canvas: np.ndarray) -> np.ndarray:
+        C = np.asarray(canvas, dtype=self.real)
+        xr = resample.apply(C, None, self.mx)                          # C mx^T    [B, a, m]
+        out = np.empty(C.shape[:-2] + (self.my.shape[0], self.mx.shape[0]), dtype=self.dtype)
+        out.real = resample.apply(xr, self.my, None)                     # my C mx^T
+        cwx = C @ self.wx                                                # C wx      [B, a]
+        nyq = (self.cy * self.cx) * (cwx @ self.wy)                      # wy^T C wx per image
+        out.real -= nyq[..., None, None] * np.multiply.outer(self.uy, self.ux)
+        col = cwx @ self.my.T                                            # my C wx   [B, n]
+        row = np.einsum("a,...am->...m", self.wy, xr)                    # wy^T C mx^T [B, m]
+        out.imag = (self.cx * col)[..., :, None] * self.ux + (self.cy * self.uy)[:, None] * row[..., None, :]
+        return out
 
 
 def overlap_and_derivative(n_dst: int, dst_start: float, dst_width: float, n_src: int):
