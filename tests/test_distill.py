@@ -60,6 +60,9 @@ def test_trainer_distill_start_counts_its_time_and_keeps_the_noise_stream(tmp_pa
     assert dist.rng.bit_generator.state == plain.rng.bit_generator.state
     # and the distilled start is a different model
     assert not np.array_equal(dist.model.params["phases"], plain.model.params["phases"])
+    # a resumed run still reports the distillation's seconds (kept in the checkpoint)
+    again = Trainer(cfg(distill_steps=5, steps=3), tmp_path / "b", images=squares(), log=False)
+    assert again.fit(resume=True)["distill_s"] == s["distill_s"]
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "10", True])

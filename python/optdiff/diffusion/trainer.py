@@ -309,7 +309,7 @@ class Trainer:
     # -------------------------------------------------------------- checkpoint I/O
     def save(self) -> Path:
         meta = {"step": self.step, "elapsed_s": self.elapsed, "rng_state": self.rng.bit_generator.state,
-                "total_steps": self.total_steps, "images": int(self.images.shape[0])}
+                "total_steps": self.total_steps, "images": int(self.images.shape[0]), "distill_s": self.distill_s}
         return save_model(self.checkpoint_path, self.model, self.opt, meta)
 
     def restore(self, path=None) -> int:
@@ -323,7 +323,7 @@ class Trainer:
         try:
             self.rng.bit_generator.state = meta["rng_state"]
             self.step = int(meta["step"])
-            self.elapsed = float(meta.get("elapsed_s", 0.0))
+            self.elapsed, self.distill_s = float(meta.get("elapsed_s", 0.0)), float(meta.get("distill_s", 0.0))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: checkpoint meta lacks a valid step / RNG state ({exc})") from None
         return self.step
