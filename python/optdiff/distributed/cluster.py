@@ -93,9 +93,15 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
     tpw = int(threads_per_worker) if threads_per_worker else default_threads_per_worker(workers)
     if tpw < 1:
         raise ValueError(f"threads per worker must be >= 1, got {threads_per_worker}")
-    # dashboard on a free port (':0'): several runs on one machine must not fight over 8787
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=tpw, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
+    import dask
+
+    # the workers' statistical profiler samples every thread's stack every 10 ms: 5-10 % of a set
+    # task's CPU (measured, docs/distributed.md); off unless asked for in Dask's own configuration
+    profile = os.environ.get("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED") is not None
+    with dask.config.set({} if profile else {"distributed.worker.profile.enabled": False}):
+        # dashboard on a free port (':0'): several runs on one machine must not fight over 8787
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=tpw, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR)
     try:
         client = Client(cluster, set_as_default=False)
         try:
