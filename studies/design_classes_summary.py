@@ -32,7 +32,7 @@ def markdown(rows: list[dict]) -> str:
            "the digital terms that the optics reached (1 = level with linear); `optics share`: fraction of "
            "the prediction's variance carried by the camera term; `digital only`: eps-MSE with the camera "
            "image frozen at its mean. Wall-clock seconds on a 2-core machine shared with ~8 other jobs "
-           "(load 10-13): compare seconds within a table, not with other machines.", ""]
+           "(load average 8-26 during these runs): compare seconds within a table, not with other machines.", ""]
     keys = sorted({(r["dataset"], r["set"]) for r in rows})
     for ds, m in keys:
         sub = [r for r in rows if (r["dataset"], r["set"]) == (ds, m)]
