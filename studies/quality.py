@@ -96,6 +96,8 @@ def run_dataset(name: str, args, out: Path) -> dict:
     sc = model.cfg.sample
     sc.sampler, sc.steps, sc.eta, sc.batch = args.sampler, args.sampler_steps, 0.0, 100
     sc.clip_x0 = not args.no_clip
+    res["config"]["sample"] = dict(res["config"]["sample"], sampler=sc.sampler, steps=sc.steps, eta=sc.eta,
+                                   batch=sc.batch, clip_x0=sc.clip_x0)   # what sampled, not the training default
     seeds = args.sample_seeds or [args.seed]
     gens: dict = {}
     for si, seed in enumerate(seeds):
