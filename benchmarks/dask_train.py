@@ -4,7 +4,8 @@ Three ways to train the same model (default sizes: N = 128, L = 4, 20x20 digits,
 ``--steps`` per set), timed in interleaved rounds (each round runs all three in a shuffled
 order after one warm-up of each, so a machine whose speed drifts affects them alike):
 
-* ``serial-1``: :class:`~optdiff.diffusion.trainer.Trainer` in this process, 1 thread;
+* ``serial-1``: :class:`~optdiff.diffusion.trainer.Trainer` in this process, 1 thread, with its logs
+  and periodic validation as ``optdiff train`` runs it;
 * ``serial-2``: the same with 2 threads;
 * ``dask-2x1``: :func:`optdiff.distributed.train.train_on_cluster` on optdiff's LocalCluster
   (:func:`~optdiff.distributed.cluster.open_client`) of 2 worker processes x 1 thread (the 10
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
             optdiff.set_num_threads(threads)
             runs["count"] += 1
             c0 = time.process_time()
-            Trainer(c, tmp / f"serial-{runs['count']}", log=False).fit()
+            # log=True as in 'optdiff train': the periodic validation the set tasks also do
+            Trainer(c, tmp / f"serial-{runs['count']}").fit()
             cpu[f"serial-{threads}"].append(time.process_time() - c0)
         return run
 
