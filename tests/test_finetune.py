@@ -166,9 +166,30 @@ def test_prdp_loss_on_a_hand_computed_example():
                               beta=2.0, clip=0.01)
     assert stats["rdp_loss"] == pytest.approx(0.28 ** 2)
     assert stats["clipped_frac"] == pytest.approx(0.25)
+    # unclipped: S_b = -0.019, residual 0.3 - 2 * 0.02 = 0.26; the larger (clipped) loss is taken
+    assert stats["clipped_pairs"] == 1.0
     # d loss / d l_t^a = -2 beta r = -1.12 on both steps; for b +1.12, except the clipped step 3
     np.testing.assert_allclose(pol.calls[3], [-1.12, 0.0])
     np.testing.assert_allclose(pol.calls[4], [-1.12, 1.12])
+    # rewards swapped (dr = -0.3): unclipped -0.3 - 0.04 = -0.34 beats clipped -0.32, so the
+    # unclipped loss is taken and the clipped step of b gets its gradient back (PPO's max)
+    pol = _FakePolicy(now)
+    stats, _ = prdp_minibatch(pol, traj, np.array([0.2, 0.5]), np.array([[0, 1]]), np.array([0, 1]),
+                              beta=2.0, clip=0.01)
+    assert stats["rdp_loss"] == pytest.approx(0.34 ** 2)
+    assert stats["clipped_pairs"] == 0.0
+    np.testing.assert_allclose(pol.calls[3], [1.36, -1.36])
+    np.testing.assert_allclose(pol.calls[4], [1.36, -1.36])
+    # the ratios are to the pretrained reference: the sampling model of a is already 0.1 and 0.05
+    # above it (b: 0), so R_a = 0.151 (unclipped) and the residuals are 0.3 - 2 * (0.151 + 0.019)
+    # = -0.04 (unclipped) and 0.3 - 2 * (0.151 + 0.009) = -0.02 (clipped): the unclipped is taken
+    pol = _FakePolicy(now)
+    ref_logp = old - np.array([[0.1, 0.0], [0.05, 0.0]])
+    stats, _ = prdp_minibatch(pol, traj, np.array([0.5, 0.2]), np.array([[0, 1]]), np.array([0, 1]),
+                              beta=2.0, clip=0.01, ref_logp=ref_logp)
+    assert stats["rdp_loss"] == pytest.approx(0.04 ** 2)
+    np.testing.assert_allclose(pol.calls[3], [0.16, -0.16])
+    np.testing.assert_allclose(pol.calls[4], [0.16, -0.16])
     loss, ga, gb = rdp_loss(np.array([1.0, -1.0]), np.array([0.1, 0.0]), np.array([0.0, 0.2]), 0.5)
     assert loss == pytest.approx(((1 - 0.05) ** 2 + (-1 + 0.1) ** 2) / 2)
     np.testing.assert_allclose(ga, [-0.5 * 0.95, 0.5 * 0.9])
@@ -187,17 +208,24 @@ def test_ddpo_surrogate_on_a_hand_computed_example():
     np.testing.assert_allclose(advantages(np.array([1.0, 3.0])), [-1.0, 1.0], atol=1e-7)
 
 
-def test_prdp_gradient_matches_finite_differences_of_its_loss():
+@pytest.mark.parametrize("clip", [1e6, 0.05])
+def test_prdp_gradient_matches_finite_differences_of_its_loss(clip):
     model = tiny_model(precision="double")
     pol = ODUPolicy(model)
     traj = pol.sample(4, np.random.default_rng(6))
     model.params["phases"] += 0.01 * np.random.default_rng(7).standard_normal(model.params["phases"].shape)
-    rewards, pairs, used = np.array([0.9, 0.1, 0.3, 0.6]), np.array([[0, 1], [2, 3]]), np.arange(len(traj.steps))
+    rewards, used = np.array([0.9, 0.1, 0.3, 0.6]), np.arange(len(traj.steps))
+    pairs = np.stack(np.triu_indices(4, 1), axis=1)            # all pairs, as the finetuner forms them
     ref = {k: v.copy() for k, v in model.params.items()}
     ref["phases"] = ref["phases"] + 0.02
     ref_mu = np.stack([pol.mean(traj.x_t[j], int(traj.steps[j]), ref) for j in used])
-    kw = dict(beta=0.5, clip=1e6, kl=0.01, ref_mu=ref_mu)   # clip wide: the loss is smooth here
-    _, acc = prdp_minibatch(pol, traj, rewards, pairs, used, **kw)
+    ref_logp = np.stack([pol.transition_log_prob(traj.x_next[j], ref_mu[j], int(traj.steps[j])) for j in used])
+    # clip 1e6: nothing clipped, the loss is smooth; clip 0.05: some steps clipped and (checked below)
+    # both branches of the max taken, the loss piecewise smooth and h far below the kinks
+    kw = dict(beta=0.5, clip=clip, kl=0.01, ref_mu=ref_mu, ref_logp=ref_logp)
+    st, acc = prdp_minibatch(pol, traj, rewards, pairs, used, **kw)
+    if clip < 1:
+        assert 0 < st["clipped_frac"] < 1 and 0 < st["clipped_pairs"] < 1
     loss = lambda: prdp_minibatch(pol, traj, rewards, pairs, used, **kw)[0]["loss"]  # noqa: E731
     h = 1e-6
     for m in acc:
@@ -313,7 +341,7 @@ def test_rewards_and_bad_input(tmp_path, monkeypatch):
     assert make_reward("ft_user_reward:score") is _bright
     with pytest.raises(ValueError, match="no callable"):
         make_reward("ft_user_reward:nothing")
-    for kw, name in ((dict(method="ppo"), "--method"), (dict(batch=3), "--batch"), (dict(lr=-1.0), "--lr"),
+    for kw, name in ((dict(method="ppo"), "--method"), (dict(batch=1), "--batch"), (dict(lr=-1.0), "--lr"),
                      (dict(clip=2.0), "--clip"), (dict(rounds=0), "--rounds"), (dict(timestep_fraction=0.0), "--timestep-fraction")):
         with pytest.raises(ValueError, match=name):
             FinetuneConfig(**kw).validate()
@@ -338,6 +366,6 @@ def test_cli_finetune_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "class:11" in err and "not 11" in err
     assert not (tmp_path / "o" / "classifier.npz").exists()      # refused before training a classifier
-    rc = main(["finetune", str(tmp_path / "m.npz"), "--reward", "class:3", "--batch", "5",
+    rc = main(["finetune", str(tmp_path / "m.npz"), "--reward", "class:3", "--batch", "1",
                "--out", str(tmp_path / "o")])
     assert rc == 1 and "--batch" in capsys.readouterr().err

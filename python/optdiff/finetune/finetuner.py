@@ -85,8 +85,6 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 bad(name, f"must be an integer >= {lo}, got {v!r}")
-        if self.method == "prdp" and (self.batch % 2 or self.minibatch % 2):
-            bad("batch", f"PRDP trains on pairs: --batch and --minibatch must be even, got {self.batch}, {self.minibatch}")
         for name, lo, hi in (("lr", 0.0, 10.0), ("readout_lr", 0.0, 10.0), ("beta", 0.0, 1e6), ("kl", 0.0, 1e6),
                              ("adv_clip", 0.0, 1e6), ("timestep_fraction", 0.0, 1.0)):
             v = getattr(self, name)
@@ -197,9 +195,13 @@ class Finetuner:
         S = len(traj.steps)
         n_used = max(1, int(math.ceil(c.timestep_fraction * S)))
         lrs = {"phases": c.lr, "scale": c.readout_lr, "offset": c.readout_lr, "skip": c.readout_lr}
-        ref_mu = None
-        if c.method == "prdp" and c.kl > 0:
+        ref_mu = ref_logp = None
+        if c.method == "prdp":
+            # the pretrained model's transitions at the stored states: PRDP's log-ratios are taken
+            # against it (the KL anchor of the RL objective), once per round
             ref_mu = np.stack([pol.mean(traj.x_t[j], int(traj.steps[j]), self.reference) for j in range(S)])
+            ref_logp = np.stack([pol.transition_log_prob(traj.x_next[j], ref_mu[j], int(traj.steps[j]))
+                                 for j in range(S)])
         adv = advantages(rewards, c.adv_clip) if c.method == "ddpo" else None
         stats_all, gnorms = [], []
         for _ in range(c.epochs):
@@ -211,9 +213,10 @@ class Finetuner:
                 used = np.sort(rng.choice(S, size=n_used, replace=False)) if n_used < S else np.arange(S)
                 sub = traj.subset(idx)
                 if c.method == "prdp":
-                    pairs = np.arange(len(idx) - len(idx) % 2).reshape(-1, 2)
+                    # every pair of the minibatch's trajectories (the paper pairs all images of a prompt)
+                    pairs = np.stack(np.triu_indices(len(idx), 1), axis=1)
                     st, acc = prdp_minibatch(pol, sub, rewards[idx], pairs, used, c.beta, c.clip, c.kl,
-                                             None if ref_mu is None else ref_mu[:, idx])
+                                             ref_mu[:, idx], ref_logp[:, idx])
                 else:
                     st, acc = ddpo_minibatch(pol, sub, adv[idx], used, c.clip)
                 gn = grad_norm(acc)

@@ -134,6 +134,11 @@ class ODUPolicy:
         d = (x_next - mu).reshape(x_next.shape[0], -1)
         return -0.5 * np.sum(d * d, axis=1) / s2 - 0.5 * self.D * np.log(2.0 * np.pi * s2)
 
+    def transition_log_prob(self, x_next: np.ndarray, mu: np.ndarray, i: int) -> np.ndarray:
+        """``log N(x_next; mu, sigma_i^2 I)`` per sample, float64 ``[B]`` (e.g. under the reference
+        model's mean from :meth:`mean`)."""
+        return self._gauss_logp(x_next, mu, i)
+
     def mean(self, x: np.ndarray, i: int, params: dict | None = None) -> np.ndarray:
         """Transition mean at step ``i`` for states ``x [B, H, W]`` (``params``: other parameters,
         e.g. the reference model's)."""
