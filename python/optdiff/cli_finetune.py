@@ -34,12 +34,12 @@ def register(sub, parsers, add_config_flags) -> None:
     g.add_argument("--lr", type=float, default=3e-3, help="Adam rate of the phases (default 3e-3)")
     g.add_argument("--readout-lr", type=float, default=0.0,
                    help="Adam rate of the digital read-out (default 0: only the phases change)")
-    g.add_argument("--beta", type=float, default=0.1, help="PRDP: the KL weight beta of the RL objective (default 0.1)")
+    g.add_argument("--beta", type=float, default=0.1, help="PRDP: the KL weight beta of the RL objective, whose log-ratios are taken against the pretrained model (default 0.1)")
     g.add_argument("--clip", type=float, default=None,
                    help="proximal clip: PRDP clips each step's log-ratio to [-clip, clip], DDPO each ratio to "
                         "[1-clip, 1+clip] (default 0.01)")
     g.add_argument("--kl", type=float, default=0.0,
-                   help="PRDP: weight of the KL term to the pretrained model (default 0)")
+                   help="PRDP: weight of an extra KL term to the pretrained model, not in the paper (--beta already anchors PRDP to the pretrained model; default 0)")
     g.add_argument("--adv-clip", type=float, default=5.0, help="DDPO: advantage clip (default 5)")
     g.add_argument("--sets", default="all",
                    help="time sets to finetune: all, low (the less noisy half) or indices like 0,1 (default all)")
