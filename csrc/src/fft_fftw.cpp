@@ -16,6 +16,10 @@ namespace {
 
 std::mutex planner_mutex;  // guards every call into FFTW's planner
 std::atomic<int> effort{1};
+// FFTW reuses wisdom from timed (MEASURE/PATIENT) planning even for ESTIMATE plans, so an
+// "estimate" plan made after timed ones could differ from a fresh process's: set when timed
+// plans have added wisdom, cleared when it is forgotten (under planner_mutex).
+bool timed_wisdom = false;
 
 unsigned planner_flags() {
     switch (effort.load()) {
@@ -92,6 +96,17 @@ Plan<T> get_plan(int64_t len, int64_t howmany, int64_t dist, int sign) {
     auto it = c.find(key);
     if (it != c.end()) return Plan<T>{it->second};
 
+    // ESTIMATE must not depend on what this process timed before: the same plan as in a fresh
+    // process is what makes "estimate" bitwise reproducible across processes.
+    if (fl == static_cast<int>(FFTW_ESTIMATE)) {
+        if (timed_wisdom) {
+            fftw_forget_wisdom();
+            fftwf_forget_wisdom();
+            timed_wisdom = false;
+        }
+    } else {
+        timed_wisdom = true;
+    }
     // Plan on scratch memory (FFTW_MEASURE overwrites its arrays), aligned
     // like every workspace so the plan may run on them.
     const bool two_d = howmany == 0;
