@@ -158,11 +158,18 @@ BUILDLOG=$OUT/build.log
 BDIR=${GPU_CHECK_BUILD_DIR:-$REPO/build/gpu}
 PKG=$BDIR/pkg
 if [ "$DRY" = 1 ] && [ "${GPU_CHECK_DRY_BUILD:-0}" != 1 ]; then
-    # The dry run uses the in-tree build (python/optdiff's modules); GPU_CHECK_DRY_BUILD=1
-    # builds build/gpu-dry with the emulation module instead (minutes on 2 cores).
-    export PYTHONPATH=$REPO/python:$REPO
-    echo "dry run: using the in-tree modules under python/optdiff" >> "$BUILDLOG"
-    note build 0 0 "dry: in-tree modules"
+    # The dry run uses the in-tree build (python/optdiff's modules) when there is one, else the
+    # installed package (what `./dev test` and CI have); GPU_CHECK_DRY_BUILD=1 builds
+    # build/gpu-dry with the emulation module instead (minutes on 2 cores).
+    if compgen -G "$REPO/python/optdiff/_core*.so" > /dev/null; then
+        export PYTHONPATH=$REPO/python:$REPO
+        echo "dry run: using the in-tree modules under python/optdiff" >> "$BUILDLOG"
+        note build 0 0 "dry: in-tree modules"
+    else
+        export PYTHONPATH=$REPO
+        echo "dry run: using the installed optdiff ($("$PY" -c 'import optdiff; print(optdiff.__file__)' 2>&1))" >> "$BUILDLOG"
+        note build 0 0 "dry: installed package"
+    fi
 else
     CUDA_ARGS=(-DOPTDIFF_CUDA=ON -DOPTDIFF_CUDA_ARCHITECTURES=90)
     if [ "$DRY" = 1 ]; then
