@@ -35,3 +35,13 @@ def mnist_dir():
     here = os.path.dirname(os.path.abspath(__file__))
     cand = os.path.join(here, "..", "..", "shared", "datasets", "mnist")
     return cand if os.path.isdir(cand) else None
+
+
+def squares(k=120, size=8, seed=0):
+    """A structured toy image set: bright 3x3 squares at random places on -1, [k, size, size]."""
+    rng = np.random.default_rng(seed)
+    x = -np.ones((k, size, size))
+    for i in range(k):
+        a, b = rng.integers(0, size - 3, 2)
+        x[i, a:a + 3, b:b + 3] = rng.uniform(0.3, 1.0)
+    return x

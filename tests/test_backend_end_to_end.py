@@ -4,7 +4,8 @@ on a machine with a GPU also the real one)."""
 
 import numpy as np
 import pytest
-from test_trainer import images, tiny_cfg
+from helpers import squares
+from test_trainer import tiny_cfg
 
 from optdiff.cli import main
 from optdiff.diffusion.trainer import Trainer, load_model
@@ -12,7 +13,7 @@ from optdiff.diffusion.trainer import Trainer, load_model
 
 def _train(tmp_path, backend, steps=6):
     cfg = tiny_cfg(train__steps=steps, train__backend=backend, train__val_every=0)
-    tr = Trainer(cfg, tmp_path / backend, images=images(), log=False)
+    tr = Trainer(cfg, tmp_path / backend, images=squares(), log=False)
     tr.fit()
     return tr
 

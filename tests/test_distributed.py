@@ -21,6 +21,8 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from helpers import squares  # noqa: E402
+
 from optdiff import _core  # noqa: E402
 from optdiff.cli import main  # noqa: E402
 from optdiff.config import Config, ConfigError  # noqa: E402
@@ -35,20 +37,11 @@ from optdiff.distributed.train import existing_parts, train_on_cluster  # noqa: 
 from optdiff.optics import set_planner_effort  # noqa: E402
 
 
-def _images(k=96, size=8, seed=0):
-    rng = np.random.default_rng(seed)
-    x = -np.ones((k, size, size))
-    for i in range(k):  # bright squares at random places: a structured toy data set
-        a, b = rng.integers(0, size - 3, 2)
-        x[i, a:a + 3, b:b + 3] = rng.uniform(0.3, 1.0)
-    return x
-
-
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     # a .npy data set: the workers need no scikit-learn import (seconds on a loaded machine)
     path = tmp_path_factory.mktemp("data") / "squares.npy"
-    np.save(path, _images())
+    np.save(path, squares(96))
     return str(path)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import squares
 
 from optdiff.config import Config, ConfigError, apply_overrides, config_to_toml, load_config
 from optdiff.diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -28,15 +29,6 @@ def tiny_cfg(**over):
         sec, key = k.split("__")
         d.setdefault(sec, {})[key] = v
     return Config.from_dict(d)
-
-
-def images(k=120, size=8, seed=0):
-    rng = np.random.default_rng(seed)
-    x = -np.ones((k, size, size))
-    for i in range(k):  # bright squares at random places: a structured toy data set
-        a, b = rng.integers(0, size - 3, 2)
-        x[i, a:a + 3, b:b + 3] = rng.uniform(0.3, 1.0)
-    return x
 
 
 # ------------------------------------------------------------------------------ optimiser
@@ -71,7 +63,7 @@ def test_training_lowers_the_loss_well_below_its_start(tmp_path):
                    diffusion__beta_end=0.5,
                    train__warmup=0, train__lr_schedule="constant", model__sets=1, train__batch=16,
                    train__val_every=0, train__ckpt_every=0)
-    tr = Trainer(cfg, tmp_path, images=images())
+    tr = Trainer(cfg, tmp_path, images=squares())
     tr.fit()
     loss = np.array([h["loss"] for h in tr.history])
     assert loss[-10:].mean() < 0.5 * loss[:5].mean()
@@ -79,7 +71,7 @@ def test_training_lowers_the_loss_well_below_its_start(tmp_path):
 
 def test_training_lowers_validation_mse_of_every_set_below_zero_predictor(tmp_path):
     cfg = tiny_cfg(train__steps=20)
-    tr = Trainer(cfg, tmp_path, images=images())
+    tr = Trainer(cfg, tmp_path, images=squares())
     s = tr.fit()
     assert all(v < z for v, z in zip(s["val_mse"], s["zero_mse"]))
     assert (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.npz").exists()
@@ -90,14 +82,14 @@ def test_training_lowers_validation_mse_of_every_set_below_zero_predictor(tmp_pa
 
 
 def test_sequential_order_trains_sets_one_after_another(tmp_path):
-    tr = Trainer(tiny_cfg(train__order="sequential", train__steps=3), tmp_path, images=images(), log=False)
+    tr = Trainer(tiny_cfg(train__order="sequential", train__steps=3), tmp_path, images=squares(), log=False)
     tr.fit()
     assert [h["set"] for h in tr.history] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert list(tr.opt.t) == [3, 3, 3]
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
-    tr = Trainer(tiny_cfg(), tmp_path, images=images(), log=False)
+    tr = Trainer(tiny_cfg(), tmp_path, images=squares(), log=False)
     tr.fit()
     model, arrays, meta = load_model(tmp_path / "checkpoint.npz")
     for k, v in tr.model.params.items():
@@ -117,12 +109,12 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
 
 def test_resume_continues_the_same_loss_curve(tmp_path):
     cfg = tiny_cfg(train__steps=8, train__ckpt_every=12)
-    full = Trainer(cfg, tmp_path / "full", images=images())
+    full = Trainer(cfg, tmp_path / "full", images=squares())
     full.fit()
-    part = Trainer(cfg, tmp_path / "part", images=images())
+    part = Trainer(cfg, tmp_path / "part", images=squares())
     part.fit(max_steps=12)                       # "interrupted" after the step-12 checkpoint
     assert part.step == 12
-    resumed = Trainer(cfg, tmp_path / "part", images=images())
+    resumed = Trainer(cfg, tmp_path / "part", images=squares())
     resumed.fit(resume=True)
     a = [h["loss"] for h in full.history]
     b = [h["loss"] for h in part.history] + [h["loss"] for h in resumed.history]
@@ -137,7 +129,7 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
     cfg = tiny_cfg(train__steps=10, train__ckpt_every=6)
-    tr = Trainer(cfg, tmp_path, images=images())
+    tr = Trainer(cfg, tmp_path, images=squares())
     real = tr.model.loss_and_grads
 
     def poisoned(m, r, t, eps, weight=1.0):
@@ -156,7 +148,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------------------ checkpoints: bad input
 def _trained(tmp_path):
-    tr = Trainer(tiny_cfg(train__steps=2), tmp_path, images=images(), log=False)
+    tr = Trainer(tiny_cfg(train__steps=2), tmp_path, images=squares(), log=False)
     tr.fit()
     return tmp_path / "checkpoint.npz"
 
@@ -179,7 +171,7 @@ def test_mismatched_checkpoint_is_refused(tmp_path, key, value):
     other = tiny_cfg(**{key: value})
     with pytest.raises(CheckpointError, match=key.split("__")[1].replace("sets", "sets")):
         load_model(ck, cfg=other)
-    tr = Trainer(other, tmp_path / "o", images=images(), log=False)
+    tr = Trainer(other, tmp_path / "o", images=squares(), log=False)
     with pytest.raises(CheckpointError, match="does not match"):
         tr.fit(resume=ck)
 
@@ -255,7 +247,7 @@ def test_examples_default_toml_is_the_default_config():
 def test_wrong_resolution_and_bad_values_are_refused(tmp_path):
     cfg = tiny_cfg()
     with pytest.raises(ValueError, match="images are 10x10 but the model expects 8x8"):
-        Trainer(cfg, tmp_path, images=images(size=10))
+        Trainer(cfg, tmp_path, images=squares(size=10))
     np.save(tmp_path / "d28.npy", np.zeros((10, 28, 28)))
     c = tiny_cfg(data__dataset="npy", data__data_dir=str(tmp_path / "d28.npy"))
     with pytest.raises(ValueError, match="28x28 but the model expects 8x8"):
@@ -263,7 +255,7 @@ def test_wrong_resolution_and_bad_values_are_refused(tmp_path):
     np.save(tmp_path / "big.npy", np.full((10, 8, 8), 3.0))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         load_images(tiny_cfg(data__dataset="npy", data__data_dir=str(tmp_path / "big.npy")))
-    bad = images()
+    bad = squares()
     bad[3, 2, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         Trainer(cfg, tmp_path, images=bad)
