@@ -339,6 +339,17 @@ def quartiles(xs) -> tuple[float, float, float]:
     return q[0], statistics.median(xs), q[2]
 
 
+def ratio_table(times: dict, base: str) -> list[str]:
+    """One line per tool of ``interleaved_times``: median time, and the median and interquartile
+    range of its per-round ratio to ``base`` (a drifting machine moves both sides of a round)."""
+    ref = times[base]
+    lines = [f"{'tool':<24} {'median ms':>10} {'ratio':>7} {'IQR of ratio':>14}"]
+    for k, ts in times.items():
+        q1, med, q3 = quartiles(t / b for t, b in zip(ts, ref))
+        lines.append(f"{k:<24} {1e3 * statistics.median(ts):10.2f} {med:7.2f} {q1:6.2f} .. {q3:5.2f}")
+    return lines
+
+
 def cpu_busy_seconds() -> float:
     """Busy CPU time of the whole machine so far (all cores, /proc/stat), in seconds; 0 if unknown."""
     try:

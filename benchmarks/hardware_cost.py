@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 if __package__ in (None, ""):
@@ -55,13 +54,9 @@ def main(argv=None) -> None:
         "stage_camera": lambda: bench.readout.frames(inten, bench.rng),
     }
     times = common.interleaved_times(tools, args.rounds, seed=None)
-    base = times["odu_camera"]
     print(f"N={args.n}, grid={bench.grid}, B={args.batch}, image {H}x{H}, threads {args.threads}, "
           f"rounds {args.rounds}; ratio = per-round time / ODU.camera time")
-    print(f"{'tool':<16} {'median ms':>10} {'ratio':>7} {'IQR of ratio':>16}")
-    for k in tools:
-        q1, med, q3 = common.quartiles(t / b for t, b in zip(times[k], base))
-        print(f"{k:<16} {1e3 * statistics.median(times[k]):10.2f} {med:7.2f} {q1:7.2f} .. {q3:5.2f}")
+    print("\n".join(common.ratio_table(times, "odu_camera")))
 
 
 if __name__ == "__main__":

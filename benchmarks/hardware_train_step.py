@@ -88,9 +88,7 @@ def main(argv=None) -> None:
     print(f"N = {args.n}, B = {args.batch}, {args.threads} threads, {args.rounds} rounds; "
           f"offline step median {1e3 * statistics.median(base):.1f} ms")
     times["online_minus_capture"] = list(np.array(times["online"]) - np.array(times["capture_only"]))
-    for k in times:
-        q1, med, q3 = common.quartiles(np.array(times[k]) / base)
-        print(f"{k:24s} median {1e3 * statistics.median(times[k]):8.1f} ms   ratio {med:.2f} (IQR {q1:.2f}-{q3:.2f})")
+    print("\n".join(common.ratio_table(times, "offline")))
     if args.json:
         import json
         with open(args.json, "w") as fh:
