@@ -188,6 +188,43 @@ def test_killed_worker_mid_set_resumes_to_the_same_result(client, data_file, ser
     assert _rows(serial / "val_log.csv", cols) == _rows(out / "val_log.csv", cols)
 
 
+def test_local_workers_start_without_malloc_trim(client):
+    # Dask's default MALLOC_TRIM_THRESHOLD_ makes every large array page-fault again each step;
+    # optdiff's LocalCluster drops it and keeps the rest of Dask's worker environment
+    from optdiff.distributed import cluster
+
+    assert set(client.run(cluster._worker_env, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
+    assert set(client.run(cluster._worker_env, "OMP_NUM_THREADS").values()) == {"1"}
+    assert cluster._trim_hint(client) is None
+
+    class Remote:  # a remote cluster: worker a kept Dask's default, b has the fix, c neither variable
+        def __init__(self, mmap_a=None):
+            self.env = {"MALLOC_TRIM_THRESHOLD_": {"tcp://a": "65536", "tcp://b": "134217728", "tcp://c": None},
+                        "MALLOC_MMAP_THRESHOLD_": {"tcp://a": mmap_a, "tcp://b": "67108864", "tcp://c": None}}
+
+        def run(self, fn, name):
+            return self.env[name]
+
+    assert cluster._trim_hint(Remote()) == cluster.TRIM_HINT
+    assert cluster._trim_hint(Remote(mmap_a="67108864")) is None
+    assert "MALLOC_TRIM_THRESHOLD_" in cluster.TRIM_HINT and "pre-spawn-environ" in cluster.TRIM_HINT
+
+
+def test_local_environ_keeps_a_users_malloc_choice():
+    import dask
+
+    from optdiff.distributed import cluster
+
+    key = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set({key: {"MALLOC_TRIM_THRESHOLD_": 65536, "OMP_NUM_THREADS": 1}}):
+        assert cluster._local_environ() == {"OMP_NUM_THREADS": 1}          # Dask's default: dropped
+    with dask.config.set({key: {"MALLOC_TRIM_THRESHOLD_": 1 << 27}}):
+        assert cluster._local_environ() == {"MALLOC_TRIM_THRESHOLD_": 1 << 27}  # the user's value: kept
+    both = {"MALLOC_TRIM_THRESHOLD_": 65536, "MALLOC_MMAP_THRESHOLD_": 1 << 26}
+    with dask.config.set({key: both}):
+        assert cluster._local_environ() == both
+
+
 def test_samples_identical_for_any_worker_count(client, distributed_run):
     out, _ = distributed_run
     model = load_model(out / "checkpoint.npz", nthreads=1)[0]

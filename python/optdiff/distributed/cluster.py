@@ -9,6 +9,13 @@ a dask-jobqueue cluster, ...) and gives up after ``connect_timeout`` seconds wit
 ``ConnectionError`` naming the address instead of waiting forever. The dashboard address is
 printed either way.
 
+Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting that variable at all
+switches off glibc's adaptive mmap threshold, so every array over 128 KiB is a fresh mmap whose
+pages fault in again on each training step: 17 MB of page faults per step instead of 2 MB at
+N = 128, batch 32, and set tasks about 15 % slower (measured, docs/distributed.md). optdiff's
+own LocalCluster starts its workers without Dask's default value of it; on a cluster whose workers have it without ``MALLOC_MMAP_THRESHOLD_``,
+:func:`open_client` prints :data:`TRIM_HINT`, the configuration that fixes it.
+
 :func:`prepare_shared_dir` checks, before any task runs, that the output folder can be written
 here and by every worker and that the workers' files are visible here (a folder that is not
 shared between the machines of a cluster is reported, not discovered after hours of training).
@@ -29,6 +36,14 @@ __all__ = ["open_client", "completed", "machine_cores", "prepare_shared_dir", "d
            "DEFAULT_CONNECT_TIMEOUT"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+_TRIM = "MALLOC_TRIM_THRESHOLD_"
+_TRIM_KEY = "distributed.nanny.pre-spawn-environ"
+_DASK_DEFAULT_TRIM = "65536"
+_MMAP = "MALLOC_MMAP_THRESHOLD_"
+TRIM_HINT = (f"the Dask workers run with {_TRIM} set and no {_MMAP}, so glibc maps every large array "
+             f"afresh and page-faults it in again each step (set tasks about 15 % slower); in the "
+             f"workers' Dask configuration set {_TRIM_KEY}: {{{_TRIM}: 134217728, {_MMAP}: 67108864}} "
+             f"(YAML example in docs/distributed.md)")
 
 
 def machine_cores() -> int:
@@ -41,6 +56,32 @@ def machine_cores() -> int:
 def default_threads_per_worker(workers: int) -> int:
     """Threads for each of ``workers`` processes so that together they use the cores once."""
     return max(1, machine_cores() // max(1, int(workers)))
+
+
+def _worker_env(name: str):
+    return os.environ.get(name)
+
+
+def _trim_hint(client) -> str | None:
+    """:data:`TRIM_HINT` when a worker of ``client`` has ``MALLOC_TRIM_THRESHOLD_`` set but no
+    ``MALLOC_MMAP_THRESHOLD_`` (which restores a large, fixed mmap threshold)."""
+    try:
+        trim, mmap = client.run(_worker_env, _TRIM), client.run(_worker_env, _MMAP)
+    except Exception:  # a hint only: workers that cannot answer are not an error
+        return None
+    return TRIM_HINT if any(v is not None and mmap.get(w) is None for w, v in trim.items()) else None
+
+
+def _local_environ() -> dict:
+    """The nannies' environment for optdiff's LocalCluster: Dask's, without its default
+    MALLOC_TRIM_THRESHOLD_ (a value the user configured, or one paired with MALLOC_MMAP_THRESHOLD_,
+    is kept)."""
+    import dask
+
+    env = dict(dask.config.get(_TRIM_KEY, default={}) or {})
+    if str(env.get(_TRIM)) == _DASK_DEFAULT_TRIM and _MMAP not in env:
+        env.pop(_TRIM)
+    return env
 
 
 def _dashboard_line(client) -> str:
@@ -83,6 +124,9 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
                 f"{connect_timeout:g} s ({type(exc).__name__}: {exc})") from None
         try:
             log(_dashboard_line(client))
+            hint = _trim_hint(client)
+            if hint:
+                log("note: " + hint)
             yield client
         finally:
             client.close()
@@ -98,7 +142,10 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
     # the workers' statistical profiler samples every thread's stack every 10 ms: 5-10 % of a set
     # task's CPU (measured, docs/distributed.md); off unless asked for in Dask's own configuration
     profile = os.environ.get("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED") is not None
-    with dask.config.set({} if profile else {"distributed.worker.profile.enabled": False}):
+    settings = {_TRIM_KEY: _local_environ()}
+    if not profile:
+        settings["distributed.worker.profile.enabled"] = False
+    with dask.config.set(settings):
         # dashboard on a free port (':0'): several runs on one machine must not fight over 8787
         cluster = LocalCluster(n_workers=workers, threads_per_worker=tpw, processes=True,
                                dashboard_address=":0", silence_logs=logging.ERROR)
