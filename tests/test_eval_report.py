@@ -212,6 +212,18 @@ def test_shipped_report_configurations_are_valid():
 
     if not _torch():
         pytest.skip("the shipped reports name FC / U-Net baselines (PyTorch)")
+    from optdiff.config import ConfigError
+
+    loaded = 0
     for path in sorted((REPO / "studies" / "report").glob("*.toml")):
-        cfg = load_report_config(path)
+        try:
+            cfg = load_report_config(path)
+        except ConfigError as exc:
+            # a report that evaluates the models another report trained (fashion-mnist-5000.toml)
+            # names files under runs/: valid only once that report has run
+            if "file not found" in str(exc) and "/runs/" in str(exc):
+                continue
+            raise
         assert cfg.datasets and cfg.models, path
+        loaded += 1
+    assert loaded >= 3

@@ -75,6 +75,29 @@ def _load_data(d, seed: int, base: Path):
     return x[tr_i], y[tr_i], x[ho_i], y[ho_i]
 
 
+class _RealCache:
+    """A feature space that computes the reference images' features and probabilities once (the
+    same real set is compared with every model's samples, at every sample count)."""
+
+    def __init__(self, space, real: np.ndarray):
+        self.space, self.real = space, real
+        self._f = self._p = None
+
+    def features(self, x):
+        if x is self.real:
+            if self._f is None:
+                self._f = self.space.features(x)
+            return self._f
+        return self.space.features(x)
+
+    def predict_proba(self, x):
+        if x is self.real:
+            if self._p is None:
+                self._p = self.space.predict_proba(x)
+            return self._p
+        return self.space.predict_proba(x)
+
+
 class _Runner:
     def __init__(self, cfg: ReportConfig, out: Path, log, progress: bool):
         self.cfg, self.s, self.out, self.log, self.progress = cfg, cfg.settings, out, log, progress
@@ -168,43 +191,57 @@ class _Runner:
         from .digital.flops import count_flops
         from .digital.train import TorchPredictor, load_net, save_net, train_ddpm
 
-        if m.size == "reference":
-            widths = dict(nets.REFERENCE_SIZES[m.kind])
+        if m.checkpoint:  # trained before (checked against the report by load_report_config)
+            path = self.cfg.base_dir / m.checkpoint[d.label]
         else:
-            target = odu_params if m.size == "matched" else int(m.size)
-            widths, _ = nets.match_width(m.kind, target, work_size=m.work_size)
-        widths["work_size"] = m.work_size
-        path = folder / "net.npz"
+            if m.size == "reference":
+                widths = dict(nets.REFERENCE_SIZES[m.kind])
+            else:
+                target = odu_params if m.size == "matched" else int(m.size)
+                widths, _ = nets.match_width(m.kind, target, work_size=m.work_size)
+            widths["work_size"] = m.work_size
+            path = folder / "net.npz"
 
-        def train():
-            net = nets.build_net({"kind": m.kind, "image_size": d.image_size, **widths})
-            losses = train_ddpm(net, xtr, self.schedule, m.steps, m.batch, m.lr, seed=self.s.seed)
-            save_net(path, net, {"steps": m.steps, "final_loss": float(np.mean(losses[-50:])) if losses else None})
-            return {"widths": widths, "steps": m.steps, "final_loss": float(np.mean(losses[-50:])) if losses else None}
+            def train():
+                net = nets.build_net({"kind": m.kind, "image_size": d.image_size, **widths})
+                losses = train_ddpm(net, xtr, self.schedule, m.steps, m.batch, m.lr, seed=self.s.seed)
+                loss = float(np.mean(losses[-50:])) if losses else None
+                save_net(path, net, {"steps": m.steps, "final_loss": loss, "schedule": self._schedule_meta()})
+                return {"widths": widths, "steps": m.steps, "final_loss": loss}
 
-        self.parts.run(f"{d.label}/{m.label}/train", train)
+            self.parts.run(f"{d.label}/{m.label}/train", train)
         net, _ = load_net(path, expect={"kind": m.kind, "image_size": d.image_size})
         return TorchPredictor(net), nets.count_params(net), count_flops(net, d.image_size)["total"], net
 
+    def _schedule_meta(self) -> dict:
+        """The noise schedule a model was trained with, stored in its checkpoint (checked on reuse)."""
+        return {"T": self.s.T, "beta_start": self.s.beta_start, "beta_end": self.s.beta_end}
+
     def _linear(self, m, d, xtr, folder: Path, sets):
-        path = folder / "linear.npz"
+        if m.checkpoint:  # trained before; its own time sets
+            path = self.cfg.base_dir / m.checkpoint[d.label]
+        else:
+            path = folder / "linear.npz"
 
-        def train():
-            lin = LinearDenoiser(m.ridge).fit(xtr, self.schedule, sets, m.samples_per_set, rng=self.s.seed)
-            save_checkpoint(path, {"format": "optdiff-linear-denoiser", "T": self.s.T}, lin.to_arrays())
-            return {"sets": len(sets)}
+            def train():
+                lin = LinearDenoiser(m.ridge).fit(xtr, self.schedule, sets, m.samples_per_set, rng=self.s.seed)
+                save_checkpoint(path, {"format": "optdiff-linear-denoiser", **self._schedule_meta()}, lin.to_arrays())
+                return {"sets": len(sets)}
 
-        self.parts.run(f"{d.label}/{m.label}/train", train)
+            self.parts.run(f"{d.label}/{m.label}/train", train)
         lin = LinearDenoiser.from_arrays(load_checkpoint(path)[1], self.s.T)
         D = d.image_size ** 2
-        return lin.predict, len(sets) * (D * D + D), 2.0 * D * D + D, lin
+        return lin.predict, len(lin.sets) * (D * D + D), 2.0 * D * D + D, lin
 
     # ------------------------------------------------------------------ one data set
     def dataset(self, d) -> dict:
         s = self.s
         xtr, ytr, xho, yho = _load_data(d, s.seed, self.cfg.base_dir)
         spaces, finfo = self.features(d, xtr, ytr, xho, yho)
-        res = {"train_images": int(xtr.shape[0]), "held_out": int(xho.shape[0]), "features": finfo, "models": {}}
+        res = {"train_images": int(xtr.shape[0]), "held_out": int(xho.shape[0]), "features": finfo, "models": {},
+               "reference": d.reference}
+        real = xtr if d.reference == "train" else xho  # what FID / KID / IS compare the samples with
+        spaces = {name: _RealCache(sp, real) for name, sp in spaces.items()}
         models = sorted(self.cfg.models, key=lambda m: m.kind != "odu")  # the ODU first: its size is matched
         sets, odu_params = timestep_sets(s.T, s.sets), None
         for m in models:
@@ -227,7 +264,12 @@ class _Runner:
                                                                    "sets": [list(x) for x in sets]})["mse"]
             samples = self._samples(m, d, pred, folder, key)
             if spaces and {"fid", "kid", "is"} & set(s.metrics):
-                r["quality"] = self.parts.run(f"{key}/quality", lambda samples=samples: self._quality(spaces, xho, samples))
+                r["quality"] = self.parts.run(f"{key}/quality", lambda samples=samples: self._quality(spaces, real, samples))
+                counts = sorted(set(s.sample_counts) - {s.samples})
+                r["quality_at"] = {str(k): self.parts.run(f"{key}/quality-{k}", lambda samples=samples, k=k: self._quality(
+                    spaces, real, samples[:k])) for k in counts}
+                if counts:
+                    r["quality_at"][str(s.samples)] = r["quality"]
             if pred is not None and "chain" in s.metrics and spaces:
                 space = spaces.get("cnn") or next(iter(spaces.values()))
                 r["chain"] = self.parts.run(f"{key}/chain", lambda pred=pred, space=space: fid_along_chain(

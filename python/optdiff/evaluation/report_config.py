@@ -6,6 +6,7 @@ whole before any work starts (every problem is a ``ConfigError`` naming section,
     [report]                       # all keys optional
     metrics = ["mse", "fid", "kid", "is", "chain"]
     samples = 500                  # generated images per model for FID / KID / IS
+    sample_counts = [500]          # also the metrics of the first k samples, for each k listed
     features = ["cnn", "mlp"]      # feature spaces (+ Inception-v3 with --inception-weights)
     T = 1000                       # DDPM: linear betas beta_start..beta_end, eps-prediction
     sets = 10                      # time sets of the per-set eps-MSE (the ODU's M when there is one)
@@ -13,6 +14,7 @@ whole before any work starts (every problem is a ``ConfigError`` naming section,
     [datasets.digits]              # one table per data set; `dataset` defaults to the table name
     image_size = 20
     held_out = 500
+    reference = "held_out"         # real images the samples are compared with ("train": all training images)
 
     [models.odu]                   # one table per model; `kind` defaults to the table name
     kind = "odu"
@@ -22,7 +24,7 @@ whole before any work starts (every problem is a ``ConfigError`` naming section,
     [models.fc_matched]
     kind = "fc"
     size = "matched"               # "reference" (1200 units), "matched" (the ODU's M L N^2) or a count
-    steps = 2000
+    steps = 2000                   # (or checkpoint = a net trained before: evaluated as it is)
 
 See docs/evaluation.md for every key.
 """
@@ -42,6 +44,10 @@ __all__ = ["ReportConfig", "DatasetSpec", "ModelSpec", "load_report_config", "ME
 METRICS = ("mse", "fid", "kid", "is", "chain")
 MODEL_KINDS = ("odu", "linear", "fc", "unet", "samples")
 FEATURE_SPACES = ("cnn", "mlp")
+REFERENCES = ("held_out", "train")  # the real images sample metrics compare with
+#: Keys that only say how to train a model: a model loaded from a checkpoint cannot take them.
+_NET_KEYS = ("size", "steps", "batch", "lr", "work_size")
+TRAINING_KEYS = {"linear": ("samples_per_set", "ridge"), "fc": _NET_KEYS, "unet": _NET_KEYS}
 KNOWN_DATASETS = ("digits", "fashion-mnist", "mnist", "quickdraw", "folder", "npy")
 
 
@@ -56,6 +62,7 @@ class Settings:
     sets: int = 10
     metrics: list = field(default_factory=lambda: ["mse", "fid", "kid", "is"])
     samples: int = 500
+    sample_counts: list = field(default_factory=list)  # metrics also of the first k samples, each k
     sample_batch: int = 100
     sampler: str = "ddpm"
     sample_steps: int = 100
@@ -87,13 +94,14 @@ class DatasetSpec:
     limit: int = 0
     held_out: int = 500
     features_checkpoint: str = ""
+    reference: str = "held_out"    # the real images FID / KID / IS compare with: "held_out" or "train"
 
 
 @dataclass
 class ModelSpec:
     label: str
     kind: str = ""
-    checkpoint: Any = ""       # odu: path, or {dataset label: path}
+    checkpoint: Any = ""       # odu, linear, fc, unet: path, or {dataset label: path}: trained before
     config: str = ""           # odu: TOML to train from
     set: list = field(default_factory=list)
     size: Any = "matched"      # fc / unet: "reference", "matched" or a parameter count
@@ -181,6 +189,11 @@ def _check_settings(s: Settings) -> None:
         raise _err(w, "samples", s.samples, "FID and KID need at least 2 samples")
     if "is" in s.metrics and s.samples < s.is_splits:
         raise _err(w, "samples", s.samples, f"IS needs at least is_splits = {s.is_splits} samples")
+    for k in s.sample_counts:
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= s.samples:
+            raise _err(w, "sample_counts", s.sample_counts, f"must list sample counts in 2..samples = {s.samples}")
+        if "is" in s.metrics and k < s.is_splits:
+            raise _err(w, "sample_counts", s.sample_counts, f"IS needs at least is_splits = {s.is_splits} samples")
     if "chain" in s.metrics:
         if s.chain_samples < 2:
             raise _err(w, "chain_samples", s.chain_samples, "the FID along the chain needs at least 2 samples")
@@ -203,9 +216,11 @@ def _check_dataset(d: DatasetSpec, s: Settings) -> None:
         raise _err(w, "classes", d.classes, "must be a non-empty list of labels or class names")
     if {"fid", "kid"} & set(s.metrics) and d.held_out < 2:
         raise _err(w, "held_out", d.held_out, "FID and KID need at least 2 real images")
+    if d.reference not in REFERENCES:
+        raise _err(w, "reference", d.reference, f"must be one of {', '.join(REFERENCES)}")
 
 
-def _check_model(m: ModelSpec, datasets: list, has_odu: bool) -> None:
+def _check_model(m: ModelSpec, datasets: list, has_odu: bool, raw: dict) -> None:
     w = f"models.{m.label}"
     m.kind = m.kind or m.label
     if m.kind not in MODEL_KINDS:
@@ -232,14 +247,26 @@ def _check_model(m: ModelSpec, datasets: list, has_odu: bool) -> None:
         if bool(m.config) == bool(m.checkpoint):
             raise ConfigError(f"[{w}] an ODU needs either config = TOML to train from or checkpoint = a trained "
                               f"model (not both, not neither)")
-        if m.checkpoint and set(m.checkpoint) != set(labels):
-            raise _err(w, "checkpoint", m.checkpoint, f"name a checkpoint for every data set: {labels}")
         if not all(isinstance(o, str) and "=" in o for o in m.set):
             raise _err(w, "set", m.set, "must be a list of 'section.key=value' strings")
+    if m.checkpoint and m.kind not in ("odu", "linear", "fc", "unet"):
+        raise _err(w, "checkpoint", m.checkpoint, f"a model of kind {m.kind!r} has no checkpoint")
+    if m.checkpoint and set(m.checkpoint) != set(labels):
+        raise _err(w, "checkpoint", m.checkpoint, f"name a checkpoint for every data set: {labels}")
+    if m.checkpoint and m.kind != "odu":
+        given = sorted(set(TRAINING_KEYS[m.kind]) & set(raw))
+        if given:
+            raise ConfigError(f"[{w}] {given} say how to train the model, but checkpoint = ... loads one trained "
+                              f"before: remove them (the checkpoint fixes the network)")
     if m.kind == "samples" and set(m.samples) != set(labels):
         raise _err(w, "samples", m.samples, f"name a .npy file of samples for every data set: {labels}")
     if m.kind in ("fc", "unet"):
         from ..evaluation.digital import TORCH_EXTRA, torch_available
+
+        if m.checkpoint:
+            if not torch_available():
+                raise ConfigError(f"[{w}] the {m.kind} baseline needs PyTorch: {TORCH_EXTRA}")
+            return
 
         if not torch_available():
             raise ConfigError(f"[{w}] the {m.kind} baseline needs PyTorch: {TORCH_EXTRA}")
@@ -283,7 +310,7 @@ def load_report_config(path, inception_weights: str | None = None) -> ReportConf
     models = [_fill(ModelSpec(k), v, f"models.{k}") for k, v in raw["models"].items()]
     has_odu = any((v.get("kind") or k) == "odu" for k, v in raw["models"].items())
     for m in models:
-        _check_model(m, datasets, has_odu)
+        _check_model(m, datasets, has_odu, raw["models"][m.label])
     if len([m for m in models if m.kind == "odu"]) > 1 and any(m.size == "matched" for m in models):
         raise ConfigError(f"{path}: size = 'matched' is ambiguous with several ODU models; give parameter counts")
     base = path.resolve().parent
@@ -363,10 +390,43 @@ def _check_contents(cfg: ReportConfig) -> None:
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
         for m in cfg.models:
-            if m.kind in ("fc", "unet") and m.size != "reference":
+            if m.checkpoint and m.kind in ("linear", "fc", "unet"):
+                _check_trained(m, d, cfg)
+            elif m.kind in ("fc", "unet") and m.size != "reference":
                 from .digital.nets import match_width
 
                 try:
                     match_width(m.kind, odu_params if m.size == "matched" else m.size, work_size=m.work_size)
                 except ValueError as exc:
                     raise ConfigError(f"[models.{m.label}] size = {m.size!r}: {exc}") from None
+
+
+def _check_trained(m: ModelSpec, d: DatasetSpec, cfg: ReportConfig) -> None:
+    """A linear / FC / U-Net checkpoint given to the report: its kind, image size and (when the file
+    records it) noise schedule must be the report's."""
+    from ..diffusion.checkpoint import load_checkpoint
+
+    w, s = f"models.{m.label}", cfg.settings
+    path = cfg.base_dir / m.checkpoint[d.label]
+    head, arrays, meta = load_checkpoint(path)  # CheckpointError (a ValueError) for a damaged file
+    if m.kind == "linear":
+        if head.get("format") != "optdiff-linear-denoiser":
+            raise ConfigError(f"[{w}] {path}: not a linear denoiser checkpoint (format {head.get('format')!r})")
+        size = tuple(int(v) for v in arrays["image_shape"])
+        if size != (d.image_size, d.image_size):
+            raise ConfigError(f"[{w}] {path}: the linear denoiser works on {size[0]}x{size[1]} images, data set "
+                              f"{d.label!r} is {d.image_size}x{d.image_size}")
+        sched = {"T": head.get("T"), **{k: head[k] for k in ("beta_start", "beta_end") if k in head}}
+    else:
+        if head.get("format") != "optdiff-digital-denoiser" or head.get("kind") != m.kind:
+            raise ConfigError(f"[{w}] {path}: not a {m.kind} checkpoint (format {head.get('format')!r}, kind "
+                              f"{head.get('kind')!r})")
+        if head.get("image_size") != d.image_size:
+            raise ConfigError(f"[{w}] {path}: the {m.kind} works on {head.get('image_size')}x{head.get('image_size')} "
+                              f"images, data set {d.label!r} is {d.image_size}x{d.image_size}")
+        sched = meta.get("schedule") or {}
+    want = {"T": s.T, "beta_start": s.beta_start, "beta_end": s.beta_end}
+    bad = {k: v for k, v in sched.items() if v is not None and abs(float(v) - want[k]) > 1e-12}
+    if bad:
+        raise ConfigError(f"[{w}] {path}: trained with {bad}; the report uses T={s.T}, linear betas "
+                          f"{s.beta_start}..{s.beta_end}")

@@ -83,12 +83,34 @@ def _verdicts(dres: dict, spaces: list) -> list[str]:
     return out
 
 
+def _counts_table(models: dict, spaces: list) -> list[str]:
+    """FID and KID of the first k samples of each model, for each k of ``sample_counts``."""
+    rows = [(k, n, r["quality_at"][n]) for k, r in models.items() for n in sorted(r.get("quality_at") or {}, key=int)]
+    if not rows:
+        return []
+    L = ["### FID and KID by number of samples", "",
+         "The same samples: the metrics of the first k of them (the real images are the same for every k). "
+         "FID is biased upwards with few samples; KID is unbiased (its spread shrinks with k).", "",
+         "| model | samples | " + " | ".join(f"FID ({sp}) | KID ({sp})" for sp in spaces) + " |",
+         "|---" * (2 + 2 * len(spaces)) + "|"]
+    for k, n, q in rows:
+        cells = []
+        for sp in spaces:
+            v = q.get(sp)
+            cells += [_f(v["fid"]), f"{v['kid']:.4g} ± {v['kid_std']:.2g}"] if v else ["-", "-"]
+        L.append(f"| {k} | {int(n):,} | " + " | ".join(cells) + " |")
+    return L + [""]
+
+
 def _dataset_section(label: str, dres: dict, out: Path, settings) -> list[str]:
     from ..plots import plot_set_mse
 
+    ref = dres.get("reference", "held_out")
     L = [f"## Data set `{label}`", "",
-         f"{dres['train_images']} training images, {dres['held_out']} held-out images (metrics are computed "
-         f"on the held-out ones; every model sees the same training images, noise draws and start noise).", ""]
+         f"{dres['train_images']} training images, {dres['held_out']} held-out images (per-set MSE and the "
+         f"chain FID are computed on the held-out ones, FID / KID / IS of the samples against "
+         f"{'all training images' if ref == 'train' else 'the held-out ones'}; every model sees the same "
+         f"training images, noise draws and start noise).", ""]
     models = dres["models"]
     sets = dres["sets"]
     if dres.get("mse_zero") is not None:
@@ -127,9 +149,11 @@ def _dataset_section(label: str, dres: dict, out: Path, settings) -> list[str]:
             f"{_f(rr[sp]['real_vs_real'])} | | " if sp in rr else "- | | " for sp in spaces) + " |")
         L.append("| *clipped noise vs held-out* | | | " + " | ".join(
             f"{_f(rr[sp]['noise_vs_real'])} | | " if sp in rr else "- | | " for sp in spaces) + " |")
-        L += ["", f"Samples per metric: {n}. IS of the held-out images (the attainable value): " + ", ".join(
-            f"{sp} {_f(next(r['quality'][sp]['is_real'] for r in models.values() if r.get('quality')), 3)}"
-            for sp in spaces), ""]
+        L += ["", f"Samples per metric: {n}. IS of the {'training' if ref == 'train' else 'held-out'} images "
+              "(the attainable value): " + ", ".join(
+                  f"{sp} {_f(next(r['quality'][sp]['is_real'] for r in models.values() if r.get('quality')), 3)}"
+                  for sp in spaces), ""]
+        L += _counts_table(models, spaces)
     chains = {k: r["chain"] for k, r in models.items() if r.get("chain")}
     if chains:
         ts = next(iter(chains.values()))["t"]
