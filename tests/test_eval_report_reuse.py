@@ -93,7 +93,6 @@ def test_reused_checkpoints_give_the_same_results_and_counts_and_reference_work(
     from optdiff.diffusion.checkpoint import load_checkpoint
     from optdiff.evaluation.metrics import FeatureNet, fid_report
     from optdiff.evaluation.report import _load_data
-
     from optdiff.evaluation.report_config import load_report_config
 
     cfg = load_report_config(tmp_path / "first.toml")
