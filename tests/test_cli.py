@@ -97,6 +97,42 @@ def test_demo_runs_with_tiny_settings(tmp_path):
         assert (tmp_path / name).exists(), name
 
 
+def _fake_fashion_mnist(folder, count=12):
+    # IDX files the loader reads: [count, 28, 28] uint8 images, labels 0..2
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    img = np.random.default_rng(0).integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    lab = (np.arange(count) % 3).astype(np.uint8)
+    header = lambda code, dims: bytes([0, 0, 8, code]) + b"".join(int(d).to_bytes(4, "big") for d in dims)  # noqa: E731
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header(3, img.shape) + img.tobytes())
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(header(1, lab.shape) + lab.tobytes())
+
+
+def test_demo_uses_fashion_mnist_when_installed(tmp_path, monkeypatch, capsys):
+    from optdiff import cli
+    from optdiff.data import datasets
+
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "none"))
+    assert datasets.installed_fashion_mnist() is None
+    assert cli.demo_config()["data"]["dataset"] == "digits"
+    assert "dataset-fashion-mnist" in capsys.readouterr().err
+    _fake_fashion_mnist(tmp_path / "fm")
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "fm"))
+    assert datasets.installed_fashion_mnist() == tmp_path / "fm"
+    assert datasets.installed_fashion_mnist("test") is None       # no t10k files there
+    base = cli.demo_config()
+    assert base["data"] == {"dataset": "fashion-mnist", "classes": [0, 1, 2], "val_count": 256}
+    assert cli.DEMO_CONFIG["data"]["dataset"] == "digits"          # the constant is not edited
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *FAST, "--set", "data.val_count=4", "--set", "model.sets=2",
+                 "--set", "sample.count=4", "--no-progress"]) == 0
+    assert "(fashion-mnist)" in capsys.readouterr().err
+    assert (out / "samples.png").exists()
+
+
 def test_bad_config_file_and_flags(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[optics]\nn = -5\n")

@@ -48,6 +48,7 @@ __all__ = [
     "to_model_range",
     "load_dataset",
     "dataset_class_names",
+    "installed_fashion_mnist",
 ]
 
 #: Names accepted by :func:`load_dataset`. ``"digits"`` (scikit-learn's bundled 8x8 digits)
@@ -461,6 +462,13 @@ def _idx_dirs(name: str, data_dir: Path | None) -> list[Path]:
     if name == "fashion-mnist":
         dirs.append(Path(FASHION_MNIST_SYSTEM_DIR))
     return dirs
+
+
+def installed_fashion_mnist(split: str = "train") -> Path | None:
+    """The folder of Debian's ``dataset-fashion-mnist`` when its ``split`` files are there, else None."""
+    d = Path(FASHION_MNIST_SYSTEM_DIR)
+    prefixes = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}[_norm_split(split)]
+    return d if all(all(_find_idx_pair(d, p)) for p in prefixes) else None
 
 
 def _load_idx_dataset(name: str, data_dir: Path | None, split: str):
