@@ -10,6 +10,22 @@ and on denoising frames (noisy images through the imaging start phases).
 
     python studies/calibration.py --seeds 0,1,2 --out runs/calibration     # ~5 min per seed (2 cores)
 
+The hidden angles and registration (``--angles``, ``--registration``):
+
+* ``--angles magnitude`` (default; issue 14's "calibration angles of a few mrad"): every angle
+  component between 1 and 2 tolerances (beam 1.5-3 mrad, mirror 0.5-1 mrad), random signs;
+  ``normal``: the emulated bench's default clipped normal draws, which can put an angle near 0,
+  where 10 % is below what frames resolve (see studies/calibration_resolution.py).
+* ``--registration rigid`` (default): the four patches are regions of one SLM, so their relative
+  positions are known pixel indices: no per-patch offsets, neither drawn nor fitted. (A common
+  shift of the whole SLM is physically the opposite shift of the DMD and camera relays, whose
+  offsets are drawn and fitted; ``HiddenErrors.slm_offset`` draws one, but on the simulated
+  128-pixel grid, whose edge the walking beam reaches at these angles, the equivalence breaks:
+  see docs/hardware.md.) ``per-patch``: independent
+  10 um registration errors per patch, fitted by the twin: a patch offset and the beam's walk to
+  that patch give the same frames (an exact symmetry of the physics), so the angles are then only
+  as good as the offsets' prior (the earlier setting, kept for comparison).
+
 Writes ``results.json`` and ``results.md`` to ``--out``.
 """
 
@@ -28,16 +44,30 @@ import studies.common  # noqa: F401,E402  (finds optdiff)
 from optdiff.config import OpticsConfig  # noqa: E402
 from optdiff.hardware import EmulatedExperiment  # noqa: E402
 from optdiff.hardware.calibrate import calibrate_device, compare_with_truth, denoising_items  # noqa: E402
-from optdiff.hardware.fit import discrepancy, predict_frames  # noqa: E402
+from optdiff.hardware.emulated import HiddenErrors  # noqa: E402
+from optdiff.hardware.fit import DEFAULT_FREE, discrepancy, predict_frames  # noqa: E402
 from optdiff.hardware.twin import DigitalTwin  # noqa: E402
+
+
+def hidden_errors(angles: str, registration: str) -> HiddenErrors:
+    """The emulated bench's error model for ``--angles`` and ``--registration``."""
+    if registration == "rigid":
+        return HiddenErrors(angle_draw=angles, patch_offset=0.0)
+    return HiddenErrors(angle_draw=angles)
+
+
+def free_parameters(registration: str) -> tuple:
+    """What the twin fits: per-patch offsets only when the registration is unknown."""
+    return tuple(n for n in DEFAULT_FREE if registration == "per-patch" or n != "patch_offsets")
 
 
 def run_seed(seed: int, args) -> dict:
     optics = OpticsConfig()
-    exp = EmulatedExperiment(seed, optics, 20)
+    exp = EmulatedExperiment(seed, optics, 20, errors=hidden_errors(args.angles, args.registration))
     t0 = time.perf_counter()
     twin, rep, _ = calibrate_device(exp, optics, 20, exp.nominal, frames=args.frames, holdout=args.holdout,
-                                    seed=seed, denoise_batches=args.denoise_batches, workers=args.workers)
+                                    seed=seed, denoise_batches=args.denoise_batches, workers=args.workers,
+                                    free=free_parameters(args.registration))
     seconds = time.perf_counter() - t0
     truth = compare_with_truth(rep.params, exp.reveal_truth(), rep.start)
     # D on denoising frames the fit never saw, for the nominal and the fitted twin
@@ -61,6 +91,7 @@ def run_seed(seed: int, args) -> dict:
 def markdown(rows, args) -> str:
     cmd = "python studies/calibration.py " + " ".join(sys.argv[1:])
     lines = [f"# Calibration of the digital twin on emulated benches\n\n`{cmd}`\n",
+             f"Hidden angles drawn `{args.angles}`, registration `{args.registration}` (see the script's docstring). "
              f"{args.frames} pi-patch frames fitted per bench (camera noise on), {args.holdout} held out for D; "
              f"D on denoising frames from {args.denoise_check} held-out batches of 16 noisy images.\n",
              "| seed | z_gap error | mirror x, y: true -> error (urad) | beam x, y: true -> error (urad) | "
@@ -86,6 +117,12 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=int, default=40)
     ap.add_argument("--denoise-batches", type=int, default=0, help="refine on this many denoising batches")
     ap.add_argument("--denoise-check", type=int, default=4, help="held-out denoising batches for D")
+    ap.add_argument("--angles", choices=("magnitude", "normal"), default="magnitude",
+                    help="hidden angles: magnitude = every component 1-2 tolerances (a few mrad), random signs; "
+                         "normal = the emulated bench's default draws (can be near 0)")
+    ap.add_argument("--registration", choices=("rigid", "per-patch"), default="rigid",
+                    help="rigid = one SLM shift shared by the patches, no per-patch offsets fitted; "
+                         "per-patch = independent 10 um offsets per patch, fitted")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/calibration")
     args = ap.parse_args(argv)

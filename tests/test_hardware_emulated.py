@@ -60,6 +60,35 @@ def test_hidden_errors_have_the_stated_scales():
         assert len(t["patch_offsets"]) == 4 and len(t["landing_mm"]) == 5
 
 
+def test_angles_of_a_few_mrad_keep_the_normal_draws_sign_and_every_other_draw():
+    e = HiddenErrors()
+    for seed in range(4):
+        t = experiment(seed).reveal_truth()
+        m = experiment(seed, errors=HiddenErrors(angle_draw="magnitude")).reveal_truth()
+        for name, std in (("mirror_angle", e.mirror_angle), ("beam_angle", e.beam_angle)):
+            a, b = np.array(t[name]), np.array(m[name])
+            assert np.all(np.sign(b) == np.where(a < 0, -1, 1))
+            assert np.all(np.abs(b) >= std * (1 - 1e-12)) and np.all(np.abs(b) <= 2 * std * (1 + 1e-12))
+            # the same normal draw z: |b| = std (1 + |z| / 2) with a = z std
+            np.testing.assert_allclose(np.abs(b), std * (1 + np.abs(a) / std / 2), rtol=1e-12)
+        for k in ("z_gap", "patch_offsets", "phase_scale", "camera_offset", "dark_level"):
+            assert t[k] == m[k]
+
+
+def test_a_rigid_slm_shifts_every_patch_by_one_offset_drawn_last():
+    plain = experiment(2, errors=HiddenErrors(patch_offset=0.0)).reveal_truth()
+    rigid = experiment(2, errors=HiddenErrors(patch_offset=0.0, slm_offset=10e-6)).reveal_truth()
+    offs = np.array(rigid["patch_offsets"])
+    assert np.all(offs == offs[0]) and 0 < np.abs(offs[0]).max() <= 20e-6
+    assert np.all(np.array(plain["patch_offsets"]) == 0)
+    for k in ("z_gap", "mirror_angle", "beam_angle", "dmd_offset", "camera_offset", "camera_gain"):
+        assert plain[k] == rigid[k]
+    with pytest.raises(ValueError, match="HiddenErrors.angle_draw"):
+        HiddenErrors(angle_draw="uniform")
+    with pytest.raises(ValueError, match="HiddenErrors.slm_offset"):
+        HiddenErrors(slm_offset=-1e-6)
+
+
 def test_without_errors_the_experiment_is_the_nominal_bench():
     exp = experiment(1, errors=HiddenErrors.none())
     truth = exp.reveal_truth()

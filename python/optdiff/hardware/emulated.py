@@ -21,6 +21,8 @@ from .config import BenchConfig
 
 __all__ = ["EmulatedExperiment", "HiddenErrors", "draw_truth"]
 
+ANGLE_DRAWS = ("normal", "magnitude")
+
 
 @dataclass(frozen=True)
 class HiddenErrors:
@@ -35,6 +37,15 @@ class HiddenErrors:
     phase_scale : std of the LUT's phase range (3%). lut_curvature : uniform in +-0.1.
     crosstalk : relative std of the fringing width (30%; the light lost at wraps is steep in it).
     camera_gain : relative std (5%). dark_level : std in DN (3).
+    slm_offset : std per axis (metres) of one shift shared by all patches: the SLM as a rigid body
+        against the DMD and camera relays (0: off). Per-patch offsets (``patch_offset``) are
+        registration errors of each pattern on its own; on one SLM the patches' relative positions
+        are pixel indices the lab chooses, so a rigid SLM has ``patch_offset = 0`` and at most
+        this common shift.
+    angle_draw : ``"normal"`` (default: the clipped normal draws above; an angle can be near 0) or
+        ``"magnitude"``: every angle component of size ``std (1 + |z| / 2)`` with z the same
+        clipped normal draw and its sign, i.e. between 1 and 2 std (beam 1.5-3 mrad, mirror
+        0.5-1 mrad: "a few mrad" for every component, never near 0; the other draws are unchanged).
     """
 
     beam_angle: float = 1.5e-3
@@ -48,18 +59,31 @@ class HiddenErrors:
     crosstalk: float = 0.3
     camera_gain: float = 0.05
     dark_level: float = 3.0
+    slm_offset: float = 0.0
+    angle_draw: str = "normal"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
+            if f.name == "angle_draw":
+                ck.choice(self.angle_draw, "HiddenErrors.angle_draw", ANGLE_DRAWS)
+                continue
             object.__setattr__(self, f.name, ck.real(getattr(self, f.name), f"HiddenErrors.{f.name}", 0.0, 1e3))
 
     @classmethod
     def none(cls) -> HiddenErrors:
-        return cls(**{f.name: 0.0 for f in dataclasses.fields(cls)})
+        return cls(**{f.name: 0.0 for f in dataclasses.fields(cls) if f.name != "angle_draw"})
 
 
 def _normal(rng: np.random.Generator, std: float, size=None):
     return np.clip(rng.standard_normal(size), -2.0, 2.0) * std
+
+
+def _angles(rng: np.random.Generator, std: float, mode: str) -> np.ndarray:
+    """Two angle components; "magnitude" maps the same normal draw z to sign(z) std (1 + |z| / 2)."""
+    z = _normal(rng, 1.0, 2)
+    if mode == "normal":
+        return z * std
+    return np.where(z < 0, -1.0, 1.0) * std * (1.0 + np.abs(z) / 2.0)
 
 
 def draw_truth(nominal: BenchConfig, errors: HiddenErrors, rng: np.random.Generator,
@@ -88,8 +112,8 @@ def _draw(nominal: BenchConfig, errors: HiddenErrors, rng: np.random.Generator, 
     truth_fold = dataclasses.replace(
         fold, z_gap=float(fold.z_gap * (1.0 + _normal(rng, e.z_gap))),
         fold_angle=fold.design_angle(pitch),                  # the beam keeps the design angle
-        mirror_angle=_vec(np.add(fold.mirror_angle, _normal(rng, e.mirror_angle, 2))),
-        beam_angle=_vec(np.add(fold.beam_angle, _normal(rng, e.beam_angle, 2))),
+        mirror_angle=_vec(np.add(fold.mirror_angle, _angles(rng, e.mirror_angle, e.angle_draw))),
+        beam_angle=_vec(np.add(fold.beam_angle, _angles(rng, e.beam_angle, e.angle_draw))),
         patch_offsets=tuple(map(_vec, base + _normal(rng, e.patch_offset, (L, 2)))), frame="lattice")
     truth_slm = dataclasses.replace(
         slm, phase_scale=float(slm.phase_scale * (1.0 + _normal(rng, e.phase_scale))),
@@ -101,6 +125,10 @@ def _draw(nominal: BenchConfig, errors: HiddenErrors, rng: np.random.Generator, 
         cam, gain=float(cam.dn_per_electron * (1.0 + _normal(rng, e.camera_gain))),
         dark_level=float(np.clip(dark, 0.0, None if cam.bits is None else (1 << cam.bits) - 1)),
         offset=_vec(np.add(cam.offset, _normal(rng, e.camera_offset, 2))))
+    if e.slm_offset:   # drawn last, so that the other draws do not depend on it
+        shared = _normal(rng, e.slm_offset, 2)
+        truth_fold = dataclasses.replace(truth_fold, patch_offsets=tuple(_vec(p + shared) for p in
+                                                                         np.array(truth_fold.patch_offsets)))
     truth = dataclasses.replace(nominal, dmd=truth_dmd, slm=truth_slm, fold=truth_fold, camera=truth_cam)
     truth.fold.layout(optics.n, L, pitch, truth.slm.resolution)   # raises when the beam cannot make it
     return truth
