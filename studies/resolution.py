@@ -55,6 +55,14 @@ def to_size(x: np.ndarray, size: int) -> np.ndarray:
     return np.clip(resize_images(x, size), -1.0, 1.0) if x.shape[1] != size else x
 
 
+def bootstrap_std(f_real: np.ndarray, f_fake: np.ndarray, rounds: int = 50, seed: int = 0) -> float:
+    """Spread of the FID from the finite sample: its standard deviation over ``rounds`` redraws (with
+    replacement) of the generated images' features, the real ones fixed."""
+    rng = np.random.default_rng([seed, 77])
+    n = f_fake.shape[0]
+    return float(np.std([frechet_distance(f_real, f_fake[rng.integers(0, n, n)]) for _ in range(rounds)]))
+
+
 def summarize(report_dir, config_path) -> dict:
     """Per resolution and model: the report's numbers and the FID in the smallest resolution's space."""
     from optdiff.evaluation.report import _load_data
@@ -85,7 +93,9 @@ def summarize(report_dir, config_path) -> dict:
             if r.get("mse"):
                 row["mse"] = r["mse"]
             x = check_samples(np.load(report_dir / r["samples_file"]), d.image_size, what=f"samples of {name}")
-            row["fid_common"] = frechet_distance(f_base, common.features(to_size(x, base.image_size)))
+            f_fake = common.features(to_size(x, base.image_size))
+            row["fid_common"] = frechet_distance(f_base, f_fake)
+            row["fid_common_std"] = bootstrap_std(f_base, f_fake, seed=cfg.settings.seed)
             if r["kind"] == "odu":
                 head = load_checkpoint(report_dir / "models" / d.label / name / "checkpoint.npz")[0]
                 optics = Config.from_dict(head["run"]).optics
@@ -103,7 +113,7 @@ def summarize(report_dir, config_path) -> dict:
 def table(summary: dict) -> str:
     sp, c = summary["space"], summary["common_size"]
     L = [f"| resolution | model | modulator pixels per image pixel | FID ({sp}, own resolution) | KID ({sp}) | "
-         f"FID ({sp} at {c}x{c}, resampled) | resampling floor | eps-MSE first / middle / last set | training s |",
+         f"FID ({sp} at {c}x{c}, resampled; ± bootstrap std) | resampling floor | eps-MSE first / middle / last set | training s |",
          "|---" * 9 + "|"]
 
     def num(v, fmt):
@@ -114,7 +124,7 @@ def table(summary: dict) -> str:
         cells = [str(r["resolution"]), r["model"], f"{k} ({k * r['resolution']} of {r['n']})" if k else "-",
                  num(r.get("fid"), ".4g"),
                  f"{r['kid']:.3g} ± {r['kid_std']:.2g}" if "kid" in r else "-",
-                 num(r["fid_common"], ".4g"), num(r["resampling_floor"], ".3g"),
+                 f"{r['fid_common']:.4g} ± {r['fid_common_std']:.2g}", num(r["resampling_floor"], ".3g"),
                  " / ".join(f"{m[i]:.3g}" for i in (0, len(m) // 2 - 1, len(m) - 1)) if m else "-",
                  num(r.get("train_seconds"), ".0f")]
         L.append("| " + " | ".join(cells) + " |")
@@ -131,7 +141,8 @@ def plot(summary: dict, path: Path) -> Path:
         rs = [r for r in summary["rows"] if r["model"] == model]
         x = [r["resolution"] for r in rs]
         axes[0].plot(x, [r.get("fid", np.nan) for r in rs], "o-", label=model)
-        axes[1].plot(x, [r["fid_common"] for r in rs], "o-", label=model)
+        axes[1].errorbar(x, [r["fid_common"] for r in rs], yerr=[r["fid_common_std"] for r in rs], fmt="o-",
+                         capsize=3, label=model)
     floor = {r["resolution"]: r["resampling_floor"] for r in summary["rows"]}
     axes[1].plot(list(floor), list(floor.values()), "k:", label="resampling floor (real images)")
     axes[0].set_title(f"FID in a {sp.upper()} trained at each resolution", fontsize=9)

@@ -70,6 +70,7 @@ def test_summary_agrees_with_the_report_and_the_common_space_at_the_smallest_siz
     for r in s["rows"]:
         q = rep[r["dataset"]]["models"][r["model"]]["quality"]["mlp"]
         assert r["fid"] == q["fid"] and r["n_fake"] == 20 and np.isfinite(r["fid_common"])
+        assert 0 < r["fid_common_std"] < np.inf
         if r["resolution"] == 8:
             # the same space, samples and real images as the report's own FID at 8x8
             assert r["fid_common"] == pytest.approx(q["fid"], rel=1e-9)
@@ -81,6 +82,16 @@ def test_summary_agrees_with_the_report_and_the_common_space_at_the_smallest_siz
     md = (tmp / "res" / "results.md").read_text()
     assert "| 12 | odu | 2 (24 of 32) |" in md and "| 8 | odu | 3 (24 of 32) |" in md
     assert (tmp / "res" / "resolution.png").stat().st_size > 1000
+
+
+def test_bootstrap_std_is_zero_for_one_repeated_image_and_shrinks_with_more_samples():
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((400, 3))
+    # redrawing copies of one row gives the same set every time: no spread (FID needs 2 rows: two copies)
+    assert resolution.bootstrap_std(real, np.repeat(rng.standard_normal((1, 3)), 2, axis=0)) < 1e-12
+    small = resolution.bootstrap_std(real, rng.standard_normal((20, 3)) + 0.5)
+    large = resolution.bootstrap_std(real, rng.standard_normal((2000, 3)) + 0.5)
+    assert large < small / 3  # ~1/sqrt(n): 100x more samples, ~1/10 of the spread
 
 
 def test_to_size_shrinks_by_area_averaging():
