@@ -67,7 +67,8 @@ def run_seed(seed: int, args) -> dict:
     t0 = time.perf_counter()
     twin, rep, _ = calibrate_device(exp, optics, 20, exp.nominal, frames=args.frames, holdout=args.holdout,
                                     seed=seed, denoise_batches=args.denoise_batches, workers=args.workers,
-                                    free=free_parameters(args.registration))
+                                    free=free_parameters(args.registration),
+                                    registration="known" if args.registration == "rigid" else "fit")
     seconds = time.perf_counter() - t0
     truth = compare_with_truth(rep.params, exp.reveal_truth(), rep.start)
     # D on denoising frames the fit never saw, for the nominal and the fitted twin
@@ -78,7 +79,11 @@ def run_seed(seed: int, args) -> dict:
     d_den = (discrepancy(predict_frames(nominal, den, args.workers, bits), meas),
              discrepancy(predict_frames(twin, den, args.workers, bits), meas))
     row = {"seed": seed, "seconds": seconds, "D_pi": [rep.discrepancy_before, rep.discrepancy_after],
-           "D_denoise": list(d_den), "truth": truth, "report": rep.to_dict()}
+           "D_denoise": list(d_den), "truth": truth, "report": rep.to_dict(),
+           # L-BFGS iterations and final objective per stage (did a stage stop at its iteration cap?)
+           "stages": [{"stage": s, "iterations": sum(h["stage"] == s for h in rep.history),
+                       "objective": [h["objective"] for h in rep.history if h["stage"] == s][-1:]}
+                      for s in sorted({h["stage"] for h in rep.history})]}
     z, m, b = truth["z_gap"], truth["mirror_angle"], truth["beam_angle"]
     print(f"seed {seed}: z_gap error {100 * z['relative_error']:.3f} % (start {100 * abs(z['start_error']) / z['true']:.2f} %); "
           f"mirror error {np.round(np.array(m['error']) * 1e6, 1).tolist()} urad of {np.round(np.array(m['true']) * 1e6, 1).tolist()}; "

@@ -29,6 +29,7 @@ from .fit import (
     predict_frames,
 )
 from .protocol import capture_frames
+from .registration import register
 from .twin import DigitalTwin
 from .twin_params import TwinParams
 
@@ -93,11 +94,19 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
                      free=DEFAULT_FREE, denoise_batches: int = 0, denoise_batch: int = 16,
                      denoise_images: np.ndarray | None = None, refine_stages=REFINE_STAGES,
                      workers: int = 2, grid: int | None = None, start: TwinParams | None = None,
-                     log=None) -> tuple[DigitalTwin, CalibrationReport, CalibrationSet]:
+                     registration: str = "fit", log=None) -> tuple[DigitalTwin, CalibrationReport, CalibrationSet]:
     """Capture ``frames + holdout`` pi-patch frames on ``device``, fit a twin (from ``nominal``, or
     ``start``) to the first ``frames``, measure D on the rest; with ``denoise_batches`` also
     refine on denoising captures (half of them held out for D). Returns the fitted twin, the
-    report and the captured calibration set."""
+    report and the captured calibration set.
+
+    ``registration``: ``"fit"`` fits the patch offsets when ``free`` has them; ``"known"`` (the
+    patches sit where the lab put them, as on one rigid SLM): the coarse stages (pool > 2) fit
+    with the offsets free, :func:`~.registration.register` moves the walk they found into the
+    angles with the offsets back at their nominal values, and the fine stages fit without them.
+    """
+    if registration not in ("fit", "known"):
+        raise ValueError(f"registration = {registration!r}: must be 'fit' or 'known'")
     nominal = BenchConfig() if nominal is None else nominal
     t0 = time.perf_counter()
     cal = capture_calibration(device, frames + holdout, seed=seed, nominal=nominal)
@@ -114,10 +123,21 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
     d_before = _d(twin, held, bits, workers) if held else float("nan")
     den_fit, den_held = den[:denoise_batches], den[denoise_batches:]
     dd_before = _d(twin, den_held, bits, workers) if den_held else None
-    res = fit_twin(twin, fit_set, free=free, stages=stages, workers=workers, log=log)
-    history = list(res.history)
+    if registration == "known":
+        coarse, fine = [st for st in stages if st.pool > 2], [st for st in stages if st.pool <= 2]
+        walk = tuple(free) + (() if "patch_offsets" in free else ("patch_offsets",))
+        fixed = tuple(n for n in free if n != "patch_offsets")
+        history = list(fit_twin(twin, fit_set, free=walk, stages=coarse, workers=workers, log=log).history) \
+            if coarse else []
+        twin.set_params(register(twin, twin.params))
+        if fine:
+            res = fit_twin(twin, fit_set, free=fixed, stages=fine, workers=workers, log=log)
+            history += [dict(r, stage=r["stage"] + len(coarse)) for r in res.history]
+    else:
+        history = list(fit_twin(twin, fit_set, free=free, stages=stages, workers=workers, log=log).history)
     if den_fit:
-        res2 = fit_twin(twin, den_fit, free=tuple(free) + ("lut_curvature",), stages=refine_stages,
+        kept = tuple(n for n in free if registration == "fit" or n != "patch_offsets")
+        res2 = fit_twin(twin, den_fit, free=kept + ("lut_curvature",), stages=refine_stages,
                         workers=workers, log=log)
         history += [dict(r, stage=r["stage"] + len(stages)) for r in res2.history]
     report = CalibrationReport(
