@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         q1, med, q3 = quartiles(ts)
         v = values[k]
         val = f"FID {v[0]:.4g}, KID {v[1]:.4g}, IS {v[2]:.3g}" if isinstance(v, tuple) else f"FID {v:.4g}"
-        lines.append(f"| {k} | {med:.2f} | {q1:.2f} .. {q3:.2f} | {val} |")
+        lines.append(f"| {k} | {med:.3g} | {q1:.3g} .. {q3:.3g} | {val} |")
     lines += ["", f"Machine: {os.cpu_count()} CPUs; load average {load0[0]:.2f} before, {load1[0]:.2f} after; "
                   f"the CPUs were busy {busy / max(wall, 1e-9):.2f} cores on average during the {wall:.0f} s of "
                   f"timing (this process: {a.threads} thread(s)); a shared machine slows every number."]
