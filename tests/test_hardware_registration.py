@@ -49,5 +49,10 @@ def test_calibration_with_the_registration_known_keeps_the_offsets():
     assert rep.params.patch_offsets == TwinParams.from_config(exp.nominal, 2).patch_offsets
     assert rep.discrepancy_after < rep.discrepancy_before / 10
     assert {h["stage"] for h in rep.history} == {0, 1}
+    # both coarse fits ran; the fine stage went on from the one with the lower objective
+    objs = rep.coarse_objectives
+    assert set(objs) == {"angles", "offsets_registered"} and all(np.isfinite(v) for v in objs.values())
+    branch = "angles" if objs["angles"] <= objs["offsets_registered"] else "offsets-registered"
+    assert {h["branch"] for h in rep.history if h["stage"] == 0} == {branch}
     with pytest.raises(ValueError, match="registration"):
         calibrate_device(exp, optics, 8, exp.nominal, frames=2, holdout=0, registration="rigid")

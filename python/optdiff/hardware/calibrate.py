@@ -26,6 +26,7 @@ from .fit import (
     discrepancy,
     fit_twin,
     items_from_calibration,
+    map_objective,
     predict_frames,
 )
 from .protocol import capture_frames
@@ -53,10 +54,12 @@ class CalibrationReport:
     capture_seconds: float = 0.0
     fit_seconds: float = 0.0
     history: list = dataclasses.field(default_factory=list)
+    coarse_objectives: dict | None = None     # registration "known": the two coarse fits' objectives
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("frames", "holdout", "discrepancy_before", "discrepancy_after",
-                                            "denoise_before", "denoise_after", "capture_seconds", "fit_seconds")}
+                                            "denoise_before", "denoise_after", "capture_seconds", "fit_seconds",
+                                            "coarse_objectives")}
         d["start"] = self.start.to_dict()
         d["params"] = self.params.to_dict()
         return d
@@ -101,12 +104,15 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
     report and the captured calibration set.
 
     ``registration``: ``"fit"`` fits the patch offsets when ``free`` has them; ``"known"`` (the
-    patches sit where the lab put them, as on one rigid SLM): the coarse stages (pool > 2) fit
-    with the offsets free, :func:`~.registration.register` moves the walk they found into the
-    angles with the offsets back at their nominal values, and the fine stages fit without them.
+    patches sit where the lab put them, as on one rigid SLM): the coarse stages (pool > 2) run
+    twice, with the offsets fixed, and with the offsets free followed by
+    :func:`~.registration.register` (the walk they found moved into the angles, the offsets back
+    at their nominal values); the fine stages go on without offsets from whichever of the two
+    has the lower objective.
     """
     if registration not in ("fit", "known"):
         raise ValueError(f"registration = {registration!r}: must be 'fit' or 'known'")
+    coarse_choice: dict = {}
     nominal = BenchConfig() if nominal is None else nominal
     t0 = time.perf_counter()
     cal = capture_calibration(device, frames + holdout, seed=seed, nominal=nominal)
@@ -127,9 +133,23 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
         coarse, fine = [st for st in stages if st.pool > 2], [st for st in stages if st.pool <= 2]
         walk = tuple(free) + (() if "patch_offsets" in free else ("patch_offsets",))
         fixed = tuple(n for n in free if n != "patch_offsets")
-        history = list(fit_twin(twin, fit_set, free=walk, stages=coarse, workers=workers, log=log).history) \
-            if coarse else []
-        twin.set_params(register(twin, twin.params))
+        history = []
+        if coarse:
+            # two coarse fits from the start: the walk in the angles (offsets fixed), and the walk
+            # in the offsets moved into the angles afterwards; each can end in a wrong basin when
+            # the start is far off, so the fine stages go on from the one the objective prefers
+            ha = fit_twin(twin, fit_set, free=fixed, stages=coarse, workers=workers, log=log).history
+            pa = twin.params
+            twin.set_params(first)
+            hb = fit_twin(twin, fit_set, free=walk, stages=coarse, workers=workers, log=log).history
+            pb = register(twin, twin.params)
+            last = coarse[-1]
+            judged = fit_set if last.frames is None else fit_set[:last.frames]
+            fa, fb = (map_objective(twin, judged, p, first, fixed, pool=last.pool, workers=workers)
+                      for p in (pa, pb))
+            twin.set_params(pa if fa <= fb else pb)
+            history = [dict(r, branch="angles" if fa <= fb else "offsets-registered") for r in (ha if fa <= fb else hb)]
+            coarse_choice.update(angles=fa, offsets_registered=fb)
         if fine:
             res = fit_twin(twin, fit_set, free=fixed, stages=fine, workers=workers, log=log)
             history += [dict(r, stage=r["stage"] + len(coarse)) for r in res.history]
@@ -143,7 +163,7 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
     report = CalibrationReport(
         first, twin.params, frames, holdout, d_before, _d(twin, held, bits, workers) if held else float("nan"),
         dd_before, _d(twin, den_held, bits, workers) if den_held else None, t_capture,
-        time.perf_counter() - t0 - t_capture, history)
+        time.perf_counter() - t0 - t_capture, history, coarse_choice or None)
     return twin, report, cal
 
 

@@ -27,7 +27,7 @@ from . import twin_parts as parts
 from .twin import DigitalTwin
 from .twin_params import TwinParams
 
-__all__ = ["FitItem", "Stage", "FitResult", "discrepancy", "fit_twin", "items_from_calibration",
+__all__ = ["FitItem", "Stage", "FitResult", "discrepancy", "fit_twin", "items_from_calibration", "map_objective",
            "predict_frames", "DEFAULT_FREE", "DEFAULT_STAGES"]
 
 DEFAULT_FREE = ("z_gap", "mirror_angle", "beam_angle", "patch_offsets", "dmd_offset", "camera_offset",
@@ -164,6 +164,33 @@ class _Objective:
         return f, g
 
 
+def noise_model(twin: DigitalTwin, items, saturation: float | None = None):
+    """(saturation level, variance of a frame value in DN^2 as a function of the frames)."""
+    cam = twin.nominal.camera
+    if saturation is None:   # saturated pixels pile up at the full well: leave out the top 3 % of the range
+        top = max(float(np.max(it.frames)) for it in items)
+        saturation = min(0.97 * top, (1 << cam.bits) - 3 if cam.bits else np.inf)
+    g0, read = cam.dn_per_electron, cam.read_noise
+
+    def noise(frames):   # shot noise, read noise, ADC rounding
+        return g0 * np.maximum(frames - cam.dark_level, 0.0) + (g0 * read) ** 2 + 1.0 / 12.0
+
+    return saturation, noise
+
+
+def map_objective(twin: DigitalTwin, items, params: TwinParams, start: TwinParams, free, *, pool: int = 1,
+                  workers: int = 2) -> float:
+    """The fit's objective (data term with gain and dark level solved, plus the prior around
+    ``start``) at ``params``; the twin ends at ``params`` with the solved gain and dark level."""
+    free = tuple(free)
+    sat, noise = noise_model(twin, items)
+    scales = start.scales(free)
+    obj = _Objective(twin, items, free, start, scales, pool, sat, noise, workers)
+    with parts.single_threaded_blas():
+        f, _ = obj((params.vector(free) - start.vector(free)) / scales)
+    return float(f)
+
+
 def fit_twin(twin: DigitalTwin, items, *, free=DEFAULT_FREE, stages=DEFAULT_STAGES, scales: dict | None = None,
              workers: int = 2, saturation: float | None = None, log=None) -> FitResult:
     """Fit ``twin``'s free parameters (starting from its current ones) to ``items``; the twin ends
@@ -172,16 +199,7 @@ def fit_twin(twin: DigitalTwin, items, *, free=DEFAULT_FREE, stages=DEFAULT_STAG
     for n in ("gain", "dark_level"):
         if n in free:
             raise ValueError(f"{n} is solved in closed form at every step; leave it out of free")
-    cam = twin.nominal.camera
-    if saturation is None:   # saturated pixels pile up at the full well: leave out the top 3 % of the range
-        top = max(float(np.max(it.frames)) for it in items)
-        saturation = min(0.97 * top, (1 << cam.bits) - 3 if cam.bits else np.inf)
-    sat = saturation
-    g0, read = cam.dn_per_electron, cam.read_noise
-
-    def noise(frames):   # variance of a frame value, DN^2
-        return g0 * np.maximum(frames - cam.dark_level, 0.0) + (g0 * read) ** 2 + 1.0 / 12.0
-
+    sat, noise = noise_model(twin, items, saturation)
     start = twin.params
     scales = start.scales(free, scales)
     x = np.zeros(scales.size)
