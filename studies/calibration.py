@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import studies.common  # noqa: F401,E402  (finds optdiff)
 from optdiff.config import OpticsConfig  # noqa: E402
 from optdiff.hardware import EmulatedExperiment  # noqa: E402
-from optdiff.hardware.calibrate import calibrate_device, compare_with_truth, denoising_items  # noqa: E402
+from optdiff.hardware.calibrate import GAP_STARTS, calibrate_device, compare_with_truth, denoising_items  # noqa: E402
 from optdiff.hardware.emulated import HiddenErrors  # noqa: E402
 from optdiff.hardware.fit import DEFAULT_FREE, discrepancy, predict_frames  # noqa: E402
 from optdiff.hardware.twin import DigitalTwin  # noqa: E402
@@ -68,7 +68,8 @@ def run_seed(seed: int, args) -> dict:
     twin, rep, _ = calibrate_device(exp, optics, 20, exp.nominal, frames=args.frames, holdout=args.holdout,
                                     seed=seed, denoise_batches=args.denoise_batches, workers=args.workers,
                                     free=free_parameters(args.registration),
-                                    registration="known" if args.registration == "rigid" else "fit")
+                                    registration="known" if args.registration == "rigid" else "fit",
+                                    gap_starts=tuple(float(k) for k in args.gap_starts.split(",")))
     seconds = time.perf_counter() - t0
     truth = compare_with_truth(rep.params, exp.reveal_truth(), rep.start)
     # D on denoising frames the fit never saw, for the nominal and the fitted twin
@@ -128,6 +129,9 @@ def main(argv=None) -> int:
     ap.add_argument("--registration", choices=("rigid", "per-patch"), default="rigid",
                     help="rigid = one SLM shift shared by the patches, no per-patch offsets fitted; "
                          "per-patch = independent 10 um offsets per patch, fitted")
+    ap.add_argument("--gap-starts", default=",".join(f"{k:g}" for k in GAP_STARTS),
+                    help="starting gaps of the coarse multi-start, in z_gap tolerances (2 %%) from nominal "
+                         "(default %(default)s; 0 = the single start)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/calibration")
     args = ap.parse_args(argv)

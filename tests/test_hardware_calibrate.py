@@ -66,3 +66,10 @@ def test_calibrate_command(tmp_path, capsys):
     assert (out / "calibration.npz").exists() and (out / "calibrate_log.csv").exists()
     assert "D (held-out pi-patch frames)" in capsys.readouterr().out
     assert main(["calibrate", "--frames", "0", "--out", str(out)]) == 1
+    # --registration known reaches calibrate_device: its coarse objectives are reported
+    known = tmp_path / "known"
+    assert main(["calibrate", "--n", "32", "--layers", "2", "--image-size", "8", "--frames", "6", "--holdout", "2",
+                 "--quick", "--registration", "known", "--gap-starts", "0", "--out", str(known), "--no-progress"]) == 0
+    objs = json.loads((known / "twin.json").read_text())["report"]["coarse_objectives"]
+    assert set(objs) == {"angles", "offsets_registered"}     # one gap start: no screening
+    assert main(["calibrate", "--gap-starts", "0,x", "--out", str(known)]) == 1

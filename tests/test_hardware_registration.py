@@ -6,7 +6,7 @@ import pytest
 
 from optdiff.config import OpticsConfig
 from optdiff.hardware import EmulatedExperiment, HiddenErrors
-from optdiff.hardware.calibrate import calibrate_device
+from optdiff.hardware.calibrate import GAP_STARTS, calibrate_device
 from optdiff.hardware.fit import DEFAULT_FREE, Stage
 from optdiff.hardware.registration import light_positions, register
 from optdiff.hardware.twin import DigitalTwin
@@ -51,8 +51,14 @@ def test_calibration_with_the_registration_known_keeps_the_offsets():
     assert {h["stage"] for h in rep.history} == {0, 1}
     # both coarse fits ran; the fine stage went on from the one with the lower objective
     objs = rep.coarse_objectives
-    assert set(objs) == {"angles", "offsets_registered"} and all(np.isfinite(v) for v in objs.values())
+    assert all(np.isfinite(objs[k]) for k in ("angles", "offsets_registered"))
+    # the gap multi-start (GAP_STARTS by default): every start screened, the lowest objective kept
+    screened = objs["gap_starts"]
+    assert set(screened) == {f"{k:+g}" for k in GAP_STARTS} and all(np.isfinite(v) for v in screened.values())
+    assert objs["gap_start"] == float(min(screened, key=screened.get))
     branch = "angles" if objs["angles"] <= objs["offsets_registered"] else "offsets-registered"
     assert {h["branch"] for h in rep.history if h["stage"] == 0} == {branch}
     with pytest.raises(ValueError, match="registration"):
         calibrate_device(exp, optics, 8, exp.nominal, frames=2, holdout=0, registration="rigid")
+    with pytest.raises(ValueError, match="gap_starts"):
+        calibrate_device(exp, optics, 8, exp.nominal, frames=2, holdout=0, registration="known", gap_starts=())

@@ -49,6 +49,12 @@ def add_calibrate_parser(sub, add_config_flags) -> None:
     c.add_argument("--reveal", action="store_true",
                    help="compare with the emulated bench's hidden truth (studies and tests only)")
     c.add_argument("--calibration-seed", type=int, default=0, help="seed of the random squares")
+    c.add_argument("--registration", choices=("fit", "known"), default="fit",
+                   help="fit: fit per-patch offsets (default); known: the patches sit where the lab put them "
+                        "(one rigid SLM), offsets fixed, the walk between patches fitted as angles")
+    c.add_argument("--gap-starts", default=None, metavar="K,K,...",
+                   help="registration known: starting gaps of the coarse multi-start in z_gap tolerances "
+                        "from nominal (default: the library's, optdiff.hardware.calibrate.GAP_STARTS)")
     add_config_flags(c)
 
 
@@ -101,13 +107,19 @@ def make_trainer(args, cfg, out):
 
 
 def cmd_calibrate(args, build_config) -> dict:
-    from .hardware.calibrate import calibrate_device, compare_with_truth
+    from .hardware.calibrate import GAP_STARTS, calibrate_device, compare_with_truth
     from .hardware.fit import DEFAULT_STAGES, Stage
 
     for name in ("frames", "holdout", "denoise_batches"):
         if getattr(args, name) < (1 if name == "frames" else 0):
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= "
                              f"{1 if name == 'frames' else 0}")
+    gap_starts = GAP_STARTS
+    if getattr(args, "gap_starts", None):
+        try:
+            gap_starts = tuple(float(k) for k in args.gap_starts.split(","))
+        except ValueError:
+            raise ValueError(f"--gap-starts {args.gap_starts!r}: must be comma-separated numbers") from None
     cfg = build_config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +139,9 @@ def cmd_calibrate(args, build_config) -> dict:
           f"bench seed {args.bench_seed} -> {out}", file=sys.stderr)
     twin, report, cal = calibrate_device(device, cfg.optics, cfg.model.image_size, device.nominal,
                                          frames=args.frames, holdout=args.holdout, seed=args.calibration_seed,
-                                         stages=stages, denoise_batches=args.denoise_batches, log=log)
+                                         stages=stages, denoise_batches=args.denoise_batches,
+                                         registration=getattr(args, "registration", "fit"), gap_starts=gap_starts,
+                                         log=log)
     cal.save(out / "calibration.npz")
     result = {"report": report.to_dict(), "bench_seed": args.bench_seed}
     if args.reveal:

@@ -34,9 +34,12 @@ from .registration import register
 from .twin import DigitalTwin
 from .twin_params import TwinParams
 
-__all__ = ["CalibrationReport", "calibrate_device", "denoising_items", "compare_with_truth", "REFINE_STAGES"]
+__all__ = ["CalibrationReport", "calibrate_device", "denoising_items", "compare_with_truth", "REFINE_STAGES",
+           "GAP_STARTS"]
 
 REFINE_STAGES = (Stage(2, 20, None), Stage(1, 20, None))
+#: starting gaps of the coarse multi-start, in tolerances of z_gap from the nominal gap
+GAP_STARTS = (0.0, -1.0, 1.0)
 
 
 @dataclasses.dataclass
@@ -54,7 +57,7 @@ class CalibrationReport:
     capture_seconds: float = 0.0
     fit_seconds: float = 0.0
     history: list = dataclasses.field(default_factory=list)
-    coarse_objectives: dict | None = None     # registration "known": the two coarse fits' objectives
+    coarse_objectives: dict | None = None     # registration "known": the coarse fits' objectives, gap starts
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("frames", "holdout", "discrepancy_before", "discrepancy_after",
@@ -92,12 +95,37 @@ def _d(twin, items, bits, workers) -> float:
     return discrepancy(pred, np.concatenate([it.frames for it in items]))
 
 
+def _gap_start(first: TwinParams, k: float) -> TwinParams:
+    """``first`` with the gap moved by ``k`` of its tolerances."""
+    return first if k == 0 else first.replace(z_gap=first.z_gap + k * float(first.scales(("z_gap",))[0]))
+
+
+def _coarse(twin, fit_set, start, first, coarse, fixed, walk, workers, log):
+    """The two coarse fits from ``start`` (the walk in the angles with the offsets fixed; the walk
+    in the offsets, then registered); each can end in a wrong basin when the start is far off, so
+    the one with the lower objective (prior around ``first``) wins. Returns (params, objective,
+    history, the two objectives)."""
+    twin.set_params(start)
+    ha = fit_twin(twin, fit_set, free=fixed, stages=coarse, workers=workers, log=log).history
+    pa = twin.params
+    twin.set_params(start)
+    hb = fit_twin(twin, fit_set, free=walk, stages=coarse, workers=workers, log=log).history
+    pb = register(twin, twin.params)
+    last = coarse[-1]
+    judged = fit_set if last.frames is None else fit_set[:last.frames]
+    fa, fb = (map_objective(twin, judged, p, first, fixed, pool=last.pool, workers=workers) for p in (pa, pb))
+    win = fa <= fb
+    history = [dict(r, branch="angles" if win else "offsets-registered") for r in (ha if win else hb)]
+    return (pa if win else pb), min(fa, fb), history, {"angles": fa, "offsets_registered": fb}
+
+
 def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: BenchConfig | None = None, *,
                      frames: int = 200, holdout: int = 40, seed: int = 0, stages=DEFAULT_STAGES,
                      free=DEFAULT_FREE, denoise_batches: int = 0, denoise_batch: int = 16,
                      denoise_images: np.ndarray | None = None, refine_stages=REFINE_STAGES,
                      workers: int = 2, grid: int | None = None, start: TwinParams | None = None,
-                     registration: str = "fit", log=None) -> tuple[DigitalTwin, CalibrationReport, CalibrationSet]:
+                     registration: str = "fit", gap_starts=GAP_STARTS,
+                     log=None) -> tuple[DigitalTwin, CalibrationReport, CalibrationSet]:
     """Capture ``frames + holdout`` pi-patch frames on ``device``, fit a twin (from ``nominal``, or
     ``start``) to the first ``frames``, measure D on the rest; with ``denoise_batches`` also
     refine on denoising captures (half of them held out for D). Returns the fitted twin, the
@@ -109,7 +137,15 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
     :func:`~.registration.register` (the walk they found moved into the angles, the offsets back
     at their nominal values); the fine stages go on without offsets from whichever of the two
     has the lower objective.
+
+    ``gap_starts`` (registration ``"known"``): starting gaps, in tolerances of z_gap
+    (:data:`~.twin_params.DEFAULT_SCALES`) from the start's; with more than one, each is screened
+    with the first coarse stage and the coarse fits go on from the one with the lowest objective
+    (a gap error walks the beam along the fold as a beam angle does: a wrong basin from one start).
     """
+    gap_starts = tuple(float(k) for k in gap_starts)
+    if not gap_starts or not all(np.isfinite(gap_starts)):
+        raise ValueError(f"gap_starts = {gap_starts!r}: must be one or more finite numbers (tolerances of z_gap)")
     if registration not in ("fit", "known"):
         raise ValueError(f"registration = {registration!r}: must be 'fit' or 'known'")
     coarse_choice: dict = {}
@@ -135,21 +171,22 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
         fixed = tuple(n for n in free if n != "patch_offsets")
         history = []
         if coarse:
-            # two coarse fits from the start: the walk in the angles (offsets fixed), and the walk
-            # in the offsets moved into the angles afterwards; each can end in a wrong basin when
-            # the start is far off, so the fine stages go on from the one the objective prefers
-            ha = fit_twin(twin, fit_set, free=fixed, stages=coarse, workers=workers, log=log).history
-            pa = twin.params
-            twin.set_params(first)
-            hb = fit_twin(twin, fit_set, free=walk, stages=coarse, workers=workers, log=log).history
-            pb = register(twin, twin.params)
-            last = coarse[-1]
-            judged = fit_set if last.frames is None else fit_set[:last.frames]
-            fa, fb = (map_objective(twin, judged, p, first, fixed, pool=last.pool, workers=workers)
-                      for p in (pa, pb))
-            twin.set_params(pa if fa <= fb else pb)
-            history = [dict(r, branch="angles" if fa <= fb else "offsets-registered") for r in (ha if fa <= fb else hb)]
-            coarse_choice.update(angles=fa, offsets_registered=fb)
+            best = None
+            if len(gap_starts) > 1:
+                # multi-start: a gap error walks the beam along the fold as a beam angle does, so
+                # a gap start too far off can end in a basin with the walk in the angles; screen
+                # each start with the first coarse stage (both fits), keep the lowest objective
+                # (prior around the nominal start, so the starts compare)
+                screened = [(_coarse(twin, fit_set, _gap_start(first, k), first, coarse[:1], fixed, walk,
+                                     workers, None)[1], k) for k in gap_starts]
+                best = min(screened)[1]
+                coarse_choice["gap_starts"] = {f"{k:+g}": f for f, k in screened}
+                coarse_choice["gap_start"] = best
+            k = gap_starts[0] if best is None else best
+            params, _, history, objectives = _coarse(twin, fit_set, _gap_start(first, k), first, coarse, fixed,
+                                                     walk, workers, log)
+            twin.set_params(params)
+            coarse_choice.update(objectives)
         if fine:
             res = fit_twin(twin, fit_set, free=fixed, stages=fine, workers=workers, log=log)
             history += [dict(r, stage=r["stage"] + len(coarse)) for r in res.history]
