@@ -43,7 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import studies.common  # noqa: F401,E402  (finds optdiff)
 from optdiff.config import OpticsConfig  # noqa: E402
 from optdiff.hardware import EmulatedExperiment  # noqa: E402
-from optdiff.hardware.calibrate import GAP_STARTS, calibrate_device, compare_with_truth, denoising_items  # noqa: E402
+from optdiff.hardware.calibrate import (  # noqa: E402
+    BEAM_STARTS,
+    GAP_STARTS,
+    calibrate_device,
+    compare_with_truth,
+    denoising_items,
+)
 from optdiff.hardware.emulated import HiddenErrors  # noqa: E402
 from optdiff.hardware.fit import DEFAULT_FREE, discrepancy, predict_frames  # noqa: E402
 from optdiff.hardware.twin import DigitalTwin  # noqa: E402
@@ -69,7 +75,8 @@ def run_seed(seed: int, args) -> dict:
                                     seed=seed, denoise_batches=args.denoise_batches, workers=args.workers,
                                     free=free_parameters(args.registration),
                                     registration="known" if args.registration == "rigid" else "fit",
-                                    gap_starts=tuple(float(k) for k in args.gap_starts.split(",")))
+                                    gap_starts=tuple(float(k) for k in args.gap_starts.split(",")),
+                                    beam_starts=tuple(float(k) for k in args.beam_starts.split(",")))
     seconds = time.perf_counter() - t0
     truth = compare_with_truth(rep.params, exp.reveal_truth(), rep.start)
     # D on denoising frames the fit never saw, for the nominal and the fitted twin
@@ -132,6 +139,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gap-starts", default=",".join(f"{k:g}" for k in GAP_STARTS),
                     help="starting gaps of the coarse multi-start, in z_gap tolerances (2 %%) from nominal "
                          "(default %(default)s; 0 = the single start)")
+    ap.add_argument("--beam-starts", default=",".join(f"{k:g}" for k in BEAM_STARTS),
+                    help="starting beam angles along the fold (x) of the multi-start, in beam-angle "
+                         "tolerances (1.5 mrad) from nominal (default %(default)s)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/calibration")
     args = ap.parse_args(argv)

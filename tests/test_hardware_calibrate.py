@@ -73,3 +73,5 @@ def test_calibrate_command(tmp_path, capsys):
     objs = json.loads((known / "twin.json").read_text())["report"]["coarse_objectives"]
     assert set(objs) == {"angles", "offsets_registered"}     # one gap start: no screening
     assert main(["calibrate", "--gap-starts", "0,x", "--out", str(known)]) == 1
+    assert main(["calibrate", "--beam-starts", "nan", "--registration", "known", "--frames", "2", "--holdout", "0",
+                 "--n", "32", "--layers", "2", "--image-size", "8", "--out", str(known)]) == 1

@@ -6,7 +6,7 @@ import pytest
 
 from optdiff.config import OpticsConfig
 from optdiff.hardware import EmulatedExperiment, HiddenErrors
-from optdiff.hardware.calibrate import GAP_STARTS, calibrate_device
+from optdiff.hardware.calibrate import calibrate_device
 from optdiff.hardware.fit import DEFAULT_FREE, Stage
 from optdiff.hardware.registration import light_positions, register
 from optdiff.hardware.twin import DigitalTwin
@@ -45,17 +45,18 @@ def test_calibration_with_the_registration_known_keeps_the_offsets():
     stages = (Stage(8, 10, 16), Stage(2, 8, None))
     free = tuple(n for n in DEFAULT_FREE if n != "patch_offsets")
     _, rep, _ = calibrate_device(exp, optics, 8, exp.nominal, frames=16, holdout=6, stages=stages, free=free,
-                                 registration="known")
+                                 registration="known", gap_starts=(0.0, 1.0), beam_starts=(0.0, -1.0))
     assert rep.params.patch_offsets == TwinParams.from_config(exp.nominal, 2).patch_offsets
     assert rep.discrepancy_after < rep.discrepancy_before / 10
     assert {h["stage"] for h in rep.history} == {0, 1}
     # both coarse fits ran; the fine stage went on from the one with the lower objective
     objs = rep.coarse_objectives
     assert all(np.isfinite(objs[k]) for k in ("angles", "offsets_registered"))
-    # the gap multi-start (GAP_STARTS by default): every start screened, the lowest objective kept
-    screened = objs["gap_starts"]
-    assert set(screened) == {f"{k:+g}" for k in GAP_STARTS} and all(np.isfinite(v) for v in screened.values())
-    assert objs["gap_start"] == float(min(screened, key=screened.get))
+    # the multi-start over gap x beam angle along the fold: every pair screened, the lowest objective kept
+    screened = objs["starts"]
+    assert len(screened) == 4 and all(np.isfinite(v) for v in screened.values())
+    g, b = objs["start"]
+    assert f"gap {g:+g}, beam x {b:+g}" == min(screened, key=screened.get)
     branch = "angles" if objs["angles"] <= objs["offsets_registered"] else "offsets-registered"
     assert {h["branch"] for h in rep.history if h["stage"] == 0} == {branch}
     with pytest.raises(ValueError, match="registration"):

@@ -55,6 +55,9 @@ def add_calibrate_parser(sub, add_config_flags) -> None:
     c.add_argument("--gap-starts", default=None, metavar="K,K,...",
                    help="registration known: starting gaps of the coarse multi-start in z_gap tolerances "
                         "from nominal (default: the library's, optdiff.hardware.calibrate.GAP_STARTS)")
+    c.add_argument("--beam-starts", default=None, metavar="K,K,...",
+                   help="registration known: starting beam angles along the fold (x) of the multi-start, in "
+                        "beam-angle tolerances from nominal (default: optdiff.hardware.calibrate.BEAM_STARTS)")
     add_config_flags(c)
 
 
@@ -107,19 +110,21 @@ def make_trainer(args, cfg, out):
 
 
 def cmd_calibrate(args, build_config) -> dict:
-    from .hardware.calibrate import GAP_STARTS, calibrate_device, compare_with_truth
+    from .hardware.calibrate import BEAM_STARTS, GAP_STARTS, calibrate_device, compare_with_truth
     from .hardware.fit import DEFAULT_STAGES, Stage
 
     for name in ("frames", "holdout", "denoise_batches"):
         if getattr(args, name) < (1 if name == "frames" else 0):
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= "
                              f"{1 if name == 'frames' else 0}")
-    gap_starts = GAP_STARTS
-    if getattr(args, "gap_starts", None):
-        try:
-            gap_starts = tuple(float(k) for k in args.gap_starts.split(","))
-        except ValueError:
-            raise ValueError(f"--gap-starts {args.gap_starts!r}: must be comma-separated numbers") from None
+    starts = {"gap_starts": GAP_STARTS, "beam_starts": BEAM_STARTS}
+    for name in starts:
+        text = getattr(args, name, None)
+        if text:
+            try:
+                starts[name] = tuple(float(k) for k in text.split(","))
+            except ValueError:
+                raise ValueError(f"--{name.replace('_', '-')} {text!r}: must be comma-separated numbers") from None
     cfg = build_config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +145,7 @@ def cmd_calibrate(args, build_config) -> dict:
     twin, report, cal = calibrate_device(device, cfg.optics, cfg.model.image_size, device.nominal,
                                          frames=args.frames, holdout=args.holdout, seed=args.calibration_seed,
                                          stages=stages, denoise_batches=args.denoise_batches,
-                                         registration=getattr(args, "registration", "fit"), gap_starts=gap_starts,
+                                         registration=getattr(args, "registration", "fit"), **starts,
                                          log=log)
     cal.save(out / "calibration.npz")
     result = {"report": report.to_dict(), "bench_seed": args.bench_seed}
