@@ -69,7 +69,7 @@ def test_calibrate_command(tmp_path, capsys):
     # --registration known reaches calibrate_device: its coarse objectives are reported
     known = tmp_path / "known"
     assert main(["calibrate", "--n", "32", "--layers", "2", "--image-size", "8", "--frames", "6", "--holdout", "2",
-                 "--quick", "--registration", "known", "--gap-starts", "0", "--out", str(known), "--no-progress"]) == 0
+                 "--quick", "--registration", "known", "--gap-starts", "0", "--beam-starts", "0", "--out", str(known), "--no-progress"]) == 0
     objs = json.loads((known / "twin.json").read_text())["report"]["coarse_objectives"]
     assert set(objs) == {"angles", "offsets_registered"}     # one gap start: no screening
     assert main(["calibrate", "--gap-starts", "0,x", "--out", str(known)]) == 1
