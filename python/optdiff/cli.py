@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="train a small model on Fashion-MNIST 0-2 and write samples and figures",
                        description="Train a small model (N=128, 10 sets x 600 steps) on Fashion-MNIST "
                        "classes 0-2 at 20x20 (Debian's dataset-fashion-mnist; scikit-learn's digits when "
-                       "it is not installed), about 7-14 minutes on 2 cores, then sample 64 images and "
+                       "it is not installed), about 5 minutes on 2 idle cores, then sample 64 images and "
                        "draw figures. --config/--set override any of it.")
     m.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     _add_config_flags(m)
