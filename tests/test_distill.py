@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import squares
 
 from optdiff.config import Config, ConfigError
 from optdiff.diffusion.distill import distill_set
@@ -21,17 +22,8 @@ def cfg(**train):
     })
 
 
-def squares(k=150, size=8, seed=0):
-    rng = np.random.default_rng(seed)
-    x = -np.ones((k, size, size))
-    for i in range(k):
-        a, b = rng.integers(0, size - 3, 2)
-        x[i, a:a + 3, b:b + 3] = rng.uniform(0.3, 1.0)
-    return x
-
-
 def test_distill_set_moves_the_prediction_towards_the_linear_denoiser(tmp_path):
-    tr = Trainer(cfg(), tmp_path, images=squares(), log=False)
+    tr = Trainer(cfg(), tmp_path, images=squares(150), log=False)
     tr.calibrate()
     model, x = tr.model, tr.images
     lin = LinearDenoiser(ridge=1e-3).fit(x, model.schedule, model.set_ranges, samples_per_set=3000, rng=0)
@@ -51,9 +43,9 @@ def test_distill_set_moves_the_prediction_towards_the_linear_denoiser(tmp_path):
 
 
 def test_trainer_distill_start_counts_its_time_and_keeps_the_noise_stream(tmp_path):
-    plain = Trainer(cfg(), tmp_path / "a", images=squares(), log=False)
+    plain = Trainer(cfg(), tmp_path / "a", images=squares(150), log=False)
     plain.fit()
-    dist = Trainer(cfg(distill_steps=5), tmp_path / "b", images=squares(), log=False)
+    dist = Trainer(cfg(distill_steps=5), tmp_path / "b", images=squares(150), log=False)
     s = dist.fit()
     assert s["distill_s"] > 0 and s["elapsed_s"] >= s["distill_s"] and plain.distill_s == 0
     # the noise-loss steps see the same batches: same rng state at the end of both runs
@@ -61,7 +53,7 @@ def test_trainer_distill_start_counts_its_time_and_keeps_the_noise_stream(tmp_pa
     # and the distilled start is a different model
     assert not np.array_equal(dist.model.params["phases"], plain.model.params["phases"])
     # a resumed run still reports the distillation's seconds (kept in the checkpoint)
-    again = Trainer(cfg(distill_steps=5, steps=3), tmp_path / "b", images=squares(), log=False)
+    again = Trainer(cfg(distill_steps=5, steps=3), tmp_path / "b", images=squares(150), log=False)
     assert again.fit(resume=True)["distill_s"] == s["distill_s"]
 
 

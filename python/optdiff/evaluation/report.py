@@ -81,21 +81,20 @@ class _RealCache:
 
     def __init__(self, space, real: np.ndarray):
         self.space, self.real = space, real
-        self._f = self._p = None
+        self._memo = {}
+
+    def _of(self, method: str, x):
+        if x is not self.real:
+            return getattr(self.space, method)(x)
+        if method not in self._memo:
+            self._memo[method] = getattr(self.space, method)(x)
+        return self._memo[method]
 
     def features(self, x):
-        if x is self.real:
-            if self._f is None:
-                self._f = self.space.features(x)
-            return self._f
-        return self.space.features(x)
+        return self._of("features", x)
 
     def predict_proba(self, x):
-        if x is self.real:
-            if self._p is None:
-                self._p = self.space.predict_proba(x)
-            return self._p
-        return self.space.predict_proba(x)
+        return self._of("predict_proba", x)
 
 
 class _Runner:

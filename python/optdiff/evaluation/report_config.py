@@ -263,13 +263,10 @@ def _check_model(m: ModelSpec, datasets: list, has_odu: bool, raw: dict) -> None
     if m.kind in ("fc", "unet"):
         from ..evaluation.digital import TORCH_EXTRA, torch_available
 
-        if m.checkpoint:
-            if not torch_available():
-                raise ConfigError(f"[{w}] the {m.kind} baseline needs PyTorch: {TORCH_EXTRA}")
-            return
-
         if not torch_available():
             raise ConfigError(f"[{w}] the {m.kind} baseline needs PyTorch: {TORCH_EXTRA}")
+        if m.checkpoint:  # the checkpoint fixes the network: no size to check
+            return
         if m.size not in ("reference", "matched") and (isinstance(m.size, bool) or not isinstance(m.size, int)
                                                         or m.size < 1):
             raise _err(w, "size", m.size, "must be 'reference', 'matched' or a positive parameter count")

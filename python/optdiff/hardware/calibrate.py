@@ -180,10 +180,10 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
     d_before = _d(twin, held, bits, workers) if held else float("nan")
     den_fit, den_held = den[:denoise_batches], den[denoise_batches:]
     dd_before = _d(twin, den_held, bits, workers) if den_held else None
+    fixed = tuple(n for n in free if n != "patch_offsets")  # what "known" registration fits
     if registration == "known":
         coarse, fine = [st for st in stages if st.pool > 2], [st for st in stages if st.pool <= 2]
-        walk = tuple(free) + (() if "patch_offsets" in free else ("patch_offsets",))
-        fixed = tuple(n for n in free if n != "patch_offsets")
+        walk = fixed + ("patch_offsets",)
         history = []
         if coarse:
             best = None
@@ -208,7 +208,7 @@ def calibrate_device(device, optics: OpticsConfig, image_size: int, nominal: Ben
     else:
         history = list(fit_twin(twin, fit_set, free=free, stages=stages, workers=workers, log=log).history)
     if den_fit:
-        kept = tuple(n for n in free if registration == "fit" or n != "patch_offsets")
+        kept = tuple(free) if registration == "fit" else fixed
         res2 = fit_twin(twin, den_fit, free=kept + ("lut_curvature",), stages=refine_stages,
                         workers=workers, log=log)
         history += [dict(r, stage=r["stage"] + len(stages)) for r in res2.history]
