@@ -464,10 +464,14 @@ def _idx_dirs(name: str, data_dir: Path | None) -> list[Path]:
     return dirs
 
 
+#: The IDX file prefixes of each split.
+_IDX_PREFIXES = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}
+
+
 def installed_fashion_mnist(split: str = "train") -> Path | None:
     """The folder of Debian's ``dataset-fashion-mnist`` when its ``split`` files are there, else None."""
     d = Path(FASHION_MNIST_SYSTEM_DIR)
-    prefixes = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}[_norm_split(split)]
+    prefixes = _IDX_PREFIXES[_norm_split(split)]
     return d if all(all(_find_idx_pair(d, p)) for p in prefixes) else None
 
 
@@ -477,7 +481,7 @@ def _load_idx_dataset(name: str, data_dir: Path | None, split: str):
             "the 'mnist' data set needs data_dir (--data-dir): there is no default location. "
             + _HOW_TO["mnist"])
     dirs = _idx_dirs(name, data_dir)
-    prefixes = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}[split]
+    prefixes = _IDX_PREFIXES[split]
     partial: list[str] = []
     for d in dirs:
         found = {p: _find_idx_pair(d, p) for p in ("train", "t10k")}
