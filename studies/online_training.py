@@ -39,7 +39,7 @@ from optdiff.diffusion.trainer import Trainer, validation_batch  # noqa: E402
 from optdiff.evaluation import FeatureNet, frechet_distance  # noqa: E402
 from optdiff.hardware import BenchConfig, EmulatedExperiment  # noqa: E402
 from optdiff.hardware.fit import discrepancy  # noqa: E402
-from optdiff.hardware.online import BenchODU  # noqa: E402
+from optdiff.hardware.online import REFINE_IMAGES, BenchODU  # noqa: E402
 from optdiff.hardware.trainer import HardwareTrainer  # noqa: E402
 from optdiff.hardware.twin import DigitalTwin  # noqa: E402
 from optdiff.hardware.twin_params import TwinParams  # noqa: E402
@@ -94,7 +94,8 @@ def run_mode(mode, cfg, train, val, truth, args, out) -> dict:
             p = None
         twin = DigitalTwin(cfg.optics, 20, nominal, p, nthreads=2)
         tr = HardwareTrainer(cfg, folder, dev, "online" if mode != "experimental-backprop" else mode, twin,
-                             refine_every=args.refine_every if mode == "online" else 0, images=train,
+                             refine_every=args.refine_every if mode == "online" else 0,
+                             refine_images=args.refine_images, images=train,
                              val_images=val, log=False)
         ev = BenchODU(tr.hw._ideal, eval_dev, tr.hw.mode, twin)   # evaluation: its own captures
     curve, dcurve, t0 = [], [], time.perf_counter()
@@ -145,6 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=60, help="training steps between bench evaluations")
     ap.add_argument("--val-images", type=int, default=64)
     ap.add_argument("--refine-every", type=int, default=5)
+    ap.add_argument("--refine-images", type=int, default=REFINE_IMAGES, help="frames per refinement step")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--bench-seed", type=int, default=0)

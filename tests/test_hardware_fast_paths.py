@@ -8,7 +8,7 @@ import pytest
 from optdiff.config import OpticsConfig
 from optdiff.hardware import EmulatedExperiment, resample
 from optdiff.hardware import twin_parts as parts
-from optdiff.hardware.online import BenchODU
+from optdiff.hardware.online import BenchODU, TwinRefiner
 from optdiff.hardware.twin import DigitalTwin
 from optdiff.hardware.twin_params import TwinParams
 from optdiff.odu import ODU
@@ -40,7 +40,7 @@ def test_online_backward_equals_binning_adjoint_then_twin_backward(flip, exposur
     g = rng.standard_normal(I.shape)
     got = bench.backward(tape, g)
     # the reference: d loss / d frames through the binning, then the twin's full backward
-    _, ctx, _ = tape
+    ctx = tape[1]
     gain_e, _ = bench._gain_dark()
     _, want = twin.backward(ctx, bench.binning.adjoint(g, gain_e), params=False, phase_grad=True)
     assert got.shape == want.shape == (2, 32, 32) and got.dtype == np.float64
@@ -81,6 +81,33 @@ def test_online_refinement_still_gets_the_twin_frames():
     bench.backward(tape, np.zeros_like(I))
     assert np.isfinite(bench.refiner.last_discrepancy) and bench.refiner.t == 1
     assert twin.params != before
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_online_refinement_fits_the_first_refine_images_frames(k):
+    """The step's refinement equals a refiner's step on a fresh forward of the subset (all of
+    the batch when k >= B), the bench's frames of those images."""
+    bench, twin, r, phases, rng = _setup()
+    start = twin.params
+    bench = BenchODU(bench._ideal, bench.device, "online", twin, refine_every=1, refine_images=k)
+    I, tape = bench.intensity_train(r, phases)
+    frames = tape[2]
+    bench.backward(tape, np.zeros_like(I))
+    got = twin.params
+    twin.set_params(start)
+    ref = TwinRefiner(twin)
+    ctx = twin.forward_tape(r[:k], phases)
+    d = ref.step(ctx, twin.frames_of(ctx), frames[:k])
+    free = bench.refiner.free
+    np.testing.assert_allclose(twin.params.vector(free), got.vector(free), rtol=1e-9, atol=0)
+    assert got != start
+    assert d == pytest.approx(bench.refiner.last_discrepancy, rel=1e-6)
+
+
+def test_refine_images_below_one_is_refused():
+    bench, twin, r, phases, rng = _setup()
+    with pytest.raises(ValueError, match="refine_images = 0"):
+        BenchODU(bench._ideal, bench.device, "online", twin, refine_every=1, refine_images=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])

@@ -125,6 +125,8 @@ def test_train_command_modes(tmp_path, capsys):
     assert main(base + ["--mode", "online", "--refine-every", "1", "--out", str(tmp_path / "on")]) == 0
     assert "without --twin" in capsys.readouterr().err
     assert main(base + ["--mode", "online", "--refine-every", "-1", "--out", str(tmp_path / "x")]) == 1
+    assert main(base + ["--mode", "online", "--refine-images", "0", "--out", str(tmp_path / "y")]) == 1
+    assert "--refine-images 0" in capsys.readouterr().err
 
 
 def test_slm_aware_forward_is_quantised_and_backward_straight_through(rng):

@@ -28,6 +28,9 @@ def add_mode_flags(p) -> None:
     g.add_argument("--twin", metavar="FILE", help="twin.json written by 'optdiff calibrate' (default: the nominal bench)")
     g.add_argument("--refine-every", type=int, default=10, metavar="K",
                    help="online mode: an Adam step of the twin's parameters every K training steps (0: never)")
+    g.add_argument("--refine-images", type=int, default=None, metavar="K",
+                   help="online mode: frames of the batch each refinement step fits (default: "
+                        "optdiff.hardware.online.REFINE_IMAGES, 8)")
     g.add_argument("--slm-aware", action="store_true",
                    help="offline mode: phases shown as the SLM's 8-bit levels and inputs as the DMD's grey "
                         "levels in the forward pass, straight-through gradients (the bench quantises anyway "
@@ -97,16 +100,21 @@ def make_trainer(args, cfg, out):
         return tr
     if getattr(args, "slm_aware", False):
         raise ValueError("--slm-aware is for --mode offline: on the bench the SLM quantises the phases itself")
+    from .hardware.online import REFINE_IMAGES
     from .hardware.trainer import HardwareTrainer
 
     if args.refine_every < 0:
         raise ValueError(f"--refine-every {args.refine_every}: must be >= 0")
+    refine_images = getattr(args, "refine_images", None)
+    refine_images = REFINE_IMAGES if refine_images is None else refine_images
+    if refine_images < 1:
+        raise ValueError(f"--refine-images {refine_images}: must be >= 1")
     if mode == "online" and not args.twin:
         print("optdiff train: --mode online without --twin: the twin starts from the nominal bench "
               "(run 'optdiff calibrate' first for a calibrated one)", file=sys.stderr)
     nominal = _nominal(args)
     return HardwareTrainer(cfg, out, _device(cfg, args.bench_seed, nominal), mode, _twin(cfg, args.twin, nominal),
-                           refine_every=args.refine_every)
+                           refine_every=args.refine_every, refine_images=refine_images)
 
 
 def cmd_calibrate(args, build_config) -> dict:

@@ -7,7 +7,10 @@ Modes (``optdiff train --mode``):
   bench afterwards). Nothing here is used.
 * ``online``: forward on the bench (camera frames -> intensity on the model's image grid), the
   gradient through the digital twin at the same images and phases; every ``refine_every`` steps the
-  twin's parameters take an Adam step towards the same frames (the twin is refined as training goes).
+  twin's parameters take an Adam step towards the same frames (the twin is refined as training goes),
+  from the first ``refine_images`` images of the batch: a dozen parameters need far fewer than a
+  batch of 130 x 130 frames, and the step (a forward and a backward with parameter gradients) is
+  then a fraction of a training step instead of ~3.5 of them.
 * ``experimental-backprop`` (physics-aware training, Wright et al., Nature 2022): forward on the
   bench, the gradient through the *ideal* model (its own forward pass at the same phases).
 
@@ -33,6 +36,7 @@ from .twin_params import TwinParams
 __all__ = ["MODES", "FrameBinning", "BenchODU", "TwinRefiner"]
 
 MODES = ("offline", "online", "experimental-backprop")
+REFINE_IMAGES = 8     # frames per refinement step (the first of the batch; measured in docs/hardware.md)
 REFINE_FREE = ("z_gap", "mirror_angle", "beam_angle", "patch_offsets", "dmd_offset", "camera_offset",
                "phase_scale", "lut_curvature", "crosstalk", "gain", "dark_level")
 
@@ -126,7 +130,7 @@ class BenchODU:
     failures = (CaptureError,)
 
     def __init__(self, ideal, device, mode: str, twin: DigitalTwin, *, exposure=None, refine_every: int = 0,
-                 refine_lr: float = 0.02):
+                 refine_lr: float = 0.02, refine_images: int = REFINE_IMAGES):
         if mode not in ("online", "experimental-backprop", "deploy"):
             raise ValueError(f"mode must be 'online', 'experimental-backprop' or 'deploy', got {mode!r}")
         if tuple(device.phase_shape) != (ideal.L, ideal.n, ideal.n) or tuple(device.image_shape) != (ideal.H, ideal.W):
@@ -138,6 +142,9 @@ class BenchODU:
         self.binning = FrameBinning(twin, flip=ideal.flip)
         self.nominal = TwinParams.from_config(twin.nominal, ideal.L)
         self.refine_every = int(refine_every)
+        if int(refine_images) < 1:
+            raise ValueError(f"refine_images = {refine_images}: must be >= 1")
+        self.refine_images = int(refine_images)
         self.refiner = TwinRefiner(twin, lr=refine_lr) if mode == "online" and refine_every > 0 else None
         self.steps = 0
         self.captures = 0
@@ -176,7 +183,7 @@ class BenchODU:
         frames = self.capture(r, phases)
         I = self.to_intensity(frames)
         if self.mode == "online":   # the twin's frames only when its refinement step needs them
-            return I, ("twin", self.twin.forward_tape(r, phases, self.exposure, fresh_images=True), frames)
+            return I, ("twin", self.twin.forward_tape(r, phases, self.exposure, fresh_images=True), frames, r, phases)
         if self.mode == "experimental-backprop":
             _, tape = self._ideal.intensity_train(r, phases)
             return I, ("ideal", tape)
@@ -187,15 +194,24 @@ class BenchODU:
         self.steps += 1
         if tape[0] == "ideal":
             return self._ideal.backward(tape[1], g_binned)
-        _, ctx, frames = tape
+        _, ctx, frames, r, phases = tape
         # d loss / d frames = binning adjoint / gain_e; d frames / d I = camera map * gain * gf
         cy, cx, gain, _ = ctx.camera
         factor = gain * ctx.gain_factor / self._gain_dark()[0]
         g_I = self.binning.grid_adjoint(np.asarray(g_binned, dtype=np.float64) * factor, cy, cx, self.twin.rdtype)
         gph = self.twin.phase_grad(ctx, g_I)
         if self.refiner is not None and self.steps % self.refine_every == 0:
-            self.refiner.step(ctx, self.twin.frames_of(ctx), frames)
+            self.refine(r, phases, frames, ctx)
         return gph
+
+    def refine(self, r, phases, frames, ctx=None) -> float:
+        """The twin's refinement step on the first ``refine_images`` of images ``r`` shown with
+        ``phases`` and their captured ``frames``; ``ctx``: the twin's forward context of all of
+        ``r`` (used when the subset is the whole batch). Returns the twin's discrepancy D on them."""
+        k = min(self.refine_images, len(r))
+        if ctx is None or k < len(r):
+            ctx = self.twin.forward_tape(r[:k], phases, self.exposure, fresh_images=True)
+        return self.refiner.step(ctx, self.twin.frames_of(ctx), frames[:k])
 
     def state(self) -> dict:
         r = self.refiner

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..diffusion.trainer import Trainer, TrainingError, write_json_atomic
-from .online import BenchODU
+from .online import REFINE_IMAGES, BenchODU
 from .twin import DigitalTwin
 
 __all__ = ["HardwareTrainer", "HARDWARE_STATE"]
@@ -27,15 +27,17 @@ class HardwareTrainer(Trainer):
 
     ``twin``: the calibrated :class:`DigitalTwin` (online: the gradients; experimental-backprop: only
     its nominal photometry converts frames). ``refine_every``: online mode, an Adam step of the twin's
-    parameters every that many training steps (0: never). Other arguments as for ``Trainer``.
+    parameters every that many training steps (0: never), from ``refine_images`` frames of the
+    batch. Other arguments as for ``Trainer``.
     """
 
     def __init__(self, cfg, out_dir, device, mode: str, twin: DigitalTwin, *, exposure=None,
-                 refine_every: int = 10, refine_lr: float = 0.02, images=None, val_images=None, log=True):
+                 refine_every: int = 10, refine_lr: float = 0.02, refine_images: int = REFINE_IMAGES,
+                 images=None, val_images=None, log=True):
         super().__init__(cfg, out_dir, images=images, val_images=val_images, log=log)
         self.mode = mode
         self.hw = BenchODU(self.model.odu, device, mode, twin, exposure=exposure, refine_every=refine_every,
-                           refine_lr=refine_lr)
+                           refine_lr=refine_lr, refine_images=refine_images)
         self.model.odu = self.hw
         self._drawn = None
 
