@@ -22,6 +22,16 @@ the held-out images, per pixel, summed) carried by the camera term ``scale * I``
 units, with the x0 read-out's factor), the rest being the digital terms; ``digital_only`` is
 the eps-MSE of the trained model with the camera image replaced by its mean (optics removed).
 
+The quadratic term's gain: with the affine amplitude encoding the camera intensity of an input
+``r`` is exactly ``|E0 + H r|^2`` (``E0`` the bias's field), so its linear term is the odd part
+``(I(r) - I(-r)) / 2`` and ``I(0) + (I(r) - I(-r)) / 2`` is the intensity without the quadratic
+term. ``linear_part`` is the trained model's eps-MSE with that intensity: an affine predictor
+of ``r`` for each ``t`` (``clipped``: the share of modulator pixels the encoding clips, where this
+is not exact), so it cannot beat the least-squares linear denoiser (one affine map per set) by
+more than that fit's sampling error, except at the x0 read-out's sets (1-2), whose conversion
+to eps uses ``t``. ``quad_gain = linear_part - odu``: what the quadratic term buys. The ODU beats
+the linear denoiser at a set only if ``quad_gain > linear_part - linear``.
+
     python studies/design_classes.py --set 4 --designs relay,free --starts imaging,distill
     python studies/design_classes.py --dataset mnist --data-dir <MNIST folder> --set 4
 
@@ -83,6 +93,23 @@ def shares(model, m, r, t, eps):
     return share, float(np.mean((digital - eps) ** 2))
 
 
+def linear_part(model, m, r, t) -> tuple[float, float]:
+    """The prediction of set m with the camera intensity's quadratic term
+    removed, and the share of clipped modulator pixels; see the module doc."""
+    ph = model.params["phases"][m]
+    I = model.odu.intensity(r, ph)
+    odd = 0.5 * (I - model.odu.intensity(-r, ph))
+    I0 = model.odu.intensity(np.zeros_like(r[:1]), ph)
+    out = model.readout(m, I0 + odd, r)
+    if m in model.x0_sets:
+        a, b = model._x0_factors(m, t)
+        out = a * r - b * out
+    o = model.cfg.optics
+    amp = o.amp_bias + o.amp_scale * r
+    clipped = float(np.mean((amp < 0) | (amp > 1))) if o.encoding == "amplitude" else float("nan")
+    return out, clipped
+
+
 def run_one(args, design, start, m, xtr, val, lin, results):
     over = [f"data.dataset={args.dataset}", f"train.threads={args.threads}"] + DESIGNS[design] + args.o
     cfg = Config.from_dict(apply_overrides({}, over))
@@ -121,10 +148,12 @@ def run_one(args, design, start, m, xtr, val, lin, results):
                           "mse": round(val_mse(), 5)})
             print(f"  {design}/{start} set {m} noise {k + 1}: {curve[-1]['mse']}", file=sys.stderr, flush=True)
     share, digital = shares(model, m, vr, vt, ve)
+    lin_pred, clipped = linear_part(model, m, vr, vt)
     line = {"dataset": args.dataset, "set": m, "design": design, "start": start, "overrides": over[2:],
             "distill_steps": args.distill_steps if start == "distill" else 0, "steps": args.steps,
             "curve": curve, "final": curve[-1]["mse"], "wall_s": curve[-1]["s"],
             "optics_share": round(share, 4), "digital_only": round(digital, 5),
+            "linear_part": round(float(np.mean((lin_pred - ve) ** 2)), 5), "clipped": round(clipped, 5),
             "light": round(model.odu.light_fraction(model.params["phases"][m]), 4), **results[m]}
     print(json.dumps(line), flush=True)
     if args.out:
@@ -157,7 +186,8 @@ def tilt_as_ramp(n=48, layers=3, seed=0) -> float:
 
 
 def checkpoint_shares(path, dataset, data_dir) -> list[dict]:
-    """Per set of a trained checkpoint: ODU, linear, diag eps-MSE, optics_share and digital_only."""
+    """Per set of a trained checkpoint: ODU, linear, diag and linear-part eps-MSE, optics_share and
+    digital_only."""
     from optdiff.diffusion.trainer import load_model
 
     model, _, _ = load_model(path, nthreads=1)
@@ -170,7 +200,9 @@ def checkpoint_shares(path, dataset, data_dir) -> list[dict]:
         rtr, _, etr = noised(xtr, 2000, (lo, hi), sched, np.random.default_rng(3))
         cd = per_pixel_lstsq(np.stack([rtr, np.ones_like(rtr)], -1), etr)
         share, digital = shares(model, m, vr, vt, ve)
+        lin_pred, clipped = linear_part(model, m, vr, vt)
         row = {"set": m, "odu": float(np.mean((model.predict(vr, vt, m) - ve) ** 2)),
+               "linear_part": float(np.mean((lin_pred - ve) ** 2)), "clipped": clipped,
                "linear": float(np.mean((lin.predict(vr, lo) - ve) ** 2)),
                "diag": float(np.mean((cd[..., 0] * vr + cd[..., 1] - ve) ** 2)),
                "optics_share": share, "digital_only": digital,

@@ -41,3 +41,27 @@ def test_optics_share_is_zero_without_the_camera_term_and_one_without_digital_te
         p["scale"][m], p["skip"][m] = 2.0, 0.0
         share, _ = design_classes.shares(model, m, r, t, eps)
         assert share == pytest.approx(1.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("m", [0, 1])
+def test_linear_part_is_affine_and_the_rest_is_the_quadratic_term(m):
+    model = tiny_model()
+    model.params["phases"][m] = np.random.default_rng(1).uniform(-np.pi, np.pi, model.params["phases"][m].shape)
+    rng = np.random.default_rng(2)
+    lo, hi = model.set_ranges[m]
+    t = np.full(16, lo)
+    r = np.clip(rng.standard_normal((16, 8, 8)), -3.5, 3.5)    # inside the encoding's unclipped range
+    lin, clipped = design_classes.linear_part(model, m, r, t)
+    zero, _ = design_classes.linear_part(model, m, np.zeros_like(r), t)
+    half, _ = design_classes.linear_part(model, m, 0.5 * r, t)
+    assert clipped == 0.0
+    # the stack runs in float32 and the intensity is dominated by the bias's: rounding of that
+    tol = 100 * np.finfo(np.float32).eps * np.max(np.abs(full_scale := model.predict(r, t, m)))
+    assert np.max(np.abs((half - zero) - 0.5 * (lin - zero))) <= tol   # affine in r
+    # what it leaves out is quadratic: the full prediction's even part about r = 0
+    full, minus = full_scale, model.predict(-r, t, m)
+    full_half = model.predict(0.5 * r, t, m)
+    q, q_half = full - lin, full_half - half
+    assert np.max(np.abs(q)) > 20 * tol                                  # the test can see it
+    np.testing.assert_allclose(q_half, 0.25 * q, rtol=0, atol=tol)      # quadratic in r
+    assert np.max(np.abs((full + minus) / 2 - zero - q)) <= tol         # the even part
