@@ -107,12 +107,14 @@ def _rows(path, cols):
 
 
 # ---------------------------------------------------------------------------- one set alone
-@pytest.mark.parametrize("order", ["interleaved", "sequential"])
-def test_sets_trained_alone_equal_the_serial_trainer(data_file, tmp_path, order):
-    """No Dask: each set by itself (set 1 interrupted and resumed from its part) then assembled."""
+@pytest.mark.parametrize("order,distill", [("interleaved", 0), ("sequential", 0), ("interleaved", 4)])
+def test_sets_trained_alone_equal_the_serial_trainer(data_file, tmp_path, order, distill):
+    """No Dask: each set by itself (set 1 interrupted and resumed from its part) then assembled;
+    with the distillation start too (each task distils its own set)."""
     from optdiff.distributed.assemble import assemble
 
-    cfg = _cfg(data_file, train__order=order, train__steps=12, train__ckpt_every=5, train__val_every=7)
+    cfg = _cfg(data_file, train__order=order, train__steps=12, train__ckpt_every=5, train__val_every=7,
+               train__distill_steps=distill)
     Trainer(cfg, tmp_path / "serial").fit()
     parts = tmp_path / "dist" / "parts"
     SetTrainer(cfg, part_path(parts, 0).parent, 0).run()
@@ -129,6 +131,7 @@ def test_sets_trained_alone_equal_the_serial_trainer(data_file, tmp_path, order)
         assert _rows(tmp_path / "serial" / name, cols) == _rows(tmp_path / "dist" / name, cols), name
     serial = json.loads((tmp_path / "serial" / "summary.json").read_text())
     assert summary["val_mse"] == serial["val_mse"] and summary["steps"] == serial["steps"] == 24
+    assert (summary["distill_s"] > 0) == (serial["distill_s"] > 0) == (distill > 0)
 
 
 # ---------------------------------------------------------------------------- on the cluster

@@ -69,6 +69,7 @@ def assemble(cfg_dict: dict, out_dir: str, planner: str | None = None, threads: 
     tr.rng.bit_generator.state = parts[last][1]["rng_state"]
     tr.step = tr.total_steps
     tr.elapsed = float(sum(meta["elapsed_s"] for _, meta in parts))
+    tr.distill_s = float(sum(meta.get("distill_s", 0.0) for _, meta in parts))
     tr.save()
 
     train_rows, val_rows = [], []

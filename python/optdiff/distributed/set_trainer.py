@@ -84,9 +84,6 @@ class SetTrainer(Trainer):
     """
 
     def __init__(self, cfg: Config, out_dir, m: int, images=None, val_images=None):
-        if getattr(cfg.train, "distill_steps", 0):
-            raise ValueError("train.distill_steps: the distillation start is not available for sets trained "
-                             "as separate tasks yet; train with the serial trainer (no --workers/--scheduler)")
         super().__init__(cfg, out_dir, images=images, val_images=val_images, log=False)
         if not 0 <= int(m) < self.model.M:
             raise ValueError(f"m must be a set index in 0..{self.model.M - 1}, got {m}")
@@ -117,7 +114,7 @@ class SetTrainer(Trainer):
                        for k, v in self.vals.items()})
         config = {"kind": PART_KIND, "set": m, "sets": self.model.M,
                   "result_config": result_config(self.cfg), **checkpoint_config(self.cfg)}
-        meta = {"step": self.step, "own_steps": self.own_steps, "elapsed_s": self.elapsed,
+        meta = {"step": self.step, "own_steps": self.own_steps, "elapsed_s": self.elapsed, "distill_s": self.distill_s,
                 "rng_state": self.rng.bit_generator.state, "total_steps": self.total_steps,
                 "images": int(self.images.shape[0]), "done": bool(done), "resumed_at": self.resumed_at}
         if done:
@@ -139,6 +136,7 @@ class SetTrainer(Trainer):
             self.rng.bit_generator.state = meta["rng_state"]
             self.step, self.own_steps = int(meta["step"]), int(meta["own_steps"])
             self.elapsed = float(meta["elapsed_s"])
+            self.distill_s = float(meta.get("distill_s", 0.0))
             self.resumed_at = [int(s) for s in meta.get("resumed_at", [])]
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(f"{self.part}: cannot resume set {m} from this part ({exc})") from None
@@ -197,6 +195,10 @@ class SetTrainer(Trainer):
             self.step, self.elapsed = 0, 0.0
             if tc.calibrate:
                 self._calibrate_own_set()
+            if tc.distill_steps:  # the serial distillation start, this set's part of it
+                from ..diffusion.distill import distill_model
+
+                self.elapsed = self.distill_s = distill_model(self.model, self.images, tc, sets=(self.m,))
             if self.m == 0:  # the serial trainer checks set 0's starting optics once
                 self.model.odu.check_light(self.model.params["phases"][0], "initial phases")
             self._validate_own_set()

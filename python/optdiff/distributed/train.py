@@ -43,9 +43,6 @@ def train_on_cluster(client, cfg: Config, out, planner: str | None = None, retri
     ``planner="estimate"``, see docs/distributed.md).
     """
     cfg.validate()
-    if getattr(cfg.train, "distill_steps", 0):
-        raise ValueError("train.distill_steps: the distillation start is not available for sets trained "
-                         "as separate tasks yet; train without --workers/--scheduler")
     if int(retries) < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
     log = log or (lambda msg: None)
