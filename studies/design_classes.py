@@ -69,6 +69,9 @@ DESIGNS = {
     "layers6": ["optics.layers=6"],                     # two more layers (4f start on 4 of them)
     "bias025": ["optics.amp_bias=0.25"],                # the quadratic term twice as strong
     "n160k8": ["optics.n=160", "optics.upsample=8"],    # more modulator pixels per image pixel
+    # the reference work's size: 300 x 300 layers, 15 modulator pixels per image pixel (20 x 20)
+    "ref300": ["optics.n=300", "optics.upsample=15", "optics.init=zero"],
+    "ref300relay": ["optics.n=300", "optics.upsample=15"],
 }
 
 
