@@ -65,3 +65,24 @@ def test_linear_part_is_affine_and_the_rest_is_the_quadratic_term(m):
     assert np.max(np.abs(q)) > 20 * tol                                  # the test can see it
     np.testing.assert_allclose(q_half, 0.25 * q, rtol=0, atol=tol)      # quadratic in r
     assert np.max(np.abs((full + minus) / 2 - zero - q)) <= tol         # the even part
+
+
+def test_empirical_bayes_is_the_posterior_mean_over_the_training_images():
+    from optdiff.diffusion.schedule import NoiseSchedule
+
+    sched = NoiseSchedule()
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (5, 4, 4))
+    t = np.array([100, 400, 400, 900, 30, 650, 999])
+    eps = rng.standard_normal((7, 4, 4))
+    r = sched.q_sample(x[rng.integers(0, 5, 7)], t, eps)
+    got = design_classes.empirical_bayes(x, r, t, sched, chunk=3)
+    for i in range(7):   # reference: the posterior weights of each training image, one by one
+        ab = sched.alpha_bar[t[i]]
+        logp = np.array([-np.sum((r[i] - np.sqrt(ab) * xj) ** 2) / (2 * (1 - ab)) for xj in x])
+        w = np.exp(logp - logp.max())
+        x0 = np.tensordot(w / w.sum(), x, axes=1)
+        np.testing.assert_allclose(got[i], (r[i] - np.sqrt(ab) * x0) / np.sqrt(1 - ab), rtol=1e-9, atol=1e-12)
+    # one training image: the posterior is certain and the noise is recovered exactly
+    one = design_classes.empirical_bayes(x[:1], sched.q_sample(np.repeat(x[:1], 7, 0), t, eps), t, sched)
+    np.testing.assert_allclose(one, eps, rtol=1e-9, atol=1e-9)
