@@ -51,3 +51,11 @@ def load_split(name: str, data_dir, held_out: int, seed: int):
         perm = np.random.default_rng(seed).permutation(x.shape[0])
         ho, tr = perm[:held_out], perm[held_out:]
         return x[tr], y[tr], x[ho], y[ho]
+
+
+def quality_feature_net(xtr, ytr, seed: int):
+    """The small MLP classifier whose features ``quality.py`` (and the studies that compare with
+    it) compute FID in, trained on the training split."""
+    from optdiff.evaluation.metrics import FeatureNet
+
+    return FeatureNet(hidden=(256, 64), max_iter=60, seed=seed).fit(xtr, ytr)

@@ -26,13 +26,13 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the studies package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from studies.common import load_split  # noqa: E402
+from studies.common import load_split, quality_feature_net  # noqa: E402
 
 # isort: split
 from optdiff.diffusion.model import generate  # noqa: E402
 from optdiff.diffusion.trainer import load_model  # noqa: E402
 from optdiff.evaluation.baselines import LinearDenoiser  # noqa: E402
-from optdiff.evaluation.metrics import FeatureNet, frechet_distance  # noqa: E402
+from optdiff.evaluation.metrics import frechet_distance  # noqa: E402
 
 
 def mixed_predictor(model, linear, odu_sets):
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     xtr, ytr, xho, _ = load_split(args.dataset, args.data_dir, args.held_out, args.seed)
     lin = LinearDenoiser(ridge=args.ridge).fit(xtr, model.schedule, model.set_ranges,
                                                samples_per_set=args.linear_samples, rng=args.seed)
-    net = FeatureNet(hidden=(256, 64), max_iter=60, seed=args.seed).fit(xtr, ytr)
+    net = quality_feature_net(xtr, ytr, args.seed)
     fr = net.features(xho[: args.count])
     sc = model.cfg.sample
     sc.sampler, sc.steps, sc.eta, sc.batch, sc.clip_x0 = "ddim", args.sampler_steps, 0.0, 100, True

@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the studies package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # studies.common first: it puts the in-tree optdiff on the path when none is installed
-from studies.common import SETUPS, load_split  # noqa: E402
+from studies.common import SETUPS, load_split, quality_feature_net  # noqa: E402
 
 # isort: split
 import optdiff  # noqa: E402
@@ -43,7 +43,7 @@ from optdiff.config import Config, apply_overrides  # noqa: E402
 from optdiff.diffusion.model import generate  # noqa: E402
 from optdiff.diffusion.trainer import Trainer, load_model, write_json_atomic  # noqa: E402
 from optdiff.evaluation.baselines import LinearDenoiser, ZeroPredictor, per_set_mse  # noqa: E402
-from optdiff.evaluation.metrics import FeatureNet, frechet_distance  # noqa: E402
+from optdiff.evaluation.metrics import frechet_distance  # noqa: E402
 from optdiff.plots import plot_phases, plot_set_mse, plot_training, plot_trajectory, save_grid  # noqa: E402
 
 
@@ -124,7 +124,7 @@ def run_dataset(name: str, args, out: Path) -> dict:
     save_grid(xho[:100], out / "real_heldout.png", ncol=10)
 
     # ---------------------------------------------------------------- FID in a small classifier's features
-    net = FeatureNet(hidden=(256, 64), max_iter=60, seed=args.seed).fit(xtr, ytr)
+    net = quality_feature_net(xtr, ytr, args.seed)
     acc = net.accuracy(xho, yho)
     real_a = xho[: args.count]
     real_b = xtr[np.random.default_rng(args.seed + 2).permutation(xtr.shape[0])[: args.count]]
