@@ -73,6 +73,10 @@ DESIGNS = {
     "ref300": ["optics.n=300", "optics.upsample=15", "optics.init=zero"],
     "ref300relay": ["optics.n=300", "optics.upsample=15"],
     "phase": ["optics.encoding=phase"],                 # a phase modulator: exp(i s r), nonlinear in r
+    # a signed gain per camera pixel before binning: indefinite quadratic forms per output
+    "subpixel": ["model.readout=subpixel"],
+    "subpixel_free": ["model.readout=subpixel", "optics.init=zero"],   # non-local fields at the camera
+    "subpixel_bias025": ["model.readout=subpixel", "optics.amp_bias=0.25"],
 }
 
 
@@ -85,9 +89,9 @@ def noised(x0, count, t_range, schedule, rng):
 
 def shares(model, m, r, t, eps):
     """(optics_share, digital_only eps-MSE) of set m on held-out (r, t, eps); see the module doc."""
-    p = model.params
-    I = model.odu.intensity(r, p["phases"][m])
-    opt = p["scale"][m] * (I - I.mean(axis=0))               # the part of `out` that the camera varies
+    I = model.camera_image(r, m)
+    # the part of `out` that the camera varies (the read-out is affine in the camera image)
+    opt = model.readout(m, I, r) - model.readout(m, np.broadcast_to(I.mean(axis=0), I.shape), r)
     if m in model.x0_sets:
         _, b = model._x0_factors(m, t)
         opt = -b * opt
@@ -119,10 +123,9 @@ def empirical_bayes(x_train, r, t, schedule, chunk: int = 250) -> np.ndarray:
 def linear_part(model, m, r, t) -> tuple[float, float]:
     """The prediction of set m with the camera intensity's quadratic term
     removed, and the share of clipped modulator pixels; see the module doc."""
-    ph = model.params["phases"][m]
-    I = model.odu.intensity(r, ph)
-    odd = 0.5 * (I - model.odu.intensity(-r, ph))
-    I0 = model.odu.intensity(np.zeros_like(r[:1]), ph)
+    I = model.camera_image(r, m)
+    odd = 0.5 * (I - model.camera_image(-r, m))
+    I0 = model.camera_image(np.zeros_like(r[:1]), m)
     out = model.readout(m, I0 + odd, r)
     if m in model.x0_sets:
         a, b = model._x0_factors(m, t)

@@ -21,11 +21,12 @@ from optdiff.finetune.prdp import prdp_minibatch, rdp_loss
 from optdiff.finetune.rewards import RewardError, evaluate_reward, make_reward
 
 
-def tiny_cfg(n: int = 16, image: int = 6, T: int = 8, sets: int = 2, skip: str = "pixel") -> Config:
+def tiny_cfg(n: int = 16, image: int = 6, T: int = 8, sets: int = 2, skip: str = "pixel",
+             readout: str = "pixel") -> Config:
     cfg = Config()
     o = cfg.optics
     o.n, o.layers, o.distance, o.upsample = n, 2, 2e-3, 2
-    cfg.model.image_size, cfg.model.sets, cfg.model.skip = image, sets, skip
+    cfg.model.image_size, cfg.model.sets, cfg.model.skip, cfg.model.readout = image, sets, skip, readout
     cfg.diffusion.T, cfg.diffusion.beta_end = T, 0.3
     cfg.train.threads = 1
     cfg.validate()
@@ -90,9 +91,10 @@ def test_sampled_logp_equals_recomputed_logp():
         assert np.array_equal(lp, sub.logp[j])               # first importance ratio exactly 1
 
 
-@pytest.mark.parametrize("step", [1, 5])                     # an x0 set (t = 6) and an eps set (t = 2)
-def test_logprob_gradient_matches_finite_differences(step):
-    model = tiny_model(precision="double")
+@pytest.mark.parametrize("step,readout", [(1, "pixel"), (5, "pixel"),   # an x0 set (t = 6), an eps set (t = 2)
+                                          (1, "subpixel"), (5, "subpixel")])
+def test_logprob_gradient_matches_finite_differences(step, readout):
+    model = tiny_model(precision="double", readout=readout)
     pol = ODUPolicy(model)
     traj = pol.sample(3, np.random.default_rng(2))
     j = int(np.flatnonzero(traj.steps == step)[0])

@@ -75,6 +75,18 @@ def test_bench_odu_refuses_a_device_of_another_shape():
         BenchODU(ODU(OPTICS, H), EmulatedExperiment(0, OPTICS, H), "sideways", DigitalTwin(OPTICS, H))
 
 
+def test_the_bench_refuses_the_subpixel_readout_instead_of_simulating_it(tmp_path):
+    cfg = small_config()
+    cfg.model.readout = "subpixel"
+    dev, twin = EmulatedExperiment(0, OPTICS, H), DigitalTwin(OPTICS, H)
+    with pytest.raises(ValueError, match="subpixel"):
+        HardwareTrainer(cfg, tmp_path, dev, "online", twin, images=images())
+    bench = BenchODU(ODU(OPTICS, H), dev, "online", twin)   # and the stand-in never falls through
+    for name in ("window_intensity", "window_train", "backward_window"):
+        with pytest.raises(ValueError, match="subpixel"):
+            getattr(bench, name)(np.zeros((1, H, H)), None)
+
+
 @pytest.mark.parametrize("mode", ["online", "experimental-backprop"])
 def test_hardware_modes_train_and_the_twin_is_refined(tmp_path, mode):
     dev = EmulatedExperiment(0, OPTICS, H)
@@ -148,6 +160,14 @@ def test_slm_aware_forward_is_quantised_and_backward_straight_through(rng):
     g = rng.standard_normal(I.shape)
     _, tape2 = ideal.intensity_train(quantise_images(r, 0.5, 0.125), q.astype(np.float64))
     np.testing.assert_allclose(qodu.backward(tape, g), ideal.backward(tape2, g), rtol=1e-12, atol=1e-15)
+    # the unbinned window (subpixel read-out) is quantised the same way
+    ideal_in = (quantise_images(r, 0.5, 0.125), q.astype(np.float64))
+    np.testing.assert_allclose(qodu.window_intensity(r, ph), ideal.window_intensity(*ideal_in))
+    W, wtape = qodu.window_train(r, ph)
+    np.testing.assert_allclose(W, ideal.window_train(*ideal_in)[0])
+    gw = rng.standard_normal(W.shape)
+    np.testing.assert_allclose(qodu.backward_window(wtape, gw), ideal.backward_window(ideal.window_train(*ideal_in)[1], gw),
+                               rtol=1e-12, atol=1e-15)
     assert qodu.L == ideal.L and qodu.describe() == ideal.describe()
 
 

@@ -111,7 +111,9 @@ def test_readout_matches_numpy_reference():
 
 
 @pytest.mark.parametrize("readout,skip,x0_sets,m", [("pixel", "none", [], 1), ("scalar", "scalar", [], 2),
-                                                     ("pixel", "pixel", [0, 1], 0)])
+                                                     ("pixel", "pixel", [0, 1], 0),
+                                                     ("subpixel", "pixel", [], 2),
+                                                     ("subpixel", "scalar", [1], 1)])
 def test_gradients_match_finite_differences(readout, skip, x0_sets, m):
     cfg = small_cfg(readout=readout, skip=skip, x0_sets=x0_sets)
     cfg.optics.init = "random"

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 ENCODINGS = ("amplitude", "phase", "complex")
-READOUTS = ("scalar", "pixel")
+READOUTS = ("scalar", "pixel", "subpixel")
 SKIPS = ("none", "scalar", "pixel")
 INITS = ("imaging", "relay", "4f", "lens", "zero", "random")
 TARGETS = ("eps", "x0")
@@ -182,8 +182,10 @@ class ModelConfig:
     """Time-aware policy: ``sets`` (M) consecutive timestep sets, each with its own phase layers
     and digital read-out ``eps = scale * I + offset (+ skip * r_t)``; no timestep input.
 
-    ``readout``: ``pixel`` (a scale and offset per camera pixel and set) or ``scalar`` (one each
-    per set). ``skip``: optional digital term ``c * r_t`` (``none``, ``scalar``, ``pixel``).
+    ``readout``: ``pixel`` (a scale and offset per binned camera pixel and set), ``scalar`` (one
+    each per set) or ``subpixel`` (a signed gain per unbinned camera pixel before binning and an
+    offset per binned pixel: each output reads a weighted sum of its k x k camera pixels, so its
+    quadratic form in r_t can be indefinite, as with differential detection). ``skip``: optional digital term ``c * r_t`` (``none``, ``scalar``, ``pixel``).
     ``x0_sets``: list of sets whose read-out predicts x0, converted digitally to
     eps = (r_t - sqrt(abar_t) x0) / sqrt(1 - abar_t) with the known timestep (measured: better
     for sets 1-2, worse for set 0 whose noise level spans 0.01..0.3); ``"auto"`` = every set

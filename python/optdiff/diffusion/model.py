@@ -70,11 +70,14 @@ class TimeAwareODU:
         phases = np.empty((self.M, L, N, N), dtype=self.odu.rdtype)
         for m in range(self.M):
             phases[m] = init_phases(cfg.optics, rng=rng, image_size=self.H)
-        shape = (self.M, self.H, self.W) if cfg.model.readout == "pixel" else (self.M, 1, 1)
+        ro = cfg.model.readout
+        self.subpixel = ro == "subpixel"
+        shape = (self.M, 1, 1) if ro == "scalar" else (self.M, self.H, self.W)
+        kH = self.odu.k * self.H
         self.params: dict[str, np.ndarray] = {
             "phases": phases,
-            "scale": np.ones(shape, dtype=np.float64),
-            "offset": np.zeros(shape if cfg.model.readout == "pixel" else (self.M, 1, 1), dtype=np.float64),
+            "scale": np.ones((self.M, kH, kH) if self.subpixel else shape, dtype=np.float64),
+            "offset": np.zeros(shape, dtype=np.float64),
         }
         if cfg.model.skip != "none":
             sshape = (self.M, self.H, self.W) if cfg.model.skip == "pixel" else (self.M, 1, 1)
@@ -120,12 +123,50 @@ class TimeAwareODU:
         return a, b
 
     # ------------------------------------------------------------------ forward
+    def camera_image(self, r: np.ndarray, m: int) -> np.ndarray:
+        """What set ``m``'s read-out reads: the binned intensity ``[B, H, W]``, or with the
+        ``subpixel`` read-out the unbinned camera window ``[B, kH, kW]``."""
+        ph = self.params["phases"][m]
+        return self.odu.window_intensity(r, ph) if self.subpixel else self.odu.intensity(r, ph)
+
+    def camera_image_train(self, r: np.ndarray, m: int):
+        """:meth:`camera_image` and the tape for :meth:`camera_backward`."""
+        ph = self.params["phases"][m]
+        return self.odu.window_train(r, ph) if self.subpixel else self.odu.intensity_train(r, ph)
+
+    def camera_backward(self, tape, g_image: np.ndarray) -> np.ndarray:
+        """Phase gradient from dLoss/d(:meth:`camera_image`)."""
+        return self.odu.backward_window(tape, g_image) if self.subpixel else self.odu.backward(tape, g_image)
+
     def readout(self, m: int, I: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """The digital read-out of :meth:`camera_image` ``I`` (no timestep conversion)."""
         p = self.params
-        out = p["scale"][m] * I + p["offset"][m]
+        if self.subpixel:
+            out = self.odu.bin_window(p["scale"][m] * I) + p["offset"][m]
+        else:
+            out = p["scale"][m] * I + p["offset"][m]
         if "skip" in p:
             out = out + p["skip"][m] * r
         return out
+
+    def readout_grads(self, m: int, I: np.ndarray, r: np.ndarray, g_out: np.ndarray):
+        """(gradients of the read-out's arrays, dLoss/dI) from dLoss/d(read-out) ``g_out``."""
+        p = self.params
+
+        def red(x, like):
+            return x.sum(axis=0) if p[like].shape[1:] != (1, 1) else np.array([[x.sum()]])
+
+        grads = {"offset": red(g_out, "offset")}
+        if self.subpixel:
+            g_w = self.odu.unbin_window(g_out)                      # d loss / d (scale * I)
+            grads["scale"] = np.einsum("bij,bij->ij", g_w, I)
+            g_I = g_w * p["scale"][m]
+        else:
+            grads["scale"] = red(g_out * I, "scale")
+            g_I = g_out * p["scale"][m]
+        if "skip" in p:
+            grads["skip"] = red(g_out * r, "skip")
+        return grads, g_I
 
     def predict(self, r: np.ndarray, t, m: int | None = None) -> np.ndarray:
         """Predicted noise for ``r [B, H, W]`` at timestep(s) ``t`` (int or int array [B], one set)."""
@@ -135,8 +176,7 @@ class TimeAwareODU:
             if ms.size != 1:
                 raise ValueError("all timesteps of one call must belong to the same set")
             m = int(ms[0])
-        I = self.odu.intensity(r, self.params["phases"][m])
-        out = self.readout(m, I, r)
+        out = self.readout(m, self.camera_image(r, m), r)
         if m in self.x0_sets:
             a, b = self._x0_factors(m, t)
             return a * r - b * out
@@ -181,7 +221,6 @@ class TimeAwareODU:
         ``grads = {name: d loss / d params[name][m]}``. ``r``: noisy images [B, H, W];
         ``t``: their timesteps (int array [B], all in set m); ``eps``: the true noise.
         """
-        p = self.params
         m = integer(m, "m")
         if not 0 <= m < self.M:
             raise ValueError(f"m must be a set index in 0..{self.M - 1}, got {m}")
@@ -196,7 +235,7 @@ class TimeAwareODU:
         weight = real(weight, "weight")
         if not 0.0 <= weight <= 1e12:  # a loss weight; beyond this the loss and gradients overflow
             raise ValueError(f"weight must be a number in [0, 1e12], got {weight}")
-        I, tape = self.odu.intensity_train(r, p["phases"][m])
+        I, tape = self.camera_image_train(r, m)
         out = self.readout(m, I, r)
         if m in self.x0_sets:
             a, b = self._x0_factors(m, t)
@@ -208,15 +247,8 @@ class TimeAwareODU:
         loss = weight * float(np.mean(diff * diff))
         g = (2.0 * weight / diff.size) * diff                      # d loss / d eps_hat
         g_out = -b * g if b is not None else g                     # d loss / d out
-        grads = {}
-        red = (lambda x: x.sum(axis=0)) if p["scale"].shape[1:] != (1, 1) else (lambda x: np.array([[x.sum()]]))
-        grads["scale"] = red(g_out * I)
-        grads["offset"] = red(g_out)
-        if "skip" in p:
-            sred = (lambda x: x.sum(axis=0)) if p["skip"].shape[1:] != (1, 1) else (lambda x: np.array([[x.sum()]]))
-            grads["skip"] = sred(g_out * r)
-        g_I = g_out * p["scale"][m]
-        grads["phases"] = self.odu.backward(tape, g_I)
+        grads, g_I = self.readout_grads(m, I, r, g_out)
+        grads["phases"] = self.camera_backward(tape, g_I)
         return loss, grads
 
     def calibrate(self, m: int, r: np.ndarray, t: np.ndarray, eps: np.ndarray, ridge: float = 1e-6) -> None:
@@ -227,7 +259,9 @@ class TimeAwareODU:
         """
         p = self.params
         r = np.asarray(r, dtype=np.float64)
-        I = self.odu.intensity(r, p["phases"][m])
+        I = self.camera_image(r, m)
+        if self.subpixel:                       # each image pixel reads its k x k camera pixels
+            I = self.odu.camera_blocks(I)
         w = np.ones((r.shape[0], 1, 1))
         if m in self.x0_sets:
             # out predicts x0; eps-MSE = (abar / (1 - abar)) * x0-MSE, so weight the rows
@@ -237,11 +271,12 @@ class TimeAwareODU:
             w = (s.sqrt_alpha_bar[ta] / s.sqrt_one_minus_alpha_bar[ta])[:, None, None]
         else:
             target = eps
-        feats = [I, np.ones_like(I)]
+        feats = [I[..., None] if I.ndim == 3 else I, np.ones(r.shape + (1,))]
         has_skip = "skip" in p
         if has_skip:
-            feats.append(r)
-        X = np.stack(feats, axis=-1) * w[..., None]                  # [B, H, W, F], rows weighted
+            feats.append(r[..., None])
+        nI = feats[0].shape[-1]                                      # camera features per pixel
+        X = np.concatenate(feats, axis=-1) * w[..., None]            # [B, H, W, F], rows weighted
         target = target * w
         pixel = p["scale"].shape[1:] != (1, 1)
         if pixel:
@@ -256,17 +291,20 @@ class TimeAwareODU:
         coef = np.linalg.solve(G, y[..., None])[..., 0]              # [h, w, F]
         if has_skip and ((p["skip"].shape[1:] == (1, 1)) != (not pixel)):
             # skip and read-out of different granularity: fit the read-out only, skip = 0
-            X2 = X[..., :2]
+            X2 = X[..., :nI + 1]
             G2 = np.einsum("bhwf,bhwg->hwfg", X2, X2) if pixel else np.einsum("bhwf,bhwg->fg", X2, X2)[None, None]
             y2 = np.einsum("bhwf,bhw->hwf", X2, target) if pixel else np.einsum("bhwf,bhw->f", X2, target)[None, None]
-            G2 = G2 + ridge * (np.trace(G2, axis1=-2, axis2=-1)[..., None, None] / 2) * np.eye(2)
+            G2 = G2 + ridge * (np.trace(G2, axis1=-2, axis2=-1)[..., None, None] / (nI + 1)) * np.eye(nI + 1)
             coef = np.linalg.solve(G2, y2[..., None])[..., 0]
             p["skip"][m] = 0.0
             has_skip = False
-        p["scale"][m] = coef[..., 0].reshape(p["scale"].shape[1:])
-        p["offset"][m] = coef[..., 1].reshape(p["offset"].shape[1:])
+        if self.subpixel:                       # bin_window averages: a camera pixel's gain is k^2 x its coefficient
+            p["scale"][m] = self.odu.window_from_blocks(coef[..., :nI] * nI)
+        else:
+            p["scale"][m] = coef[..., 0].reshape(p["scale"].shape[1:])
+        p["offset"][m] = coef[..., nI].reshape(p["offset"].shape[1:])
         if has_skip:
-            p["skip"][m] = coef[..., 2].reshape(p["skip"].shape[1:])
+            p["skip"][m] = coef[..., nI + 1].reshape(p["skip"].shape[1:])
 
     # ------------------------------------------------------------------ evaluation
     def set_mse(self, m: int, r: np.ndarray, t: np.ndarray, eps: np.ndarray, batch: int = 256) -> float:

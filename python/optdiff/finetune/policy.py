@@ -170,11 +170,10 @@ class ODUPolicy:
         (and, optionally, an extra ``d/d mu = g_mu [B, H, W]``, e.g. of a KL term).
         """
         model = self.model
-        p = model.params
         t = int(self.ts[i])
         m = model.set_of(t)
         r = np.asarray(x_t, dtype=np.float64)
-        I, tape = model.odu.intensity_train(r, p["phases"][m])
+        I, tape = model.camera_image_train(r, m)
         out = model.readout(m, I, r)
         b = None
         if m in model.x0_sets:
@@ -194,15 +193,8 @@ class ODUPolicy:
                 g += g_mu
             g_eps = g * mask * self.k[i]
             g_out = -b * g_eps if b is not None else g_eps
-            grads = {}
-            scalar = p["scale"].shape[1:] == (1, 1)
-            red = (lambda v: np.array([[v.sum()]])) if scalar else (lambda v: v.sum(axis=0))
-            grads["scale"] = red(g_out * I)
-            grads["offset"] = red(g_out)
-            if "skip" in p:
-                sred = (lambda v: np.array([[v.sum()]])) if p["skip"].shape[1:] == (1, 1) else (lambda v: v.sum(axis=0))
-                grads["skip"] = sred(g_out * r)
-            grads["phases"] = model.odu.backward(tape, g_out * p["scale"][m])
+            grads, g_I = model.readout_grads(m, I, r, g_out)
+            grads["phases"] = model.camera_backward(tape, g_I)
             return m, grads
 
         return logp, mu, vjp

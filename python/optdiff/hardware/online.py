@@ -152,6 +152,14 @@ class BenchODU:
     def __getattr__(self, name):        # describe, light_fraction, check_light, n, L, H, W, k, ...
         return getattr(self._ideal, name)
 
+    def window_intensity(self, *_args, **_kw):
+        # without this, __getattr__ would hand the ideal ODU's unbinned window to a subpixel
+        # read-out: a simulation passed off as a bench frame
+        raise ValueError("model.readout = 'subpixel' is not supported on the bench (its frames are read "
+                         "out per binned image pixel); use model.readout = 'pixel' or 'scalar'")
+
+    window_train = backward_window = window_intensity
+
     # -------------------------------------------------------------- forward on the bench
     def capture(self, r, phases) -> np.ndarray:
         """Frames ``[B, rows, cols]`` (float64 DN) of images ``r`` with ``phases`` (radians)."""

@@ -71,8 +71,17 @@ class QuantisedODU:
     def intensity_train(self, r, phases):
         return self._ideal.intensity_train(self._inputs(r), self._phases(phases))
 
+    def window_intensity(self, r, phases):
+        return self._ideal.window_intensity(self._inputs(r), self._phases(phases))
+
+    def window_train(self, r, phases):
+        return self._ideal.window_train(self._inputs(r), self._phases(phases))
+
     def backward(self, tape, g_binned):
         return self._ideal.backward(tape, g_binned)      # straight through the rounding
+
+    def backward_window(self, tape, g_window):
+        return self._ideal.backward_window(tape, g_window)
 
     def light_fraction(self, phases, r=None):
         return self._ideal.light_fraction(self._phases(phases), r)

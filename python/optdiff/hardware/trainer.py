@@ -34,6 +34,9 @@ class HardwareTrainer(Trainer):
     def __init__(self, cfg, out_dir, device, mode: str, twin: DigitalTwin, *, exposure=None,
                  refine_every: int = 10, refine_lr: float = 0.02, refine_images: int = REFINE_IMAGES,
                  images=None, val_images=None, log=True):
+        if cfg.model.readout == "subpixel":
+            raise ValueError("model.readout = 'subpixel' is not supported on the bench (its frames are read "
+                             "out per binned image pixel); use model.readout = 'pixel' or 'scalar'")
         super().__init__(cfg, out_dir, images=images, val_images=val_images, log=log)
         self.mode = mode
         self.hw = BenchODU(self.model.odu, device, mode, twin, exposure=exposure, refine_every=refine_every,

@@ -304,6 +304,29 @@ class ODU:
         out[:, sy, sx] = A.T @ g @ A
         return out
 
+    def bin_window(self, window: np.ndarray) -> np.ndarray:
+        """:meth:`bin` of a camera-window array ``[B, kH, kW]`` (e.g. weighted intensity)."""
+        w = np.asarray(window, dtype=np.float64)
+        return np.ascontiguousarray(self._bin_mat[np.dtype(np.float64)] @ w @ self._bin_mat[np.dtype(np.float64)].T)
+
+    def unbin_window(self, g_binned: np.ndarray) -> np.ndarray:
+        """Adjoint of :meth:`bin_window`: ``[B, H, W]`` -> ``[B, kH, kW]`` (float64)."""
+        A = self._bin_mat[np.dtype(np.float64)]
+        return A.T @ np.asarray(g_binned, dtype=np.float64) @ A
+
+    def camera_blocks(self, window: np.ndarray) -> np.ndarray:
+        """``[B, kH, kW]`` camera window -> ``[B, H, W, k*k]``: the k x k camera pixels that bin
+        into each image pixel (in image coordinates, so flipped with camera_flip)."""
+        B, k = window.shape[0], self.k
+        blocks = window.reshape(B, self.H, k, self.W, k).transpose(0, 1, 3, 2, 4).reshape(B, self.H, self.W, k * k)
+        return blocks[:, ::-1, ::-1] if self.flip else blocks
+
+    def window_from_blocks(self, blocks: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`camera_blocks` for one ``[H, W, k*k]`` array -> ``[kH, kW]``."""
+        k = self.k
+        b = blocks[::-1, ::-1] if self.flip else blocks
+        return np.ascontiguousarray(b.reshape(self.H, self.W, k, k).transpose(0, 2, 1, 3).reshape(self.H * k, self.W * k))
+
     # ------------------------------------------------------------------ optics
     def _phases(self, phases: np.ndarray) -> np.ndarray:
         if not isinstance(phases, np.ndarray) or phases.shape != (self.L, self.n, self.n):
@@ -335,6 +358,25 @@ class ODU:
         """Binned intensity and the tape for :meth:`backward`."""
         I, tape = self.stack.forward_train(self.encode(r), self._phases(phases), nthreads=self.nthreads)
         return self.bin(I), tape
+
+    def window_intensity(self, r: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """Camera intensity in the read-out window, unbinned: ``[B, kH, kW]`` (float64)."""
+        sy, sx = self.window
+        return np.asarray(self.camera(self._check_images(r), phases)[:, sy, sx], dtype=np.float64)
+
+    def window_train(self, r: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, Tape]:
+        """Unbinned window intensity ``[B, kH, kW]`` and the tape for :meth:`backward_window`."""
+        I, tape = self.stack.forward_train(self.encode(r), self._phases(phases), nthreads=self.nthreads)
+        sy, sx = self.window
+        return np.asarray(I[:, sy, sx], dtype=np.float64), tape
+
+    def backward_window(self, tape: Tape, g_window: np.ndarray) -> np.ndarray:
+        """Phase gradient ``[L, N, N]`` (float64) from dLoss/d(window intensity) ``[B, kH, kW]``."""
+        g = np.zeros((g_window.shape[0], self.n, self.n), dtype=self.rdtype)
+        sy, sx = self.window
+        g[:, sy, sx] = g_window
+        g_phases, _ = self.stack.backward(tape, g, nthreads=self.nthreads)
+        return g_phases.astype(np.float64)
 
     def backward(self, tape: Tape, g_binned: np.ndarray) -> np.ndarray:
         """Phase gradient ``[L, N, N]`` (float64) from dLoss/d(binned intensity) ``[B, H, W]``."""
