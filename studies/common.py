@@ -56,6 +56,12 @@ def load_split(name: str, data_dir, held_out: int, seed: int):
 def quality_feature_net(xtr, ytr, seed: int):
     """The small MLP classifier whose features ``quality.py`` (and the studies that compare with
     it) compute FID in, trained on the training split."""
+    from threadpoolctl import threadpool_limits
+
     from optdiff.evaluation.metrics import FeatureNet
 
-    return FeatureNet(hidden=(256, 64), max_iter=60, seed=seed).fit(xtr, ytr)
+    # The MLP's training is not the same at every BLAS thread count (measured: features differ by
+    # half their range between 1 and 2 threads), so FIDs would move with OMP_NUM_THREADS. Two
+    # threads, as every quality.py run in the tree, whatever the environment says.
+    with threadpool_limits(limits=2, user_api="blas"):
+        return FeatureNet(hidden=(256, 64), max_iter=60, seed=seed).fit(xtr, ytr)

@@ -18,7 +18,10 @@ solve exactly, so this study measures two members that approach its optimum from
   quadratic form of rank <= ``h`` shared through ``U``), trained with Adam on fresh noised images
   from the least-squares linear start (``V = 0``), so it starts at the linear floor.
 
-Both are compared with ``linear`` (the same least squares on ``[1, r]`` with the same samples, so
+* ``local_R`` (``--local R``): the linear fit plus, per output pixel, the products of the pixels
+  within ``R`` of it: the forms an optics with a local point-spread function (the relay) makes.
+
+All are compared with ``linear`` (the same least squares on ``[1, r]`` with the same samples, so
 a gain is not a sample-size artefact) on 1000 held-out noised images, the same ones
 ``design_classes.py`` uses. If neither gets far below ``linear`` at a set, no amplitude-encoded
 ODU can: that is the bound on the optics, not on training. The phase encoding (``exp(i s r)``)
@@ -158,6 +161,31 @@ class SquareNet:
         return loss
 
 
+def local_products(r, side, i, j, radius, mean):
+    """[n, P]: products of the centred pixels within ``radius`` of pixel (i, j) (each pair once)."""
+    nb = [a * side + b for a in range(i - radius, i + radius + 1) for b in range(j - radius, j + radius + 1)
+          if 0 <= a < side and 0 <= b < side]
+    return pair_products(r[:, nb] - mean[nb])
+
+
+def local_quadratic(r, e, vr, lin, radius, mean):
+    """Held-out prediction of ``lin`` plus, per output pixel, least squares of the linear fit's
+    residual on the products of the pixels within ``radius`` of it (the forms an optics with a
+    local point-spread function could make; two-stage, so a lower estimate of that class's gain)."""
+    side = int(round(np.sqrt(r.shape[1])))
+    res, pred = e - lin.predict(r), lin.predict(vr)
+    for i in range(side):
+        for j in range(side):
+            F, Fv = local_products(r, side, i, j, radius, mean), local_products(vr, side, i, j, radius, mean)
+            mu = F.mean(axis=0)
+            F, Fv = F - mu, Fv - mu
+            G = F.T @ F
+            G[np.diag_indices_from(G)] += 1e-6 * np.trace(G) / G.shape[0]
+            p = i * side + j
+            pred[:, p] += Fv @ np.linalg.solve(G, F.T @ res[:, p])
+    return pred
+
+
 def principal_axes(x0, k):
     """The first ``k`` principal directions of the training images (rows) and their mean."""
     X = x0.reshape(x0.shape[0], -1)
@@ -167,7 +195,7 @@ def principal_axes(x0, k):
 
 
 def run_set(m, xtr, xte, sched, ranges, ks, widths, samples, steps, batch, lr, seed,
-            semidefinite=False, log=print):
+            semidefinite=False, radii=(), log=print):
     tr = ranges[m]
     vr, ve = noised(xte, 1000, tr, sched, np.random.default_rng(99 + m))
     row = {"set": m, "t": list(tr), "zero": round(float(np.mean(ve ** 2)), 5)}
@@ -190,6 +218,11 @@ def run_set(m, xtr, xte, sched, ranges, ks, widths, samples, steps, batch, lr, s
         q = QuadraticLstsq(axes[:k], mu).fit(draw_from(seed), samples)
         row[f"pca_{k}"] = mse(q.predict(vr))
         log(f"set {m}: pca_{k} {row[f'pca_{k}']} (linear {row['linear']}), {time.perf_counter() - t1:.0f} s")
+    for rad in radii:
+        t1 = time.perf_counter()
+        r, e = draw_from(seed)(samples)
+        row[f"local_{rad}"] = mse(local_quadratic(r, e, vr, lin, rad, mu))
+        log(f"set {m}: local_{rad} {row[f'local_{rad}']} (linear {row['linear']}), {time.perf_counter() - t1:.0f} s")
     W, c = lin.coef[1:].T, lin.coef[0]
     for h in widths:
         for semi in (False, True) if semidefinite else (False,):
@@ -202,7 +235,7 @@ def run_set(m, xtr, xte, sched, ranges, ks, widths, samples, steps, batch, lr, s
                 net.step(r, e, lr * 0.5 * (1 + np.cos(np.pi * i / steps)))   # cosine decay to 0
             row[name] = mse(net.predict(vr))
             log(f"set {m}: {name} {row[name]} (linear {row['linear']}), {time.perf_counter() - t1:.0f} s")
-    best = min(v for k_, v in row.items() if k_.startswith(("pca_", "square_", "semidef_")))
+    best = min(v for k_, v in row.items() if k_.startswith(("pca_", "square_", "semidef_", "local_")))
     row["best_over_linear"] = round(best / row["linear"], 4)
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
@@ -220,6 +253,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--local", default="", help="radii of the local quadratic fits (comma-separated; ~3 min for 1)")
     ap.add_argument("--semidefinite", action="store_true",
                     help="also train each width with one-signed quadratic forms per output (semidef_h)")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
@@ -235,6 +269,7 @@ def main(argv=None) -> int:
         return vals
 
     sets, ks, widths = ints(args.set, "--set", 0), ints(args.pca, "--pca", 0), ints(args.widths, "--widths", 1)
+    radii = ints(args.local, "--local", 0)
     if any(s > 9 for s in sets):
         ap.error(f"--set: sets are 0..9, got {args.set!r}")
     if args.samples < 2 or args.steps < 1 or args.batch < 1:
@@ -244,7 +279,7 @@ def main(argv=None) -> int:
     ranges = timestep_sets(sched.T, 10)
     for m in sets:
         row = {"dataset": args.dataset, **run_set(m, xtr, xte, sched, ranges, ks, widths, args.samples,
-                                                  args.steps, args.batch, args.lr, args.seed, args.semidefinite,
+                                                  args.steps, args.batch, args.lr, args.seed, args.semidefinite, radii,
                                                   log=lambda s: print(s, file=sys.stderr, flush=True))}
         print(json.dumps(row), flush=True)
         if args.out:

@@ -100,3 +100,26 @@ def test_bad_arguments_are_refused_by_name(capsys):
         with pytest.raises(SystemExit):
             qc.main(argv)
         assert word in capsys.readouterr().err
+
+
+def test_local_fit_finds_a_product_of_neighbours_and_not_one_of_far_pixels():
+    rng = np.random.default_rng(8)
+    side, n = 4, 4000
+    D = side * side
+    mean = np.zeros(D)
+
+    def target(r):   # output pixel 5 = (1, 1) also reads r(1,1) * r(1,2); output 0 reads r(3,3)^2
+        e = 0.3 * r
+        e[:, 5] += r[:, 5] * r[:, 6]
+        e[:, 0] += r[:, 15] ** 2
+        return e
+
+    r, vr = rng.standard_normal((n, D)), rng.standard_normal((500, D))
+    P = np.zeros((0, D))
+    lin = qc.QuadraticLstsq(P, mean, ridge=0.0).fit(lambda k: (r, target(r)), n, chunk=n)
+    pred = qc.local_quadratic(r, target(r), vr, lin, 1, mean)
+    err = np.mean((pred - target(vr)) ** 2, axis=0)
+    # the neighbour product (variance 1) is recovered up to the first stage's sampling error
+    # (16 linear coefficients from 4000 samples with that product as noise: ~16 / 4000)
+    assert err[5] < 0.02 and np.all(np.delete(err, 0) < 0.02)
+    assert err[0] > 1.0                                          # (3, 3) is not within radius 1 of (0, 0)
