@@ -37,6 +37,8 @@ __all__ = ["MODES", "FrameBinning", "BenchODU", "TwinRefiner"]
 
 MODES = ("offline", "online", "experimental-backprop")
 REFINE_IMAGES = 8     # frames per refinement step (the first of the batch; measured in docs/hardware.md)
+NO_SUBPIXEL = ("model.readout = 'subpixel' is not supported on the bench (its frames are read out per "
+               "binned image pixel); use model.readout = 'pixel' or 'scalar'")
 REFINE_FREE = ("z_gap", "mirror_angle", "beam_angle", "patch_offsets", "dmd_offset", "camera_offset",
                "phase_scale", "lut_curvature", "crosstalk", "gain", "dark_level")
 
@@ -155,8 +157,7 @@ class BenchODU:
     def window_intensity(self, *_args, **_kw):
         # without this, __getattr__ would hand the ideal ODU's unbinned window to a subpixel
         # read-out: a simulation passed off as a bench frame
-        raise ValueError("model.readout = 'subpixel' is not supported on the bench (its frames are read "
-                         "out per binned image pixel); use model.readout = 'pixel' or 'scalar'")
+        raise ValueError(NO_SUBPIXEL)
 
     window_train = backward_window = window_intensity
 
