@@ -5,6 +5,7 @@ without one, the in-tree package (``python/``, after ``./dev build``) is put on 
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -51,6 +52,29 @@ def load_split(name: str, data_dir, held_out: int, seed: int):
         perm = np.random.default_rng(seed).permutation(x.shape[0])
         ho, tr = perm[:held_out], perm[held_out:]
         return x[tr], y[tr], x[ho], y[ho]
+
+
+def add_data_args(ap) -> None:
+    """``--dataset`` and ``--data-dir``, as every study that uses :func:`load_split` takes them."""
+    ap.add_argument("--dataset", default="fashion-mnist", choices=tuple(SETUPS))
+    ap.add_argument("--data-dir", default=None, help="folder of the IDX files (MNIST: required)")
+
+
+def noised(x0, count, t_range, schedule, rng):
+    """``count`` noised images of one time set: ``(r, t, eps)``, images drawn uniformly from
+    ``x0``, ``t`` uniformly in ``t_range``, in that order from ``rng``."""
+    idx = rng.integers(0, x0.shape[0], count)
+    t = rng.integers(*t_range, count)
+    eps = rng.standard_normal((count,) + x0.shape[1:])
+    return schedule.q_sample(x0[idx], t, eps), t, eps
+
+
+def append_jsonl(path, row: dict) -> None:
+    """Append one JSON line to ``path`` (``None``: do nothing)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with Path(path).open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def quality_feature_net(xtr, ytr, seed: int):

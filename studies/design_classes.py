@@ -50,7 +50,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the studies package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from studies.common import load_split  # noqa: E402
+from studies.common import add_data_args, append_jsonl, load_split, noised  # noqa: E402
 from studies.linear_classes import per_pixel_lstsq  # noqa: E402
 
 # isort: split
@@ -78,13 +78,6 @@ DESIGNS = {
     "subpixel_free": ["model.readout=subpixel", "optics.init=zero"],   # non-local fields at the camera
     "subpixel_bias025": ["model.readout=subpixel", "optics.amp_bias=0.25"],
 }
-
-
-def noised(x0, count, t_range, schedule, rng):
-    idx = rng.integers(0, x0.shape[0], count)
-    t = rng.integers(*t_range, count)
-    eps = rng.standard_normal((count,) + x0.shape[1:])
-    return schedule.q_sample(x0[idx], t, eps), t, eps
 
 
 def shares(model, m, r, t, eps):
@@ -182,9 +175,7 @@ def run_one(args, design, start, m, xtr, val, lin, results):
             "linear_part": round(float(np.mean((lin_pred - ve) ** 2)), 5), "clipped": round(clipped, 5),
             "light": round(model.odu.light_fraction(model.params["phases"][m]), 4), **results[m]}
     print(json.dumps(line), flush=True)
-    if args.out:
-        with Path(args.out).open("a") as f:
-            f.write(json.dumps(line) + "\n")
+    append_jsonl(args.out, line)
 
 
 def tilt_as_ramp(n=48, layers=3, seed=0) -> float:
@@ -240,8 +231,7 @@ def checkpoint_shares(path, dataset, data_dir) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist"))
-    ap.add_argument("--data-dir", default=None, help="folder of the IDX files (MNIST: required)")
+    add_data_args(ap)
     ap.add_argument("--set", default="4", help="time sets (of M = 10), comma-separated")
     ap.add_argument("--designs", default="relay,free", help=f"comma-separated, of {', '.join(DESIGNS)}")
     ap.add_argument("--starts", default="imaging,distill", help="comma-separated: imaging, distill")
@@ -293,9 +283,7 @@ def main(argv=None) -> int:
                    "linear": round(float(np.mean((lin.predict(vr, base.set_ranges[m][0]) - ve) ** 2)), 5),
                    "empirical_bayes": round(float(np.mean((empirical_bayes(xtr, vr, vt, sched) - ve) ** 2)), 5)}
             print(json.dumps(row), flush=True)
-            if args.out:
-                with Path(args.out).open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            append_jsonl(args.out, row)
             continue
         lo = base.set_ranges[m][0]
         rtr, _, etr = noised(xtr, 2000, base.set_ranges[m], sched, np.random.default_rng(3))

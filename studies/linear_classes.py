@@ -34,19 +34,11 @@ if __package__ in (None, ""):  # run as a script: make the studies package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # the same training / held-out split as the quality study (and optdiff on the path if needed)
-from studies.common import load_split  # noqa: E402
+from studies.common import add_data_args, load_split, noised  # noqa: E402
 
 # isort: split
 from optdiff.diffusion.schedule import NoiseSchedule, timestep_sets  # noqa: E402
 from optdiff.evaluation.baselines import LinearDenoiser  # noqa: E402
-
-
-def noised(x0, count, t_range, schedule, seed):
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x0.shape[0], count)
-    t = rng.integers(*t_range, count)
-    eps = rng.standard_normal((count,) + x0.shape[1:])
-    return schedule.q_sample(x0[idx], t, eps), eps
 
 
 def shifted(r, radius):
@@ -89,8 +81,7 @@ def fit_conv_diag(r, eps, radius, iters=3):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist"))
-    ap.add_argument("--data-dir", default=None, help="folder of the IDX files (MNIST: required)")
+    add_data_args(ap)
     ap.add_argument("--set", type=int, default=4, help="time set (of M=10 over T=1000)")
     ap.add_argument("--radius", type=int, default=8, help="kernel radius R of the shift-invariant filter")
     ap.add_argument("--samples", type=int, default=2000, help="noised training images for diag / conv+diag")
@@ -100,8 +91,8 @@ def main(argv=None) -> int:
     xtr, _, xte, _ = load_split(args.dataset, args.data_dir, 1000, 0)
     schedule = NoiseSchedule(1000)
     t_range = timestep_sets(1000, 10)[args.set]
-    rtr, etr = noised(xtr, args.samples, t_range, schedule, 1)
-    rte, ete = noised(xte, args.test, t_range, schedule, 2)
+    rtr, _, etr = noised(xtr, args.samples, t_range, schedule, np.random.default_rng(1))
+    rte, _, ete = noised(xte, args.test, t_range, schedule, np.random.default_rng(2))
 
     def mse(pred):
         return float(np.mean((pred - ete) ** 2))

@@ -26,7 +26,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the studies package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from studies.common import load_split, quality_feature_net  # noqa: E402
+from studies.common import add_data_args, load_split, quality_feature_net  # noqa: E402
 
 # isort: split
 from optdiff.diffusion.model import generate  # noqa: E402
@@ -58,8 +58,7 @@ def parse_sets(text: str, M: int) -> tuple[int, ...]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a trained model (optdiff train / quality.py)")
-    ap.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist"))
-    ap.add_argument("--data-dir", default=None, help="folder of the IDX files (MNIST: required)")
+    add_data_args(ap)
     ap.add_argument("--mix", action="append", default=[], metavar="SETS",
                     help="comma-separated sets that use the ODU in one chain (repeatable)")
     ap.add_argument("--count", type=int, default=500)

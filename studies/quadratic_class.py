@@ -45,20 +45,16 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the studies package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from studies.common import load_split  # noqa: E402
+from studies.common import add_data_args, append_jsonl, load_split, noised  # noqa: E402
 
 # isort: split
 from optdiff.diffusion.schedule import NoiseSchedule, timestep_sets  # noqa: E402
 
 
-def noised(x0, count, t_range, schedule, rng):
-    """``count`` (r, eps) pairs of one set, images flattened: the study's only data source."""
-    idx = rng.integers(0, x0.shape[0], count)
-    t = rng.integers(*t_range, count)
-    eps = rng.standard_normal((count, x0[0].size))
-    flat = x0.reshape(x0.shape[0], -1)
-    r = schedule.sqrt_alpha_bar[t, None] * flat[idx] + schedule.sqrt_one_minus_alpha_bar[t, None] * eps
-    return r, eps
+def noised_flat(x0, count, t_range, schedule, rng):
+    """``count`` (r, eps) pairs of one set (:func:`studies.common.noised`), images flattened."""
+    r, _, eps = noised(x0, count, t_range, schedule, rng)
+    return r.reshape(count, -1), eps.reshape(count, -1)
 
 
 def pair_products(z):
@@ -91,8 +87,8 @@ class QuadraticLstsq:
             G = F.T @ F if G is None else G + F.T @ F
             rhs = F.T @ e if rhs is None else rhs + F.T @ e
             done += r.shape[0]
-        lam = self.ridge * np.trace(G) / G.shape[0]
-        G[np.diag_indices(G.shape[0])[0][1:], np.diag_indices(G.shape[0])[1][1:]] += lam
+        rest = np.arange(1, G.shape[0])                       # every feature but the constant
+        G[rest, rest] += self.ridge * np.trace(G) / G.shape[0]
         self.coef = np.linalg.solve(G, rhs)
         return self
 
@@ -197,7 +193,7 @@ def principal_axes(x0, k):
 def run_set(m, xtr, xte, sched, ranges, ks, widths, samples, steps, batch, lr, seed,
             semidefinite=False, radii=(), log=print):
     tr = ranges[m]
-    vr, ve = noised(xte, 1000, tr, sched, np.random.default_rng(99 + m))
+    vr, ve = noised_flat(xte, 1000, tr, sched, np.random.default_rng(99 + m))
     row = {"set": m, "t": list(tr), "zero": round(float(np.mean(ve ** 2)), 5)}
     axes, mu = principal_axes(xtr, max(ks + [0]))
 
@@ -206,7 +202,7 @@ def run_set(m, xtr, xte, sched, ranges, ks, widths, samples, steps, batch, lr, s
 
     def draw_from(s):
         rng = np.random.default_rng(s)
-        return lambda n: noised(xtr, n, tr, sched, rng)
+        return lambda n: noised_flat(xtr, n, tr, sched, rng)
 
     t0 = time.perf_counter()
     lin = QuadraticLstsq(axes[:0], mu).fit(draw_from(seed), samples)
@@ -243,8 +239,7 @@ def run_set(m, xtr, xte, sched, ranges, ks, widths, samples, steps, batch, lr, s
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist"))
-    ap.add_argument("--data-dir", default=None, help="folder of the IDX files (MNIST: required)")
+    add_data_args(ap)
     ap.add_argument("--set", default="4", help="time sets (of M = 10), comma-separated")
     ap.add_argument("--pca", default="16,32,64", help="k values of the exact PCA-quadratic fits (comma-separated)")
     ap.add_argument("--widths", default="1024", help="widths of the trained square networks (comma-separated)")
@@ -282,10 +277,7 @@ def main(argv=None) -> int:
                                                   args.steps, args.batch, args.lr, args.seed, args.semidefinite, radii,
                                                   log=lambda s: print(s, file=sys.stderr, flush=True))}
         print(json.dumps(row), flush=True)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            with Path(args.out).open("a") as f:
-                f.write(json.dumps(row) + "\n")
+        append_jsonl(args.out, row)
     return 0
 
 

@@ -185,7 +185,8 @@ class ModelConfig:
     ``readout``: ``pixel`` (a scale and offset per binned camera pixel and set), ``scalar`` (one
     each per set) or ``subpixel`` (a signed gain per unbinned camera pixel before binning and an
     offset per binned pixel: each output reads a weighted sum of its k x k camera pixels, so its
-    quadratic form in r_t can be indefinite, as with differential detection). ``skip``: optional digital term ``c * r_t`` (``none``, ``scalar``, ``pixel``).
+    quadratic form in r_t can be indefinite, as with differential detection). ``skip``: optional
+    digital term ``c * r_t`` (``none``, ``scalar``, ``pixel``).
     ``x0_sets``: list of sets whose read-out predicts x0, converted digitally to
     eps = (r_t - sqrt(abar_t) x0) / sqrt(1 - abar_t) with the known timestep (measured: better
     for sets 1-2, worse for set 0 whose noise level spans 0.01..0.3); ``"auto"`` = every set

@@ -306,8 +306,8 @@ class ODU:
 
     def bin_window(self, window: np.ndarray) -> np.ndarray:
         """:meth:`bin` of a camera-window array ``[B, kH, kW]`` (e.g. weighted intensity)."""
-        w = np.asarray(window, dtype=np.float64)
-        return np.ascontiguousarray(self._bin_mat[np.dtype(np.float64)] @ w @ self._bin_mat[np.dtype(np.float64)].T)
+        A = self._bin_mat[np.dtype(np.float64)]
+        return np.ascontiguousarray(A @ np.asarray(window, dtype=np.float64) @ A.T)
 
     def unbin_window(self, g_binned: np.ndarray) -> np.ndarray:
         """Adjoint of :meth:`bin_window`: ``[B, H, W]`` -> ``[B, kH, kW]`` (float64)."""
@@ -340,8 +340,8 @@ class ODU:
         """Full camera intensity ``[B, N, N]`` for images ``r``."""
         return self.stack.forward(self.encode(r), self._phases(phases), nthreads=self.nthreads)
 
-    def intensity(self, r: np.ndarray, phases: np.ndarray) -> np.ndarray:
-        """Binned camera intensity ``[B, H, W]`` (float64)."""
+    def _camera_reused(self, r: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """:meth:`camera` into this thread's reused buffers (valid until its next call)."""
         r = self._check_images(r)
         # A sampler calls this once per step with the same batch size: reuse this thread's input
         # field (its dark border stays zero) and camera buffer instead of allocating both.
@@ -351,8 +351,11 @@ class ODU:
             sc.field = np.zeros((B, self.n, self.n), dtype=self.cdtype)
             sc.camera = np.empty((B, self.n, self.n), dtype=self.rdtype)
         field = self.encode(r, out=sc.field)
-        cam = self.stack.forward(field, self._phases(phases), out=sc.camera, nthreads=self.nthreads)
-        return self.bin(cam)
+        return self.stack.forward(field, self._phases(phases), out=sc.camera, nthreads=self.nthreads)
+
+    def intensity(self, r: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """Binned camera intensity ``[B, H, W]`` (float64)."""
+        return self.bin(self._camera_reused(r, phases))
 
     def intensity_train(self, r: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, Tape]:
         """Binned intensity and the tape for :meth:`backward`."""
@@ -362,7 +365,7 @@ class ODU:
     def window_intensity(self, r: np.ndarray, phases: np.ndarray) -> np.ndarray:
         """Camera intensity in the read-out window, unbinned: ``[B, kH, kW]`` (float64)."""
         sy, sx = self.window
-        return np.asarray(self.camera(self._check_images(r), phases)[:, sy, sx], dtype=np.float64)
+        return self._camera_reused(r, phases)[:, sy, sx].astype(np.float64)   # a copy: the buffer is reused
 
     def window_train(self, r: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, Tape]:
         """Unbinned window intensity ``[B, kH, kW]`` and the tape for :meth:`backward_window`."""
