@@ -33,16 +33,19 @@ def _setup(flip=False, exposure=None, grid=None):
     return bench, twin, r, phases, rng
 
 
-@pytest.mark.parametrize("flip,exposure,grid", [(False, None, None), (True, 2e-3, 36)])
-def test_online_backward_equals_binning_adjoint_then_twin_backward(flip, exposure, grid):
+@pytest.mark.parametrize("flip,exposure,grid,window", [(False, None, None, False), (True, 2e-3, 36, False),
+                                                        (True, 2e-3, 36, True)])
+def test_online_backward_equals_binning_adjoint_then_twin_backward(flip, exposure, grid, window):
     bench, twin, r, phases, rng = _setup(flip, exposure, grid)
-    I, tape = bench.intensity_train(r, phases)
+    # window: the subpixel read-out's path (frames resampled onto the read-out window)
+    I, tape = (bench.window_train if window else bench.intensity_train)(r, phases)
     g = rng.standard_normal(I.shape)
-    got = bench.backward(tape, g)
+    got = (bench.backward_window if window else bench.backward)(tape, g)
     # the reference: d loss / d frames through the binning, then the twin's full backward
     ctx = tape[1]
     gain_e, _ = bench._gain_dark()
-    _, want = twin.backward(ctx, bench.binning.adjoint(g, gain_e), params=False, phase_grad=True)
+    binning = bench.window_binning if window else bench.binning
+    _, want = twin.backward(ctx, binning.adjoint(g, gain_e), params=False, phase_grad=True)
     assert got.shape == want.shape == (2, 32, 32) and got.dtype == np.float64
     # both feed the float32 stack: equal to float32 rounding of its input gradient
     assert np.max(np.abs(got - want)) <= 1e3 * F32 * np.max(np.abs(want))

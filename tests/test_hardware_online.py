@@ -7,7 +7,7 @@ import pytest
 from optdiff.cli import main
 from optdiff.config import Config, OpticsConfig
 from optdiff.diffusion import TrainingError
-from optdiff.hardware import EmulatedExperiment
+from optdiff.hardware import Bench, BenchConfig, EmulatedExperiment
 from optdiff.hardware.online import BenchODU, FrameBinning
 from optdiff.hardware.trainer import HARDWARE_STATE, HardwareTrainer
 from optdiff.hardware.twin import DigitalTwin
@@ -75,24 +75,54 @@ def test_bench_odu_refuses_a_device_of_another_shape():
         BenchODU(ODU(OPTICS, H), EmulatedExperiment(0, OPTICS, H), "sideways", DigitalTwin(OPTICS, H))
 
 
-def test_the_bench_refuses_the_subpixel_readout_instead_of_simulating_it(tmp_path):
-    cfg = small_config()
-    cfg.model.readout = "subpixel"
-    dev, twin = EmulatedExperiment(0, OPTICS, H), DigitalTwin(OPTICS, H)
-    with pytest.raises(ValueError, match="subpixel"):
-        HardwareTrainer(cfg, tmp_path, dev, "online", twin, images=images())
-    bench = BenchODU(ODU(OPTICS, H), dev, "online", twin)   # and the stand-in never falls through
-    for name in ("window_intensity", "window_train", "backward_window"):
-        with pytest.raises(ValueError, match="subpixel"):
-            getattr(bench, name)(np.zeros((1, H, H)), None)
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_bench_window_bins_to_the_bench_pixels_exactly(flip):
+    # the subpixel read-out's window: binned with the ODU's bin_window it is the binned intensity
+    optics = OpticsConfig(n=32, layers=2, camera_flip=flip)
+    twin = DigitalTwin(optics, H)
+    assert twin.footprint != 1.0                      # camera pixels straddle window cells
+    frames = np.random.default_rng(1).uniform(0, 4000, (3, twin.rows, twin.cols))
+    win = FrameBinning(twin, window=True).intensity(frames, 2.5, 100.0)
+    assert win.shape == (3, twin.k * H, twin.k * H)
+    want = FrameBinning(twin, flip=flip).intensity(frames, 2.5, 100.0)
+    np.testing.assert_allclose(ODU(optics, H).bin_window(win), want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["online", "experimental-backprop"])
-def test_hardware_modes_train_and_the_twin_is_refined(tmp_path, mode):
+def test_on_an_ideal_bench_the_window_and_its_gradient_are_the_ideal_odus():
+    ideal = ODU(OPTICS, H)
+    twin = DigitalTwin(OPTICS, H, nominal=BenchConfig.ideal(OPTICS))
+    bench = BenchODU(ideal, Bench.ideal(OPTICS, H), "online", twin)
+    rng = np.random.default_rng(2)
+    r, ph = rng.uniform(-1, 1, (3, H, H)), rng.uniform(0, 2 * np.pi, (2, 32, 32))
+    want, tape_i = ideal.window_train(r, ph)
+    np.testing.assert_allclose(bench.window_intensity(r, ph), want, rtol=0, atol=1e-5 * want.max())
+    got, tape = bench.window_train(r, ph)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * want.max())
+    g = rng.standard_normal(got.shape)
+    gw, gi = bench.backward_window(tape, g), ideal.backward_window(tape_i, g)
+    np.testing.assert_allclose(gw, gi, rtol=0, atol=1e-4 * np.abs(gi).max())
+
+
+def test_experimental_backprop_takes_the_window_gradient_of_the_ideal_odu():
+    ideal = ODU(OPTICS, H)
+    bench = BenchODU(ideal, EmulatedExperiment(0, OPTICS, H), "experimental-backprop", DigitalTwin(OPTICS, H))
+    rng = np.random.default_rng(4)
+    r, ph = rng.uniform(-1, 1, (2, H, H)), rng.uniform(0, 2 * np.pi, (2, 32, 32))
+    W, tape = bench.window_train(r, ph)
+    assert W.shape == (2, ideal.k * H, ideal.k * H) and tape[0] == "ideal"
+    g = rng.standard_normal(W.shape)
+    np.testing.assert_array_equal(bench.backward_window(tape, g), ideal.backward_window(ideal.window_train(r, ph)[1], g))
+
+
+@pytest.mark.parametrize("mode,readout", [("online", "pixel"), ("experimental-backprop", "pixel"),
+                                          ("online", "subpixel"), ("experimental-backprop", "subpixel")])
+def test_hardware_modes_train_and_the_twin_is_refined(tmp_path, mode, readout):
     dev = EmulatedExperiment(0, OPTICS, H)
     twin = DigitalTwin(OPTICS, H)
     start = twin.params
-    tr = HardwareTrainer(small_config(), tmp_path, dev, mode, twin, refine_every=1, images=images())
+    cfg = small_config()
+    cfg.model.readout = readout
+    tr = HardwareTrainer(cfg, tmp_path, dev, mode, twin, refine_every=1, images=images())
     s = tr.fit()
     assert s["steps"] == 8 and np.all(np.isfinite(s["val_mse"]))
     assert tr.hw.captures > 8 * 4

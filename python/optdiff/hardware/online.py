@@ -16,7 +16,11 @@ Modes (``optdiff train --mode``):
 
 Frames become intensity as ``(frames - dark) / (gain * electrons_per_intensity)`` (the twin's gain
 and dark level in the online mode, the nominal ones otherwise), then area-binned from camera
-pixels onto the image pixels (the nominal camera geometry). A capture that fails (the device
+pixels onto the image pixels (the nominal camera geometry). The ``subpixel`` read-out takes the
+read-out window instead: the same frames area-resampled onto the window's k x k cells per image
+pixel (each cell the mean of the camera pixels it overlaps), so that binning the window gives
+exactly the per-pixel intensity; its gains are then a fixed weighting of camera pixels, as digital
+as the binning itself. A capture that fails (the device
 raises, or its frames have the wrong shape or dtype, NaN, values out of range) is a
 :class:`CaptureError`: :class:`~optdiff.hardware.trainer.HardwareTrainer` then stops with a
 checkpoint that loses nothing.
@@ -37,24 +41,26 @@ __all__ = ["MODES", "FrameBinning", "BenchODU", "TwinRefiner"]
 
 MODES = ("offline", "online", "experimental-backprop")
 REFINE_IMAGES = 8     # frames per refinement step (the first of the batch; measured in docs/hardware.md)
-NO_SUBPIXEL = ("model.readout = 'subpixel' is not supported on the bench (its frames are read out per "
-               "binned image pixel); use model.readout = 'pixel' or 'scalar'")
 REFINE_FREE = ("z_gap", "mirror_angle", "beam_angle", "patch_offsets", "dmd_offset", "camera_offset",
                "phase_scale", "lut_curvature", "crosstalk", "gain", "dark_level")
 
 
 class FrameBinning:
-    """Camera frames (DN) ``[B, rows, cols]`` <-> intensity on the model's image grid ``[B, H, W]``."""
+    """Camera frames (DN) ``[B, rows, cols]`` <-> intensity on the model's image grid ``[B, H, W]``,
+    or with ``window=True`` on the read-out window ``[B, kH, kW]`` (one cell per grid pixel, in
+    grid order like :meth:`optdiff.odu.ODU.window_intensity`: the ODU's ``bin_window`` flips)."""
 
-    def __init__(self, twin: DigitalTwin, flip: bool = False):
+    def __init__(self, twin: DigitalTwin, flip: bool = False, window: bool = False):
         n, k, H = twin.grid, twin.k, twin.H
         f = twin.footprint
         cam_start = n / 2 - twin.rows * f / 2                     # camera pixel 0 on the grid
         img_start = (twin.grid - k * H) // 2                      # image pixel 0 on the grid
-        # image pixel i takes the mean of the camera pixels it overlaps (area weights)
-        self.ay = resample.overlap_matrix(H, img_start - cam_start, k, twin.rows, 0.0, f)
-        self.ax = resample.overlap_matrix(H, img_start - cam_start, k, twin.cols, 0.0, f)
-        if flip:
+        # cell i takes the mean of the camera pixels it overlaps (area weights); overlaps add up,
+        # so the mean over a pixel's k window cells is that pixel's binned intensity, exactly
+        cells, width = (k * H, 1.0) if window else (H, k)
+        self.ay = resample.overlap_matrix(cells, img_start - cam_start, width, twin.rows, 0.0, f)
+        self.ax = resample.overlap_matrix(cells, img_start - cam_start, width, twin.cols, 0.0, f)
+        if flip and not window:
             self.ay, self.ax = self.ay[::-1].copy(), self.ax[::-1].copy()
         # the camera rows and columns the image covers: the rest of a frame is never read
         self._rows, self._cols = _span(self.ay), _span(self.ax)
@@ -142,6 +148,7 @@ class BenchODU:
         self._ideal, self.device, self.mode, self.twin = ideal, device, mode, twin
         self.exposure = exposure
         self.binning = FrameBinning(twin, flip=ideal.flip)
+        self.window_binning = FrameBinning(twin, window=True)    # the subpixel read-out's window
         self.nominal = TwinParams.from_config(twin.nominal, ideal.L)
         self.refine_every = int(refine_every)
         if int(refine_images) < 1:
@@ -153,13 +160,6 @@ class BenchODU:
 
     def __getattr__(self, name):        # describe, light_fraction, check_light, n, L, H, W, k, ...
         return getattr(self._ideal, name)
-
-    def window_intensity(self, *_args, **_kw):
-        # without this, __getattr__ would hand the ideal ODU's unbinned window to a subpixel
-        # read-out: a simulation passed off as a bench frame
-        raise ValueError(NO_SUBPIXEL)
-
-    window_train = backward_window = window_intensity
 
     # -------------------------------------------------------------- forward on the bench
     def capture(self, r, phases) -> np.ndarray:
@@ -188,26 +188,43 @@ class BenchODU:
         """Binned intensity ``[B, H, W]`` (float64) measured on the bench."""
         return self.to_intensity(self.capture(r, phases))
 
+    def window_intensity(self, r, phases) -> np.ndarray:
+        """The read-out window ``[B, kH, kW]`` (float64) measured on the bench (``subpixel`` read-out)."""
+        return self.window_binning.intensity(self.capture(r, phases), *self._gain_dark())
+
     def intensity_train(self, r, phases):
-        frames = self.capture(r, phases)
-        I = self.to_intensity(frames)
-        if self.mode == "online":   # the twin's frames only when its refinement step needs them
-            return I, ("twin", self.twin.forward_tape(r, phases, self.exposure, fresh_images=True), frames, r, phases)
-        if self.mode == "experimental-backprop":
-            _, tape = self._ideal.intensity_train(r, phases)
-            return I, ("ideal", tape)
-        raise RuntimeError("mode 'deploy' has no backward pass")
+        return self._train(r, phases, self.binning, self._ideal.intensity_train)
+
+    def window_train(self, r, phases):
+        return self._train(r, phases, self.window_binning, self._ideal.window_train)
 
     def backward(self, tape, g_binned) -> np.ndarray:
         """d loss / d phases ``[L, N, N]`` (float64) from d loss / d binned intensity."""
+        return self._backward(tape, g_binned, self.binning, self._ideal.backward)
+
+    def backward_window(self, tape, g_window) -> np.ndarray:
+        """d loss / d phases ``[L, N, N]`` (float64) from d loss / d window intensity ``[B, kH, kW]``."""
+        return self._backward(tape, g_window, self.window_binning, self._ideal.backward_window)
+
+    def _train(self, r, phases, binning: FrameBinning, ideal_train):
+        frames = self.capture(r, phases)
+        I = binning.intensity(frames, *self._gain_dark())
+        if self.mode == "online":   # the twin's frames only when its refinement step needs them
+            return I, ("twin", self.twin.forward_tape(r, phases, self.exposure, fresh_images=True), frames, r, phases)
+        if self.mode == "experimental-backprop":
+            _, tape = ideal_train(r, phases)
+            return I, ("ideal", tape)
+        raise RuntimeError("mode 'deploy' has no backward pass")
+
+    def _backward(self, tape, g, binning: FrameBinning, ideal_backward) -> np.ndarray:
         self.steps += 1
         if tape[0] == "ideal":
-            return self._ideal.backward(tape[1], g_binned)
+            return ideal_backward(tape[1], g)
         _, ctx, frames, r, phases = tape
         # d loss / d frames = binning adjoint / gain_e; d frames / d I = camera map * gain * gf
         cy, cx, gain, _ = ctx.camera
         factor = gain * ctx.gain_factor / self._gain_dark()[0]
-        g_I = self.binning.grid_adjoint(np.asarray(g_binned, dtype=np.float64) * factor, cy, cx, self.twin.rdtype)
+        g_I = binning.grid_adjoint(np.asarray(g, dtype=np.float64) * factor, cy, cx, self.twin.rdtype)
         gph = self.twin.phase_grad(ctx, g_I)
         if self.refiner is not None and self.steps % self.refine_every == 0:
             self.refine(r, phases, frames, ctx)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..diffusion.trainer import Trainer, TrainingError, write_json_atomic
-from .online import NO_SUBPIXEL, REFINE_IMAGES, BenchODU
+from .online import REFINE_IMAGES, BenchODU
 from .twin import DigitalTwin
 
 __all__ = ["HardwareTrainer", "HARDWARE_STATE"]
@@ -34,8 +34,6 @@ class HardwareTrainer(Trainer):
     def __init__(self, cfg, out_dir, device, mode: str, twin: DigitalTwin, *, exposure=None,
                  refine_every: int = 10, refine_lr: float = 0.02, refine_images: int = REFINE_IMAGES,
                  images=None, val_images=None, log=True):
-        if cfg.model.readout == "subpixel":
-            raise ValueError(NO_SUBPIXEL)
         super().__init__(cfg, out_dir, images=images, val_images=val_images, log=log)
         self.mode = mode
         self.hw = BenchODU(self.model.odu, device, mode, twin, exposure=exposure, refine_every=refine_every,
