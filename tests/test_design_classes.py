@@ -50,7 +50,10 @@ def test_linear_part_is_affine_and_the_rest_is_the_quadratic_term(m):
     rng = np.random.default_rng(2)
     lo, hi = model.set_ranges[m]
     t = np.full(16, lo)
-    r = np.clip(rng.standard_normal((16, 8, 8)), -3.5, 3.5)    # inside the encoding's unclipped range
+    # r and -r inside the encoding's unclipped range (-bias / scale, (1 - bias) / scale)
+    o = model.cfg.optics
+    bound = 0.9 * min(o.amp_bias, 1 - o.amp_bias) / o.amp_scale
+    r = np.clip(rng.standard_normal((16, 8, 8)), -bound, bound)
     lin, clipped = design_classes.linear_part(model, m, r, t)
     zero, _ = design_classes.linear_part(model, m, np.zeros_like(r), t)
     half, _ = design_classes.linear_part(model, m, 0.5 * r, t)

@@ -26,6 +26,7 @@ def tiny_cfg(n: int = 16, image: int = 6, T: int = 8, sets: int = 2, skip: str =
     cfg = Config()
     o = cfg.optics
     o.n, o.layers, o.distance, o.upsample = n, 2, 2e-3, 2
+    o.amp_bias = 0.5   # the read-out scales below are sized for this light level
     cfg.model.image_size, cfg.model.sets, cfg.model.skip, cfg.model.readout = image, sets, skip, readout
     cfg.diffusion.T, cfg.diffusion.beta_end = T, 0.3
     cfg.train.threads = 1

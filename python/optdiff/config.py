@@ -123,7 +123,7 @@ class OpticsConfig:
     upsample: int = 0
     fill: float = 0.8
     encoding: str = "amplitude"
-    amp_bias: float = 0.5
+    amp_bias: float = 0.25
     amp_scale: float = 0.125
     phase_scale: float = 0.5
     camera_flip: Any = "auto"
@@ -195,7 +195,7 @@ class ModelConfig:
 
     image_size: int = 20
     sets: int = 10
-    readout: str = "pixel"
+    readout: str = "subpixel"
     skip: str = "pixel"
     x0_sets: Any = "auto"
 

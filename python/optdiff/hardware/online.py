@@ -108,7 +108,10 @@ class TwinRefiner:
         from .fit import discrepancy
 
         frames = np.asarray(frames, dtype=np.float64)
-        ok = frames < 0.97 * frames.max()                     # saturated pixels say nothing
+        # saturated pixels say nothing: leave out the top 3 % of the signal range (above the dark
+        # level: of the whole range, that cut would drop every pixel of a dim frame)
+        dark = self.twin.params.dark_level
+        ok = frames < dark + 0.97 * (frames.max() - dark)
         r = np.where(ok, twin_frames - frames, 0.0)
         scale = max(float(np.mean(frames[ok] ** 2)), 1e-12) if ok.any() else 1.0
         grads, _ = self.twin.backward(ctx, r / (scale * r.size))
