@@ -114,6 +114,24 @@ def test_experimental_backprop_takes_the_window_gradient_of_the_ideal_odu():
     np.testing.assert_array_equal(bench.backward_window(tape, g), ideal.backward_window(ideal.window_train(r, ph)[1], g))
 
 
+def test_the_twin_is_refined_on_a_dim_frame():
+    # frames a fraction of a DN above the dark level: a saturation cut at 97 % of the whole range
+    # would leave out every pixel (and the refinement would stand still); of the signal, it does not
+    from optdiff.hardware.online import TwinRefiner
+
+    twin = DigitalTwin(OPTICS, H)
+    rng = np.random.default_rng(5)
+    r, ph = rng.uniform(-1, 1, (2, H, H)), rng.uniform(0, 2 * np.pi, (2, 32, 32))
+    ctx = twin.forward_tape(r, ph, None, fresh_images=True)
+    tf = twin.frames_of(ctx)
+    dark = twin.params.dark_level
+    frames = dark + 0.3 * (np.roll(tf, 3, axis=-1) - tf.min()) / (tf.max() - tf.min())
+    assert np.all(frames >= 0.97 * frames.max())
+    before = twin.params
+    TwinRefiner(twin).step(ctx, tf, frames)
+    assert twin.params != before
+
+
 @pytest.mark.parametrize("mode,readout", [("online", "pixel"), ("experimental-backprop", "pixel"),
                                           ("online", "subpixel"), ("experimental-backprop", "subpixel")])
 def test_hardware_modes_train_and_the_twin_is_refined(tmp_path, mode, readout):
