@@ -164,12 +164,19 @@ class _Objective:
         return f, g
 
 
+def unsaturated_below(top: float, dark: float) -> float:
+    """The frame value below which a pixel counts as unsaturated: saturated pixels pile up at the
+    top, so the top 3 % of the signal range above the dark level is left out (3 % of the whole range
+    would leave out every pixel of a frame a fraction of a DN above the dark level)."""
+    return dark + 0.97 * (top - dark)
+
+
 def noise_model(twin: DigitalTwin, items, saturation: float | None = None):
     """(saturation level, variance of a frame value in DN^2 as a function of the frames)."""
     cam = twin.nominal.camera
-    if saturation is None:   # saturated pixels pile up at the full well: leave out the top 3 % of the range
+    if saturation is None:
         top = max(float(np.max(it.frames)) for it in items)
-        saturation = min(0.97 * top, (1 << cam.bits) - 3 if cam.bits else np.inf)
+        saturation = min(unsaturated_below(top, cam.dark_level), (1 << cam.bits) - 3 if cam.bits else np.inf)
     g0, read = cam.dn_per_electron, cam.read_noise
 
     def noise(frames):   # shot noise, read noise, ADC rounding

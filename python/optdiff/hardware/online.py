@@ -105,13 +105,10 @@ class TwinRefiner:
     def step(self, ctx, twin_frames: np.ndarray, frames: np.ndarray) -> float:
         """One step from a forward context of the twin and the bench's frames; returns the
         discrepancy D of the twin on them (before the step)."""
-        from .fit import discrepancy
+        from .fit import discrepancy, unsaturated_below
 
         frames = np.asarray(frames, dtype=np.float64)
-        # saturated pixels say nothing: leave out the top 3 % of the signal range (above the dark
-        # level: of the whole range, that cut would drop every pixel of a dim frame)
-        dark = self.twin.params.dark_level
-        ok = frames < dark + 0.97 * (frames.max() - dark)
+        ok = frames < unsaturated_below(frames.max(), self.twin.params.dark_level)   # saturated: no say
         r = np.where(ok, twin_frames - frames, 0.0)
         scale = max(float(np.mean(frames[ok] ** 2)), 1e-12) if ok.any() else 1.0
         grads, _ = self.twin.backward(ctx, r / (scale * r.size))
