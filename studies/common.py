@@ -89,3 +89,21 @@ def quality_feature_net(xtr, ytr, seed: int):
     # threads, as every quality.py run in the tree, whatever the environment says.
     with threadpool_limits(limits=2, user_api="blas"):
         return FeatureNet(hidden=(256, 64), max_iter=60, seed=seed).fit(xtr, ytr)
+
+
+def quality_cnn_net(xtr, ytr, xho, yho, dataset: str, seed: int):
+    """The evaluation's CNN classifier (:class:`optdiff.evaluation.cnn_features.CNNFeatureNet`, the
+    report's recipe: 8 epochs, seeded), trained on the training split; the second feature space of
+    ``quality.py --cnn-features``. Needs PyTorch (the ``torch`` extra)."""
+    import torch
+
+    from optdiff.evaluation.cnn_features import CNNFeatureNet
+
+    # Like the MLP above: one thread count for the training, whatever the environment says, so
+    # that the features (and the FIDs in them) do not move with it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return CNNFeatureNet(xtr.shape[1], np.unique(ytr), dataset, seed=seed).fit(xtr, ytr, held_out=(xho, yho))
+    finally:
+        torch.set_num_threads(threads)

@@ -77,6 +77,9 @@ DESIGNS = {
     "subpixel": ["model.readout=subpixel"],
     "subpixel_free": ["model.readout=subpixel", "optics.init=zero"],   # non-local fields at the camera
     "subpixel_bias025": ["model.readout=subpixel", "optics.amp_bias=0.25"],
+    # smaller biases: the quadratic term stronger still, but more modulator pixels clip at 0
+    "subpixel_bias0188": ["model.readout=subpixel", "optics.amp_bias=0.1875"],
+    "subpixel_bias0125": ["model.readout=subpixel", "optics.amp_bias=0.125"],
 }
 
 

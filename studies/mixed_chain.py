@@ -1,11 +1,12 @@
 """Which time sets cost the ODU its samples: one sampling chain, the ODU at some sets, the linear
 denoiser at the others.
 
-The samples of a chain whose sets ``--odu-sets`` use the trained ODU and whose other sets use the
+The samples of a chain whose sets (one ``--mix``) use the trained ODU and whose other sets use the
 least-squares linear denoiser, scored like ``quality.py`` (the same held-out split, linear fit,
-DDIM sampler, starting noise per sampling seed, and FID in a small MLP classifier's features),
-next to the all-ODU and all-linear chains. A set whose ODU makes the chain's FID better than the
-all-linear chain's is one where the optics beat the linear denoiser *for the samples*.
+sampler (DDIM by default, ``--sampler ddpm`` for the ancestral one), starting noise per sampling
+seed, and FID in a small MLP classifier's features), next to the all-ODU and all-linear chains.
+A set whose ODU makes the chain's FID better than the all-linear chain's is one where the optics
+beat the linear denoiser *for the samples*.
 
     python studies/mixed_chain.py --checkpoint runs/q/fashion-mnist/train/checkpoint.npz \\
         --mix 0,1,2 --mix 3,4,5,6 --mix 7,8,9 --sample-seeds 0,1,2 --out runs/mixed
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
                     help="comma-separated sets that use the ODU in one chain (repeatable)")
     ap.add_argument("--count", type=int, default=500)
     ap.add_argument("--held-out", type=int, default=1000)
+    ap.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim"),
+                    help="ddim (deterministic, --sampler-steps calls) or ddpm (ancestral, T calls)")
     ap.add_argument("--sampler-steps", type=int, default=100, help="DDIM steps")
     ap.add_argument("--sample-seeds", default="0", help="comma-separated sampling seeds")
     ap.add_argument("--seed", type=int, default=0, help="data split, linear fit and feature net (as quality.py)")
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
     net = quality_feature_net(xtr, ytr, args.seed)
     fr = net.features(xho[: args.count])
     sc = model.cfg.sample
-    sc.sampler, sc.steps, sc.eta, sc.batch, sc.clip_x0 = "ddim", args.sampler_steps, 0.0, 100, True
+    sc.sampler, sc.steps, sc.eta, sc.batch, sc.clip_x0 = args.sampler, args.sampler_steps, 0.0, 100, True
     rows = {}
     for label, sets in chains.items():
         fids, t0 = [], time.perf_counter()
@@ -100,11 +103,14 @@ def main(argv=None) -> int:
                        "seconds": time.perf_counter() - t0}
         print(f"{label:24s} FID {rows[label]['fid']:.1f}  per seed {', '.join(f'{f:.1f}' for f in fids)}", flush=True)
     cmd = "python studies/mixed_chain.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    res = {"command": cmd, "checkpoint": args.checkpoint, "step": meta.get("step"), "seeds": seeds, "chains": rows}
+    res = {"command": cmd, "checkpoint": args.checkpoint, "step": meta.get("step"), "seeds": seeds,
+           "sampler": args.sampler, "chains": rows}
     (out / "results.json").write_text(json.dumps(res, indent=1))
+    sampler_text = (f"DDIM, {args.sampler_steps} steps" if args.sampler == "ddim"
+                    else f"DDPM, {model.schedule.T} steps")
     lines = ["# Mixed sampling chains: the ODU at some sets, the linear denoiser at the others", "",
              f"`{cmd}`", "",
-             f"{args.count} DDIM samples ({args.sampler_steps} steps) per chain and seed {seeds}, "
+             f"{args.count} samples per chain and seed {seeds} ({sampler_text}), "
              "FID in a small MLP classifier's features against held-out images (as `quality.py`).", "",
              "| chain | FID (mean) | per seed |", "|---|---|---|"]
     for label, r in rows.items():

@@ -9,7 +9,8 @@ For each data set (Fashion-MNIST first 3 classes at 20x20, MNIST at 20x20):
 3. report per-set denoising MSE of ODU / zero / linear on held-out images (paired noise);
 4. generate ``--count`` images with the ODU and with the linear denoiser through the same
    sampler and seed, and report FID in the feature space of a small classifier trained here
-   (:class:`optdiff.evaluation.metrics.FeatureNet`), with real-vs-real and noise-vs-real rows for scale;
+   (:class:`optdiff.evaluation.metrics.FeatureNet`), with real-vs-real and noise-vs-real rows for scale,
+   and with ``--cnn-features`` also in the evaluation's CNN classifier's features;
 5. write sample grids, figures, ``results.json`` and ``results.md`` to ``--out``.
 
 Examples::
@@ -35,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the studies package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # studies.common first: it puts the in-tree optdiff on the path when none is installed
-from studies.common import SETUPS, load_split, quality_feature_net  # noqa: E402
+from studies.common import SETUPS, load_split, quality_cnn_net, quality_feature_net  # noqa: E402
 
 # isort: split
 import optdiff  # noqa: E402
@@ -124,11 +125,32 @@ def run_dataset(name: str, args, out: Path) -> dict:
     save_grid(xho[:100], out / "real_heldout.png", ncol=10)
 
     # ---------------------------------------------------------------- FID in a small classifier's features
-    net = quality_feature_net(xtr, ytr, args.seed)
-    acc = net.accuracy(xho, yho)
     real_a = xho[: args.count]
     real_b = xtr[np.random.default_rng(args.seed + 2).permutation(xtr.shape[0])[: args.count]]
     noise = np.clip(np.random.default_rng(args.seed + 3).standard_normal(real_a.shape), -1, 1)
+    net = quality_feature_net(xtr, ytr, args.seed)
+    fid, per_seed = fid_rows(net, gens, real_a, real_b, noise)
+    res["fid"] = fid
+    res["fid_per_seed"] = {"seeds": list(seeds), **per_seed}
+    res["feature_net_accuracy"] = net.accuracy(xho, yho)
+    res["odu_beats_linear_fid"] = bool(fid["ODU samples vs real"] < fid["linear samples vs real"])
+    res["odu_beats_linear_seeds"] = int(sum(o < l for o, l in zip(per_seed["ODU"], per_seed["linear"])))
+    print_fid("MLP", fid, per_seed)
+    if args.cnn_features:   # the same samples in the evaluation's CNN features
+        cnn = quality_cnn_net(xtr, ytr, xho, yho, name, args.seed)
+        fid_c, per_seed_c = fid_rows(cnn, gens, real_a, real_b, noise)
+        res["fid_cnn"] = {"accuracy": cnn.accuracy_held_out, "fid": fid_c, "per_seed": per_seed_c,
+                          "odu_beats_linear_fid": bool(fid_c["ODU samples vs real"] < fid_c["linear samples vs real"]),
+                          "odu_beats_linear_seeds": int(sum(o < l for o, l in zip(per_seed_c["ODU"],
+                                                                                  per_seed_c["linear"])))}
+        print_fid("CNN", fid_c, per_seed_c)
+    write_json_atomic(out / "results.json", res)
+    return res
+
+
+def fid_rows(net, gens: dict, real_a, real_b, noise) -> tuple[dict, dict]:
+    """FID against ``real_a`` in ``net``'s features: the scale rows (real vs real, noise vs real)
+    and each predictor's samples, mean over seeds; and the per-seed FIDs ``{label: [...]}``."""
     fr = net.features(real_a)
     per_seed = {label: [frechet_distance(net.features(np.clip(x, -1, 1)), fr) for x in xs]
                 for label, xs in gens.items()}
@@ -136,18 +158,15 @@ def run_dataset(name: str, args, out: Path) -> dict:
            "noise vs real": frechet_distance(net.features(noise), fr),
            "linear samples vs real": float(np.mean(per_seed["linear"])),
            "ODU samples vs real": float(np.mean(per_seed["ODU"]))}
-    res["fid"] = fid
-    res["fid_per_seed"] = {"seeds": list(seeds), **per_seed}
-    res["feature_net_accuracy"] = acc
-    res["odu_beats_linear_fid"] = bool(fid["ODU samples vs real"] < fid["linear samples vs real"])
-    res["odu_beats_linear_seeds"] = int(sum(o < l for o, l in zip(per_seed["ODU"], per_seed["linear"])))
+    return fid, per_seed
+
+
+def print_fid(space: str, fid: dict, per_seed: dict) -> None:
     for k, v in fid.items():
-        print(f"  FID {k:34s} {v:10.3f}", flush=True)
-    if len(seeds) > 1:
+        print(f"  FID ({space}) {k:34s} {v:10.3f}", flush=True)
+    if len(per_seed["ODU"]) > 1:
         for label, v in per_seed.items():
-            print(f"  FID {label} per sampling seed: " + ", ".join(f"{f:.2f}" for f in v), flush=True)
-    write_json_atomic(out / "results.json", res)
-    return res
+            print(f"  FID ({space}) {label} per sampling seed: " + ", ".join(f"{f:.2f}" for f in v), flush=True)
 
 
 def table(mse: dict, sets) -> str:
@@ -175,7 +194,17 @@ def markdown(results: list[dict], args) -> str:
             out += ["", f"sample FIDs are means over sampling seeds {ps['seeds']}; per seed: "
                     + "; ".join(f"{k} " + ", ".join(f"{f:.2f}" for f in ps[k]) for k in ("ODU", "linear"))
                     + f" (ODU better on {r['odu_beats_linear_seeds']} of {len(ps['seeds'])} seeds)"]
-        out += ["", f"ODU samples beat the linear denoiser's samples: **{r['odu_beats_linear_fid']}**", "",
+        out += ["", f"ODU samples beat the linear denoiser's samples: **{r['odu_beats_linear_fid']}**", ""]
+        c = r.get("fid_cnn")
+        if c:
+            out += ["### FID in the evaluation's CNN features (the same samples; "
+                    f"held-out accuracy {c['accuracy']:.3f})", "", "| pair | FID |", "|---|---|"]
+            out += [f"| {k} | {v:.3f} |" for k, v in c["fid"].items()]
+            out += ["", "per seed: " + "; ".join(f"{k} " + ", ".join(f"{f:.2f}" for f in c["per_seed"][k])
+                                                for k in ("ODU", "linear"))
+                    + f" (ODU better on {c['odu_beats_linear_seeds']} of {len(c['per_seed']['ODU'])} seeds)", "",
+                    f"ODU samples beat the linear denoiser's samples (CNN): **{c['odu_beats_linear_fid']}**", ""]
+        out += [
                 "sampling: " + ", ".join(f"{k}: {v['seconds']:.0f} s, NaN {v['nan']}, max |x| {v['max_abs']:.2f}"
                                          for k, v in r["sampling"].items()), ""]
     return "\n".join(out)
@@ -203,6 +232,8 @@ def main(argv=None):
     p.add_argument("--sample-seeds", type=lambda v: [int(x) for x in v.split(",") if x.strip()], default=None,
                    metavar="S1,S2,...", help="sampling seeds; FID is averaged over them (default: --seed)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cnn-features", action="store_true",
+                   help="also report FID in the evaluation's CNN features (needs PyTorch: the torch extra)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
