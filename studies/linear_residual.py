@@ -51,14 +51,19 @@ def affine_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, 
 
 
 class ResidualCorrected:
-    """``predict_eps(x_t, t)`` = the model's prediction + the affine fit of its residual for t's set."""
+    """``predict_eps(x_t, t)`` = the model's prediction + the affine fit of its residual for t's set
+    (only at ``sets``; default: every set)."""
 
-    def __init__(self, model, maps):
+    def __init__(self, model, maps, sets=None):
         self.model, self.maps = model, maps
+        self.sets = frozenset(range(len(maps)) if sets is None else (int(m) for m in sets))
 
     def __call__(self, x_t, t):
         e = self.model.predict_eps(x_t, t)
-        W, c = self.maps[self.model.set_of(t)]
+        m = self.model.set_of(t)
+        if m not in self.sets:
+            return e
+        W, c = self.maps[m]
         flat = np.asarray(x_t, dtype=np.float64).reshape(len(x_t), -1)
         return e + (flat @ W.T + c).reshape(e.shape)
 
@@ -74,11 +79,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-seeds", default="0", help="comma-separated sampling seeds")
     ap.add_argument("--seed", type=int, default=0, help="data split, linear fit and feature net (as quality.py)")
     ap.add_argument("--ridge", type=float, default=1e-3)
+    ap.add_argument("--fix", action="append", default=[], metavar="SETS",
+                    help="comma-separated sets where one more chain applies the fix (repeatable)")
     ap.add_argument("--out", default="runs/linear_residual")
     args = ap.parse_args(argv)
     if args.fit_samples < 2:
         ap.error("--fit-samples must be >= 2")
     model, _, meta = load_model(args.checkpoint)
+    from studies.mixed_chain import parse_sets
+
+    try:
+        fixes = [parse_sets(f, model.M) for f in args.fix]
+    except ValueError as exc:
+        ap.error(str(exc).replace("--mix", "--fix"))
     seeds = [int(s) for s in args.sample_seeds.split(",") if s.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +117,7 @@ def main(argv=None) -> int:
     sc = model.cfg.sample
     sc.sampler, sc.steps, sc.eta, sc.batch, sc.clip_x0 = "ddim", args.sampler_steps, 0.0, 100, True
     chains = {"ODU": model.predict_eps, "ODU + affine fix": ResidualCorrected(model, maps), "linear": lin.predict}
+    chains.update({"ODU + fix at " + ",".join(map(str, f)): ResidualCorrected(model, maps, f) for f in fixes})
     fids = {}
     for label, pred in chains.items():
         t0, per = time.perf_counter(), []

@@ -121,3 +121,20 @@ def test_feature_seeds_names_the_missing_samples(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fs.main(["--samples", str(tmp_path)])
     assert "samples_odu.npy" in capsys.readouterr().err
+
+
+def test_residual_corrected_leaves_the_other_sets_alone():
+    lr = pytest.importorskip("studies.linear_residual")
+
+    class TwoSets:
+        def set_of(self, t):
+            return int(t >= 5)
+
+        def predict_eps(self, x, t):
+            return np.full(np.shape(x), 1.0)
+
+    maps = [(np.zeros((4, 4)), np.full(4, 2.0))] * 2
+    pred = lr.ResidualCorrected(TwoSets(), maps, sets=[1])
+    x = np.zeros((1, 2, 2))
+    np.testing.assert_array_equal(pred(x, 0), 1.0)   # set 0: not fixed
+    np.testing.assert_array_equal(pred(x, 7), 3.0)   # set 1: fixed
