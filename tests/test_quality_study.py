@@ -98,15 +98,18 @@ def test_affine_fit_recovers_an_affine_map_and_its_ridge_matches_the_normal_equa
     np.testing.assert_allclose(resid.sum(axis=0), 0, atol=1e-9)
 
 
+class TwoSets:
+    """A model stand-in: sets 0 (t < 5) and 1, predicting 1 everywhere."""
+
+    def set_of(self, t):
+        return int(t >= 5)
+
+    def predict_eps(self, x, t):
+        return np.full(np.shape(x), 1.0)
+
+
 def test_residual_corrected_adds_the_map_of_the_set_of_t():
     lr = pytest.importorskip("studies.linear_residual")
-
-    class TwoSets:
-        def set_of(self, t):
-            return int(t >= 5)
-
-        def predict_eps(self, x, t):
-            return np.full(np.shape(x), 1.0)
 
     D = 4
     maps = [(np.zeros((D, D)), np.full(D, 2.0)), (np.eye(D), np.zeros(D))]
@@ -125,13 +128,6 @@ def test_feature_seeds_names_the_missing_samples(tmp_path, capsys):
 
 def test_residual_corrected_leaves_the_other_sets_alone():
     lr = pytest.importorskip("studies.linear_residual")
-
-    class TwoSets:
-        def set_of(self, t):
-            return int(t >= 5)
-
-        def predict_eps(self, x, t):
-            return np.full(np.shape(x), 1.0)
 
     maps = [(np.zeros((4, 4)), np.full(4, 2.0))] * 2
     pred = lr.ResidualCorrected(TwoSets(), maps, sets=[1])
