@@ -31,23 +31,13 @@ if __package__ in (None, ""):  # run as a script: make the studies package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from studies.common import add_data_args, load_split, noised, quality_feature_net  # noqa: E402
+from studies.mixed_chain import parse_sets  # noqa: E402
 
 # isort: split
 from optdiff.diffusion.model import generate  # noqa: E402
 from optdiff.diffusion.trainer import load_model  # noqa: E402
-from optdiff.evaluation.baselines import LinearDenoiser  # noqa: E402
+from optdiff.evaluation.baselines import LinearDenoiser, affine_ridge  # noqa: E402
 from optdiff.evaluation.metrics import frechet_distance  # noqa: E402
-
-
-def affine_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(W, c)`` minimising ``||y - x W^T - c||^2 + ridge * n * ||W||^2`` over rows of ``x, y [n, D]``."""
-    n = x.shape[0]
-    mx, my = x.mean(axis=0), y.mean(axis=0)
-    xc = x - mx
-    gram = xc.T @ xc
-    gram[np.diag_indices_from(gram)] += ridge * n
-    Wt = np.linalg.solve(gram, xc.T @ (y - my))
-    return Wt.T, my - Wt.T @ mx
 
 
 class ResidualCorrected:
@@ -86,8 +76,6 @@ def main(argv=None) -> int:
     if args.fit_samples < 2:
         ap.error("--fit-samples must be >= 2")
     model, _, meta = load_model(args.checkpoint)
-    from studies.mixed_chain import parse_sets
-
     try:
         fixes = [parse_sets(f, model.M) for f in args.fix]
     except ValueError as exc:
@@ -103,7 +91,7 @@ def main(argv=None) -> int:
     for m, rng_m in enumerate(model.set_ranges):
         r, t, e = noised(xtr, args.fit_samples, rng_m, sched, np.random.default_rng([args.seed, 7, m]))
         res = (e - model.predict(r, t, m)).reshape(len(r), -1)
-        maps.append(affine_fit(r.reshape(len(r), -1), res, args.ridge))
+        maps.append(affine_ridge(r.reshape(len(r), -1), res, args.ridge))
         vr, vt, ve = noised(xho, 1000, rng_m, sched, np.random.default_rng([args.seed, 8, m]))
         po = model.predict(vr, vt, m)
         pc = po + (vr.reshape(len(vr), -1) @ maps[m][0].T + maps[m][1]).reshape(po.shape)

@@ -81,18 +81,18 @@ def test_quality_cnn_net_is_seeded_and_leaves_torch_threads_alone():
     np.testing.assert_allclose(a.features(x[64:]), b.features(x[64:]), rtol=0, atol=1e-9)
 
 
-def test_affine_fit_recovers_an_affine_map_and_its_ridge_matches_the_normal_equations():
-    lr = pytest.importorskip("studies.linear_residual")
+def test_affine_ridge_recovers_an_affine_map_and_its_ridge_matches_the_normal_equations():
+    from optdiff.evaluation.baselines import affine_ridge
     rng = np.random.default_rng(2)
     x = rng.standard_normal((400, 5))
     W, c = rng.standard_normal((3, 5)), rng.standard_normal(3)
     y = x @ W.T + c
-    W_fit, c_fit = lr.affine_fit(x, y, ridge=0.0)
+    W_fit, c_fit = affine_ridge(x, y, ridge=0.0)
     np.testing.assert_allclose(W_fit, W, atol=1e-10)
     np.testing.assert_allclose(c_fit, c, atol=1e-10)
     # with a ridge: the minimiser of ||y - x W^T - c||^2 + ridge * n * ||W||^2, checked by its gradient
     y = y + rng.standard_normal(y.shape)
-    W_r, c_r = lr.affine_fit(x, y, ridge=0.3)
+    W_r, c_r = affine_ridge(x, y, ridge=0.3)
     resid = y - x @ W_r.T - c_r
     np.testing.assert_allclose(-resid.T @ x + 0.3 * len(x) * W_r, 0, atol=1e-9)
     np.testing.assert_allclose(resid.sum(axis=0), 0, atol=1e-9)

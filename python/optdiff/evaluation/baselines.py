@@ -54,6 +54,21 @@ class ZeroPredictor:
     __call__ = predict
 
 
+def affine_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, c)`` minimising ``||y - x W^T - c||^2 + ridge * n * ||W||_F^2`` over the rows of
+    ``x [n, D]`` and ``y [n, E]`` (the bias unpenalised), through the normal equations."""
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    xc = x - mx
+    gram = xc.T @ xc
+    gram[np.diag_indices_from(gram)] += ridge * x.shape[0]
+    rhs = xc.T @ (y - my)
+    try:
+        Wt = np.linalg.solve(gram, rhs)
+    except np.linalg.LinAlgError:
+        Wt = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+    return Wt.T, my - Wt.T @ mx
+
+
 class LinearDenoiser:
     """Per-time-set affine noise predictor ``eps = W_s vec(x_t) + c_s``.
 
@@ -110,17 +125,7 @@ class LinearDenoiser:
             t = rng.integers(a, b, size=n)
             eps = rng.standard_normal((n, D))
             xt = schedule.sqrt_alpha_bar[t, None] * flat[idx] + schedule.sqrt_one_minus_alpha_bar[t, None] * eps
-            mx, me = xt.mean(axis=0), eps.mean(axis=0)
-            xc, ec = xt - mx, eps - me
-            gram = xc.T @ xc
-            gram[np.diag_indices(D)] += self.ridge * n
-            rhs = xc.T @ ec
-            try:
-                Wt = np.linalg.solve(gram, rhs)
-            except np.linalg.LinAlgError:
-                Wt = np.linalg.lstsq(gram, rhs, rcond=None)[0]
-            W[s] = Wt.T
-            c[s] = me - Wt.T @ mx
+            W[s], c[s] = affine_ridge(xt, eps, self.ridge)
         self.W, self.c = W, c
         self._build_lookup(schedule.T)
         return self
