@@ -5,6 +5,7 @@ without one, the in-tree package (``python/``, after ``./dev build``) is put on 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -58,6 +59,28 @@ def add_data_args(ap) -> None:
     """``--dataset`` and ``--data-dir``, as every study that uses :func:`load_split` takes them."""
     ap.add_argument("--dataset", default="fashion-mnist", choices=tuple(SETUPS))
     ap.add_argument("--data-dir", default=None, help="folder of the IDX files (MNIST: required)")
+
+
+def linear_samples(value: str):
+    """``--linear-samples``: a count of noised images per set for the sampled fit, or ``exact``
+    (None: the least-squares denoiser with the noise's moments in closed form)."""
+    if value.strip().lower() == "exact":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a sample count or 'exact', got {value!r}") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 samples per set, got {n}")
+    return n
+
+
+def add_linear_args(ap, default: str = "exact") -> None:
+    """``--linear-samples N|exact`` and ``--ridge``: how the linear denoiser baseline is fitted."""
+    ap.add_argument("--linear-samples", type=linear_samples, default=linear_samples(default), metavar="N|exact",
+                    help=f"noised images per set for the linear denoiser's fit, or 'exact' for the noise's "
+                         f"moments in closed form (default {default})")
+    ap.add_argument("--ridge", type=float, default=1e-3, help="the linear denoiser's ridge")
 
 
 def noised(x0, count, t_range, schedule, rng):

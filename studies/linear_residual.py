@@ -30,7 +30,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the studies package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from studies.common import add_data_args, load_split, noised, quality_feature_net  # noqa: E402
+from studies.common import add_data_args, add_linear_args, load_split, noised, quality_feature_net  # noqa: E402
 from studies.mixed_chain import parse_sets  # noqa: E402
 
 # isort: split
@@ -68,9 +68,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler-steps", type=int, default=100, help="DDIM steps")
     ap.add_argument("--sample-seeds", default="0", help="comma-separated sampling seeds")
     ap.add_argument("--seed", type=int, default=0, help="data split, linear fit and feature net (as quality.py)")
-    ap.add_argument("--ridge", type=float, default=1e-3)
+    add_linear_args(ap)
     ap.add_argument("--fix", action="append", default=[], metavar="SETS",
                     help="comma-separated sets where one more chain applies the fix (repeatable)")
+    ap.add_argument("--placebo", action="store_true",
+                    help="also run each fixed chain with a placebo fix: the affine map fitted to the residuals "
+                         "shuffled across images (no relation to x_t left, the same fit noise)")
     ap.add_argument("--out", default="runs/linear_residual")
     args = ap.parse_args(argv)
     if args.fit_samples < 2:
@@ -85,18 +88,24 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     xtr, ytr, xho, _ = load_split(args.dataset, args.data_dir, args.held_out, args.seed)
     sched = model.schedule
-    lin = LinearDenoiser(ridge=args.ridge).fit(xtr, sched, model.set_ranges, samples_per_set=20000, rng=args.seed)
+    lin = LinearDenoiser(ridge=args.ridge).fit(xtr, sched, model.set_ranges, args.linear_samples, rng=args.seed)
 
-    maps, mse = [], []
+    maps, placebos, mse = [], [], []
     for m, rng_m in enumerate(model.set_ranges):
         r, t, e = noised(xtr, args.fit_samples, rng_m, sched, np.random.default_rng([args.seed, 7, m]))
         res = (e - model.predict(r, t, m)).reshape(len(r), -1)
         maps.append(affine_ridge(r.reshape(len(r), -1), res, args.ridge))
+        if args.placebo:   # the same residuals paired with other images' x_t: only the fit's noise is left
+            shuffled = res[np.random.default_rng([args.seed, 9, m]).permutation(len(res))]
+            placebos.append(affine_ridge(r.reshape(len(r), -1), shuffled, args.ridge))
         vr, vt, ve = noised(xho, 1000, rng_m, sched, np.random.default_rng([args.seed, 8, m]))
         po = model.predict(vr, vt, m)
         pc = po + (vr.reshape(len(vr), -1) @ maps[m][0].T + maps[m][1]).reshape(po.shape)
         row = {"set": m, "ODU": float(np.mean((po - ve) ** 2)), "ODU + affine fix": float(np.mean((pc - ve) ** 2)),
                "linear": float(np.mean((lin.predict(vr, rng_m[0]) - ve) ** 2))}
+        if args.placebo:
+            pp = po + (vr.reshape(len(vr), -1) @ placebos[m][0].T + placebos[m][1]).reshape(po.shape)
+            row["ODU + placebo fix"] = float(np.mean((pp - ve) ** 2))
         mse.append(row)
         print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
@@ -106,6 +115,10 @@ def main(argv=None) -> int:
     sc.sampler, sc.steps, sc.eta, sc.batch, sc.clip_x0 = "ddim", args.sampler_steps, 0.0, 100, True
     chains = {"ODU": model.predict_eps, "ODU + affine fix": ResidualCorrected(model, maps), "linear": lin.predict}
     chains.update({"ODU + fix at " + ",".join(map(str, f)): ResidualCorrected(model, maps, f) for f in fixes})
+    if args.placebo:
+        chains["ODU + placebo fix"] = ResidualCorrected(model, placebos)
+        chains.update({"ODU + placebo at " + ",".join(map(str, f)): ResidualCorrected(model, placebos, f)
+                       for f in fixes})
     fids = {}
     for label, pred in chains.items():
         t0, per = time.perf_counter(), []
@@ -121,8 +134,8 @@ def main(argv=None) -> int:
                                                   "per_set_mse": mse, "fid": fids}, indent=1))
     lines = ["# The ODU's residual: its affine part removed (a digital diagnostic, not a design)", "",
              f"`{cmd}`", "", "Held-out eps-MSE per set (1000 noised images per set):", "",
-             "| set | ODU | ODU + affine fix | linear |", "|---|---|---|---|"]
-    lines += [f"| {r['set']} | {r['ODU']:.5f} | {r['ODU + affine fix']:.5f} | {r['linear']:.5f} |" for r in mse]
+             "| set | " + " | ".join(list(mse[0])[1:]) + " |", "|---" * len(mse[0]) + "|"]
+    lines += ["| " + " | ".join([str(r["set"])] + [f"{v:.5f}" for v in list(r.values())[1:]]) + " |" for r in mse]
     lines += ["", f"FID, {args.count} DDIM samples ({args.sampler_steps} steps) per seed {seeds}, "
               "MLP features as `quality.py`:", "", "| chain | FID (mean) | per seed |", "|---|---|---|"]
     lines += [f"| {k} | {v['fid']:.1f} | {', '.join(f'{f:.1f}' for f in v['per_seed'])} |" for k, v in fids.items()]

@@ -27,7 +27,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the studies package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from studies.common import add_data_args, load_split, quality_feature_net  # noqa: E402
+from studies.common import add_data_args, add_linear_args, load_split, quality_feature_net  # noqa: E402
 
 # isort: split
 from optdiff.diffusion.model import generate  # noqa: E402
@@ -69,8 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler-steps", type=int, default=100, help="DDIM steps")
     ap.add_argument("--sample-seeds", default="0", help="comma-separated sampling seeds")
     ap.add_argument("--seed", type=int, default=0, help="data split, linear fit and feature net (as quality.py)")
-    ap.add_argument("--linear-samples", type=int, default=20000)
-    ap.add_argument("--ridge", type=float, default=1e-3)
+    add_linear_args(ap)
     ap.add_argument("--out", default="runs/mixed_chain")
     args = ap.parse_args(argv)
     model, _, meta = load_model(args.checkpoint)

@@ -5,7 +5,9 @@ For each data set (Fashion-MNIST first 3 classes at 20x20, MNIST at 20x20):
 1. train the ODU with the default configuration (``optdiff.config.Config()``; change it with
    ``--set section.key=value``) or load a trained checkpoint (``--checkpoint``);
 2. fit the baselines in the same script: the zero predictor and the best linear denoiser
-   (least squares ``eps ~ W r_t + c`` per set, :class:`optdiff.evaluation.baselines.LinearDenoiser`);
+   (least squares ``eps ~ W r_t + c`` per set, :class:`optdiff.evaluation.baselines.LinearDenoiser`,
+   with the noise's moments in closed form; ``--linear-samples 20000`` is the sampled fit of the
+   results before 2026-12-01);
 3. report per-set denoising MSE of ODU / zero / linear on held-out images (paired noise);
 4. generate ``--count`` images with the ODU and with the linear denoiser through the same
    sampler and seed, and report FID in the feature space of a small classifier trained here
@@ -36,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the studies package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # studies.common first: it puts the in-tree optdiff on the path when none is installed
-from studies.common import SETUPS, load_split, quality_cnn_net, quality_feature_net  # noqa: E402
+from studies.common import SETUPS, add_linear_args, load_split, quality_cnn_net, quality_feature_net  # noqa: E402
 
 # isort: split
 import optdiff  # noqa: E402
@@ -79,6 +81,7 @@ def run_dataset(name: str, args, out: Path) -> dict:
     t0 = time.perf_counter()
     lin = LinearDenoiser(ridge=args.ridge).fit(xtr, sched, sets, samples_per_set=args.linear_samples, rng=args.seed)
     res["linear_fit_s"] = time.perf_counter() - t0
+    res["linear_samples"] = "exact" if args.linear_samples is None else args.linear_samples
 
     # ---------------------------------------------------------------- per-set MSE (paired noise)
     mse = {}
@@ -177,12 +180,18 @@ def table(mse: dict, sets) -> str:
     return "\n".join(lines)
 
 
+def linear_fit_words(samples) -> str:
+    return ("with the noise's moments in closed form (exact)" if samples == "exact"
+            else f"on {samples} noised images per set")
+
+
 def markdown(results: list[dict], args) -> str:
     out = ["# optdiff quality study", "", f"command: `python studies/quality.py {' '.join(args.argv)}`", ""]
     for r in results:
         out += [f"## {r['dataset']}", "",
                 f"{r['train_images']} training images, {r['held_out']} held out; "
-                f"training {r['train_wall_s']:.0f} s; sampler {r['config']['sample']['sampler']}", "",
+                f"training {r['train_wall_s']:.0f} s; sampler {r['config']['sample']['sampler']}; linear "
+                f"denoiser fitted {linear_fit_words(r.get('linear_samples', 20000))}", "",
                 "### eps-MSE per time set (held-out images, paired noise)", "",
                 table(r["per_set_mse"], r["set_ranges"]), "",
                 f"ODU beats the zero predictor at every set: **{r['odu_beats_zero_everywhere']}**", "",
@@ -226,8 +235,7 @@ def main(argv=None):
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
     p.add_argument("--sampler-steps", type=int, default=100, help="DDIM steps")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 while sampling")
-    p.add_argument("--linear-samples", type=int, default=20000)
-    p.add_argument("--ridge", type=float, default=1e-3)
+    add_linear_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-seeds", type=lambda v: [int(x) for x in v.split(",") if x.strip()], default=None,
                    metavar="S1,S2,...", help="sampling seeds; FID is averaged over them (default: --seed)")

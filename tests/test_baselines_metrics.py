@@ -113,6 +113,51 @@ def test_linear_denoiser_is_optimal_on_gaussian_data():
     assert abs(mse - optimal) < 0.03 * optimal + 5 * optimal * math.sqrt(2 / (2000 * D))
 
 
+def test_exact_linear_denoiser_is_the_limit_of_the_sampled_fit():
+    """The closed-form fit (samples_per_set=None) is what the sampled normal equations converge
+    to: their difference shrinks like sqrt(D / n), and held out the exact fit is no worse."""
+    rng = np.random.default_rng(0)
+    x0 = np.tanh(rng.standard_normal((300, 3, 3)) + rng.standard_normal((300, 1, 1)))  # correlated pixels
+    sets = [(0, 40), (40, 300), (300, 1000)]
+    exact = LinearDenoiser(ridge=1e-3).fit(x0, SCHED, sets, None)
+    gaps = []
+    for n in (4000, 64000):
+        sampled = LinearDenoiser(ridge=1e-3).fit(x0, SCHED, sets, n, np.random.default_rng(n))
+        gaps.append([np.linalg.norm(sampled.W[k] - exact.W[k]) / np.linalg.norm(exact.W[k]) for k in range(3)]
+                    + [np.linalg.norm(sampled.c[k] - exact.c[k]) for k in range(3)])
+    gaps = np.array(gaps)
+    # 16x the samples: a quarter of the gap expected (sqrt), each entry (W in the ill-conditioned
+    # low-noise set 0 is the loosest: 0.08 relative at 64,000 samples)
+    assert np.all(gaps[1] < 0.5 * gaps[0]) and np.all(gaps[1] < 0.15), gaps
+    for k in range(3):
+        np.testing.assert_allclose(exact.W[k], exact.W[k].T, atol=1e-12)
+    big = LinearDenoiser(ridge=1e-3).fit(x0, SCHED, sets, 64000, np.random.default_rng(1))
+    e_mse = per_set_mse(exact, x0, SCHED, sets, np.random.default_rng(5), samples=20000)
+    s_mse = per_set_mse(big, x0, SCHED, sets, np.random.default_rng(5), samples=20000)
+    assert np.all(e_mse <= s_mse * (1 + 1e-3)), (e_mse, s_mse)
+
+
+def test_exact_linear_denoiser_solves_the_normal_equations():
+    """Under the exact distribution of x_t the residual of the exact fit is uncorrelated with x_t
+    (ridge 0): E[(eps - W x_t - c) x_t^T] = 0 and E[eps - W x_t - c] = 0, with the moments
+    written out per timestep here (the fit averages them over the set)."""
+    rng = np.random.default_rng(1)
+    flat = np.tanh(rng.standard_normal((50, 4)) + 0.5)
+    a, b = 100, 130
+    lin = LinearDenoiser(ridge=0.0).fit(flat.reshape(50, 2, 2), SCHED, [(a, b)], None)
+    W, c = lin.W[0], lin.c[0]
+    mu, second = flat.mean(0), flat.T @ flat / 50
+    cross, mean_res = np.zeros((4, 4)), np.zeros(4)
+    for t in range(a, b):
+        s, u = SCHED.sqrt_alpha_bar[t], SCHED.sqrt_one_minus_alpha_bar[t]
+        exx = s * s * second + u * u * np.eye(4)            # E[x_t x_t^T]
+        ex, eex = s * mu, u * np.eye(4)                       # E[x_t], E[eps x_t^T]
+        cross += eex - W @ exx - np.outer(c, ex)
+        mean_res += -W @ ex - c
+    np.testing.assert_allclose(cross / (b - a), 0.0, atol=1e-10)
+    np.testing.assert_allclose(mean_res / (b - a), 0.0, atol=1e-10)
+
+
 def test_normalize_sets():
     assert normalize_sets(5, 100) == timestep_sets(100, 5)
     assert normalize_sets([(0, 10), (20, 30)], 100) == [(0, 10), (20, 30)]

@@ -44,7 +44,7 @@ config = "{TINY_ODU}"
 set = ["train.steps=4", "train.val_every=0"]
 
 [models.linear]
-samples_per_set = 300
+samples_per_set = "exact"
 """
 
 TORCH_MODELS = """
@@ -183,6 +183,9 @@ def test_bad_configurations_are_clear_errors_and_leave_no_report(tmp_path, capsy
     _bad(tmp_path, capsys, BASE.replace('[models.odu]\nconfig', '[models.odu]\nkind = "odu"\nconfgi'),
          "unknown key", "confgi")
     _bad(tmp_path, capsys, BASE.replace("image_size = 12", "image_size = 40"), "does not fit")
+    for bad in ('"many"', "1", "2.5", "true"):
+        _bad(tmp_path, capsys, BASE.replace("samples_per_set = \"exact\"", f"samples_per_set = {bad}"),
+             "samples_per_set", "'exact' or a sample count")
 
 
 def test_bad_sample_files_and_feature_networks(tmp_path, capsys):

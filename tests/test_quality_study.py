@@ -134,3 +134,21 @@ def test_residual_corrected_leaves_the_other_sets_alone():
     x = np.zeros((1, 2, 2))
     np.testing.assert_array_equal(pred(x, 0), 1.0)   # set 0: not fixed
     np.testing.assert_array_equal(pred(x, 7), 3.0)   # set 1: fixed
+
+
+def test_linear_samples_takes_a_count_or_exact_and_the_report_says_which():
+    import argparse
+
+    assert common.linear_samples("exact") is None and common.linear_samples(" Exact ") is None
+    assert common.linear_samples("20000") == 20000
+    for bad in ("1", "many", "2.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="sample"):
+            common.linear_samples(bad)
+
+    class Args:
+        argv = []
+
+    r = _result(False)
+    assert "fitted on 20000 noised images per set" in quality.markdown([r], Args())   # older results
+    r["linear_samples"] = "exact"
+    assert "in closed form (exact)" in quality.markdown([r], Args())

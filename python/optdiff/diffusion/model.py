@@ -214,12 +214,13 @@ class TimeAwareODU:
 
     # ------------------------------------------------------------------ training
     def loss_and_grads(self, m: int, r: np.ndarray, t: np.ndarray, eps: np.ndarray,
-                       weight: float = 1.0):
+                       weight: float = 1.0, return_pred: bool = False):
         """Weighted eps-MSE of set ``m`` on a batch and its gradients.
 
         Returns ``(loss, grads)`` with ``loss = weight * mean((eps_hat - eps)^2)`` (float) and
         ``grads = {name: d loss / d params[name][m]}``. ``r``: noisy images [B, H, W];
-        ``t``: their timesteps (int array [B], all in set m); ``eps``: the true noise.
+        ``t``: their timesteps (int array [B], all in set m); ``eps``: the true noise (or any
+        target). With ``return_pred`` also the prediction: ``(loss, grads, eps_hat)``.
         """
         m = integer(m, "m")
         if not 0 <= m < self.M:
@@ -249,7 +250,7 @@ class TimeAwareODU:
         g_out = -b * g if b is not None else g                     # d loss / d out
         grads, g_I = self.readout_grads(m, I, r, g_out)
         grads["phases"] = self.camera_backward(tape, g_I)
-        return loss, grads
+        return (loss, grads, eps_hat) if return_pred else (loss, grads)
 
     def calibrate(self, m: int, r: np.ndarray, t: np.ndarray, eps: np.ndarray, ridge: float = 1e-6) -> None:
         """Least-squares fit of set ``m``'s read-out (scale, offset, skip) to a batch, phases fixed.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..diffusion.schedule import NoiseSchedule, timestep_sets
+from ..diffusion.schedule import NoiseSchedule, noised_moments, timestep_sets
 
 __all__ = ["ZeroPredictor", "LinearDenoiser", "per_set_mse", "normalize_sets"]
 
@@ -87,7 +87,7 @@ class LinearDenoiser:
         self._lookup: np.ndarray | None = None
 
     def fit(self, x0_images: np.ndarray, schedule: NoiseSchedule, sets=10,
-            samples_per_set: int = 4000, rng=None) -> LinearDenoiser:
+            samples_per_set: int | None = 4000, rng=None) -> LinearDenoiser:
         """Fit one ridge regression per time set.
 
         For set ``(a, b)``: draw ``samples_per_set`` triples (image uniformly from
@@ -95,6 +95,11 @@ class LinearDenoiser:
         ``x_t = q_sample(x0, t, eps)`` and solve
         ``min ||eps - (x_t - m_x) W^T - m_eps||^2 + ridge * N * ||W||_F^2`` through the
         normal equations (bias unpenalised: ``c = m_eps - W m_x``).
+
+        ``samples_per_set=None`` solves the same problem with the expectation over ``t`` and
+        ``eps`` taken exactly (the moments in closed form, the images still the ones given):
+        the least-squares denoiser itself, without the sampled fit's estimation noise (which is
+        about ``D / samples_per_set`` of the MSE: 2 % for 20x20 images and 20,000 samples).
 
         Parameters
         ----------
@@ -115,6 +120,10 @@ class LinearDenoiser:
         self.image_shape = (int(x0.shape[1]), int(x0.shape[2]))
         K, D = x0.shape[0], x0.shape[1] * x0.shape[2]
         flat = x0.reshape(K, D)
+        if samples_per_set is None:
+            self.W, self.c = _exact_affine(flat, schedule, self.sets, self.ridge)
+            self._build_lookup(schedule.T)
+            return self
         n = int(samples_per_set)
         if n < 2:
             raise ValueError(f"samples_per_set must be >= 2, got {n}")
@@ -174,6 +183,21 @@ class LinearDenoiser:
         obj.image_shape = tuple(int(v) for v in np.asarray(arrays["image_shape"]))
         obj._build_lookup(int(T))
         return obj
+
+
+def _exact_affine(flat: np.ndarray, schedule: NoiseSchedule, sets, ridge: float):
+    """Per set, the ridge least-squares ``eps ~ W x_t + c`` under the exact distribution of x_t
+    (:func:`~optdiff.diffusion.schedule.noised_moments`): ``W = Cov(eps, x_t) (Cov(x_t) + ridge I)^-1``
+    and ``c = -W E[x_t]`` (``E[eps] = 0``)."""
+    D = flat.shape[1]
+    W, c = np.empty((len(sets), D, D)), np.empty((len(sets), D))
+    for k, t_range in enumerate(sets):
+        mean, cov, cross = noised_moments(schedule, flat, t_range)
+        cov[np.diag_indices(D)] += ridge
+        W[k] = cross * np.linalg.inv(cov)
+        W[k] = 0.5 * (W[k] + W[k].T)          # symmetric in exact arithmetic
+        c[k] = -(W[k] @ mean)
+    return W, c
 
 
 def per_set_mse(predict_eps, x0: np.ndarray, schedule: NoiseSchedule, sets=10, rng=None,

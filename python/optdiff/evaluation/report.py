@@ -223,7 +223,8 @@ class _Runner:
             path = folder / "linear.npz"
 
             def train():
-                lin = LinearDenoiser(m.ridge).fit(xtr, self.schedule, sets, m.samples_per_set, rng=self.s.seed)
+                n = None if m.samples_per_set == "exact" else m.samples_per_set
+                lin = LinearDenoiser(m.ridge).fit(xtr, self.schedule, sets, n, rng=self.s.seed)
                 save_checkpoint(path, {"format": "optdiff-linear-denoiser", **self._schedule_meta()}, lin.to_arrays())
                 return {"sets": len(sets)}
 

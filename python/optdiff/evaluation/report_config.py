@@ -109,7 +109,7 @@ class ModelSpec:
     batch: int = 64
     lr: float = 1e-3
     work_size: int = 76        # fc / unet: side of the grid the net works on (the reference work's 76)
-    samples_per_set: int = 4000  # linear
+    samples_per_set: Any = "exact"  # linear: "exact" (the noise's moments in closed form) or a sample count
     ridge: float = 1e-3
     samples: Any = ""          # kind "samples": .npy path, or {dataset label: path}
 
@@ -144,7 +144,8 @@ def _fill(obj, table: dict, where: str):
         if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
                                            or not math.isfinite(value)):
             raise _err(where, key, value, "must be a number")
-        if isinstance(default, str) and key not in ("checkpoint", "size", "samples") and not isinstance(value, str):
+        if isinstance(default, str) and key not in ("checkpoint", "size", "samples", "samples_per_set") \
+                and not isinstance(value, str):
             raise _err(where, key, value, "must be a string")
         if isinstance(default, list) and not isinstance(value, list):
             raise _err(where, key, value, "must be a list")
@@ -279,8 +280,9 @@ def _check_model(m: ModelSpec, datasets: list, has_odu: bool, raw: dict) -> None
             raise _err(w, "work_size", m.work_size, "must be divisible by 4 for the U-Net (two 2x2 poolings)")
         if not m.lr > 0:
             raise _err(w, "lr", m.lr, "must be > 0")
-    if m.kind == "linear":
-        _positive(w, m, "samples_per_set", lo=2)
+    if m.kind == "linear" and m.samples_per_set != "exact" and (
+            isinstance(m.samples_per_set, bool) or not isinstance(m.samples_per_set, int) or m.samples_per_set < 2):
+        raise _err(w, "samples_per_set", m.samples_per_set, "must be 'exact' or a sample count >= 2")
 
 
 def load_report_config(path, inception_weights: str | None = None) -> ReportConfig:
