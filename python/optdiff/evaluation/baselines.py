@@ -1,8 +1,9 @@
 """Reference noise predictors and a fair per-time-set denoising benchmark.
 
 ``ZeroPredictor``     predicts eps = 0 (its MSE is E[eps^2] = 1: the "learned nothing" line).
-``LinearDenoiser``    one affine map eps ~ W x_t + c per time set, fitted by ridge regression
-                      on noised training images: the best a linear (non-optical) model does.
+``LinearDenoiser``    one affine map eps ~ W x_t + c per time set, the ridge least-squares fit
+                      over noised training images (exact, or sampled): the best a linear
+                      (non-optical) model does.
 ``per_set_mse``       denoising MSE of any ``predict_eps(x_t, t)`` on each time set, using
                       exactly the same images/timesteps/noise for every predictor given the
                       same ``rng`` seed.
@@ -87,7 +88,7 @@ class LinearDenoiser:
         self._lookup: np.ndarray | None = None
 
     def fit(self, x0_images: np.ndarray, schedule: NoiseSchedule, sets=10,
-            samples_per_set: int | None = 4000, rng=None) -> LinearDenoiser:
+            samples_per_set: int | None = None, rng=None) -> LinearDenoiser:
         """Fit one ridge regression per time set.
 
         For set ``(a, b)``: draw ``samples_per_set`` triples (image uniformly from
@@ -96,10 +97,11 @@ class LinearDenoiser:
         ``min ||eps - (x_t - m_x) W^T - m_eps||^2 + ridge * N * ||W||_F^2`` through the
         normal equations (bias unpenalised: ``c = m_eps - W m_x``).
 
-        ``samples_per_set=None`` solves the same problem with the expectation over ``t`` and
-        ``eps`` taken exactly (the moments in closed form, the images still the ones given):
-        the least-squares denoiser itself, without the sampled fit's estimation noise (which is
-        about ``D / samples_per_set`` of the MSE: 2 % for 20x20 images and 20,000 samples).
+        ``samples_per_set=None`` (the default) solves the same problem with the expectation over
+        ``t`` and ``eps`` taken exactly (the moments in closed form, the images still the ones
+        given; ``rng`` is not used): the least-squares denoiser itself, without the sampled fit's
+        estimation noise (about ``D / samples_per_set`` of the MSE: 2 % for 20x20 images and
+        20,000 samples).
 
         Parameters
         ----------
@@ -108,7 +110,8 @@ class LinearDenoiser:
         sets
             int ``M`` (consecutive sets from :func:`timestep_sets`) or ``[(start, stop), ...]``.
         samples_per_set
-            Regression samples per set (use well above ``D = H*W``; ~10 D is plenty).
+            None (exact), or regression samples per set for the sampled fit (the error it adds is
+            about ``D / samples_per_set`` of the MSE).
         rng
             ``numpy.random.Generator`` or seed.
         """
