@@ -136,7 +136,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
-    model, _, meta = load_model(args.checkpoint)
+    if not args.weight >= 0 or not 0 < args.decay < 1:
+        ap.error("--weight must be >= 0 and --decay in (0, 1)")
+    if args.energy_samples < 4:
+        ap.error("--energy-samples must be >= 4")
+    model, _, _ = load_model(args.checkpoint)
     sets = [int(s) for s in args.sets.split(",") if s.strip()] or list(range(model.M))
     if any(not 0 <= m < model.M for m in sets):
         ap.error(f"--sets must name sets in 0..{model.M - 1}")

@@ -80,7 +80,8 @@ def add_linear_args(ap, default: str = "exact") -> None:
     ap.add_argument("--linear-samples", type=linear_samples, default=linear_samples(default), metavar="N|exact",
                     help=f"noised images per set for the linear denoiser's fit, or 'exact' for the noise's "
                          f"moments in closed form (default {default})")
-    ap.add_argument("--ridge", type=float, default=1e-3, help="the linear denoiser's ridge")
+    ap.add_argument("--ridge", type=float, default=1e-3,
+                    help="ridge of the least-squares fits (the linear denoiser's and a study's own)")
 
 
 def noised(x0, count, t_range, schedule, rng):

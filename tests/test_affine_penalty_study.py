@@ -91,3 +91,12 @@ def test_affine_energy_is_zero_for_the_linear_denoiser_and_finds_an_added_map():
     want = np.trace(extra @ cov @ extra.T) / 4
     got = study.affine_energy(_Affine(x0, extra), 0, x0, 40_000, rng)
     assert got == pytest.approx(want, rel=0.05)
+
+
+@pytest.mark.parametrize("args", [["--weight", "-1"], ["--weight", "1", "--decay", "1"], ["--weight", "1", "--steps", "0"],
+                                  ["--weight", "1", "--energy-samples", "2"]])
+def test_bad_arguments_are_named_before_any_work(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        study.main(["--checkpoint", "missing.npz", *args])
+    assert exc.value.code == 2
+    assert "--" + args[-2].lstrip("-") in capsys.readouterr().err
