@@ -59,13 +59,12 @@ class AffinePenalty:
             raise ValueError(f"decay must lie in (0, 1), got {decay}")
         flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
         self.weight, self.decay = float(weight), float(decay)
-        self.mean, self.precision = [], []
-        for t_range in set_ranges:
-            mean, cov, _ = noised_moments(schedule, flat, t_range)
-            cov[np.diag_indices_from(cov)] += ridge
-            self.mean.append(mean)
-            self.precision.append(np.linalg.inv(cov))
+        self.schedule, self.set_ranges = schedule, [tuple(r) for r in set_ranges]
         M, D = len(set_ranges), flat.shape[1]
+        moments = noised_moments(schedule, flat, self.set_ranges)     # exact, per set
+        self.mean = [mean for mean, _, _ in moments]
+        self.cov = [cov for _, cov, _ in moments]
+        self.precision = [np.linalg.inv(cov + ridge * np.eye(D)) for cov in self.cov]
         self.cross = np.zeros((M, D, D))       # running E[residual (x_t - E[x_t])^T]
         self.res_mean = np.zeros((M, D))       # running E[residual]
         self.count = np.zeros(M, dtype=np.int64)
@@ -99,22 +98,18 @@ class AffinePenalty:
         self.res_mean[m] = d * self.res_mean[m] + (1 - d) * res.mean(axis=0)
         self.count[m] += 1
 
-
-
-def affine_energy(model, m: int, images, count: int, rng) -> float:
-    """The mean square (per pixel) of the affine part of set ``m``'s residual, without the fit's
-    noise: with ``A1, A2`` the affine maps fitted on two independent halves of ``count`` noised
-    images, ``tr(A1 Cov(x_t) A2^T) / D`` is unbiased for ``tr(A Cov(x_t) A^T) / D``, whereas one
-    fit's own value carries ~``D / count`` of the MSE in noise (as large as the signal here)."""
-    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
-    mean, cov, _ = noised_moments(model.schedule, flat, model.set_ranges[m])
-    prec = np.linalg.inv(cov + 1e-3 * np.eye(len(mean)))
-    maps = []
-    for _ in range(2):
-        r, t, e = noised(images, count // 2, model.set_ranges[m], model.schedule, rng)
-        res = (model.predict(r, t, m) - e).reshape(len(r), -1)
-        maps.append((res.T @ (r.reshape(len(r), -1) - mean) / len(r)) @ prec)
-    return float(np.trace(maps[0] @ cov @ maps[1].T) / len(mean))
+    def affine_energy(self, model, m: int, images, count: int, rng) -> float:
+        """The mean square (per pixel) of the affine part of ``model``'s set-``m`` residual,
+        without the fit's noise: with ``A1, A2`` the affine maps fitted on two independent halves
+        of ``count`` noised ``images``, ``tr(A1 Cov(x_t) A2^T) / D`` is unbiased for
+        ``tr(A Cov(x_t) A^T) / D``, whereas one fit's own value carries ~``D / count`` of the MSE
+        in noise (as large as the signal here). Uses this object's exact moments of set m."""
+        maps = []
+        for _ in range(2):
+            r, t, e = noised(images, count // 2, self.set_ranges[m], self.schedule, rng)
+            res = (model.predict(r, t, m) - e).reshape(len(r), -1)
+            maps.append((res.T @ (r.reshape(len(r), -1) - self.mean[m]) / len(r)) @ self.precision[m])
+        return float(np.trace(maps[0] @ self.cov[m] @ maps[1].T) / len(self.mean[m]))
 
 
 def main(argv=None) -> int:
@@ -156,7 +151,7 @@ def main(argv=None) -> int:
 
     def measure() -> dict:   # the same draws before and after: a paired comparison
         val = tr.validate()["val_mse"]
-        return {s: {"val_mse": val[s], "affine_energy": affine_energy(
+        return {s: {"val_mse": val[s], "affine_energy": pen.affine_energy(
             model, s, xtr, args.energy_samples, np.random.default_rng([args.seed, 13, s]))} for s in sets}
 
     before = measure()

@@ -136,16 +136,13 @@ def run_dataset(name: str, args, out: Path) -> dict:
     res["fid"] = fid
     res["fid_per_seed"] = {"seeds": list(seeds), **per_seed}
     res["feature_net_accuracy"] = net.accuracy(xho, yho)
-    res["odu_beats_linear_fid"] = bool(fid["ODU samples vs real"] < fid["linear samples vs real"])
-    res["odu_beats_linear_seeds"] = int(sum(o < l for o, l in zip(per_seed["ODU"], per_seed["linear"])))
+    res.update(verdict(fid, per_seed))
     print_fid("MLP", fid, per_seed)
     if args.cnn_features:   # the same samples in the evaluation's CNN features
         cnn = quality_cnn_net(xtr, ytr, xho, yho, name, args.seed)
         fid_c, per_seed_c = fid_rows(cnn, gens, real_a, real_b, noise)
         res["fid_cnn"] = {"accuracy": cnn.accuracy_held_out, "fid": fid_c, "per_seed": per_seed_c,
-                          "odu_beats_linear_fid": bool(fid_c["ODU samples vs real"] < fid_c["linear samples vs real"]),
-                          "odu_beats_linear_seeds": int(sum(o < l for o, l in zip(per_seed_c["ODU"],
-                                                                                  per_seed_c["linear"])))}
+                          **verdict(fid_c, per_seed_c)}
         print_fid("CNN", fid_c, per_seed_c)
     write_json_atomic(out / "results.json", res)
     return res
@@ -162,6 +159,12 @@ def fid_rows(net, gens: dict, real_a, real_b, noise) -> tuple[dict, dict]:
            "linear samples vs real": float(np.mean(per_seed["linear"])),
            "ODU samples vs real": float(np.mean(per_seed["ODU"]))}
     return fid, per_seed
+
+
+def verdict(fid: dict, per_seed: dict) -> dict:
+    """Whether the ODU's samples beat the linear denoiser's: in the mean, and on how many seeds."""
+    return {"odu_beats_linear_fid": bool(fid["ODU samples vs real"] < fid["linear samples vs real"]),
+            "odu_beats_linear_seeds": int(sum(o < l for o, l in zip(per_seed["ODU"], per_seed["linear"])))}
 
 
 def print_fid(space: str, fid: dict, per_seed: dict) -> None:

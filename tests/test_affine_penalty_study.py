@@ -24,7 +24,7 @@ def _images(n=400, seed=0):
 
 def test_noised_moments_match_a_monte_carlo_draw():
     x0 = _images()
-    mean, cov, cross = noised_moments(SCHED, x0.reshape(len(x0), -1), (300, 400))
+    (mean, cov, cross), = noised_moments(SCHED, x0.reshape(len(x0), -1), [(300, 400)])
     rng = np.random.default_rng(1)
     n = 200_000
     t = rng.integers(300, 400, n)
@@ -34,8 +34,8 @@ def test_noised_moments_match_a_monte_carlo_draw():
     np.testing.assert_allclose(mean, xt.mean(0), atol=5e-3)
     np.testing.assert_allclose(cov, np.cov(xt.T), atol=1e-2)
     np.testing.assert_allclose(cross * np.eye(4), (eps - eps.mean(0)).T @ (xt - xt.mean(0)) / n, atol=1e-2)
-    with pytest.raises(ValueError, match="t_range"):
-        noised_moments(SCHED, x0.reshape(len(x0), -1), (400, 300))
+    with pytest.raises(ValueError, match="t_ranges"):
+        noised_moments(SCHED, x0.reshape(len(x0), -1), [(0, 10), (400, 300)])
 
 
 def test_running_fit_recovers_an_affine_residual_and_moves_the_target():
@@ -84,12 +84,13 @@ class _Affine:
 def test_affine_energy_is_zero_for_the_linear_denoiser_and_finds_an_added_map():
     x0 = _images(300, seed=3)
     rng = np.random.default_rng(4)
-    zero = study.affine_energy(_Affine(x0, np.zeros((4, 4))), 0, x0, 40_000, rng)
+    pen = study.AffinePenalty(x0, SCHED, SETS, weight=0.0)
+    zero = pen.affine_energy(_Affine(x0, np.zeros((4, 4))), 0, x0, 40_000, rng)
     assert abs(zero) < 2e-4                               # the normal equations: no affine part left
     extra = 0.1 * np.random.default_rng(5).standard_normal((4, 4))
-    _, cov, _ = noised_moments(SCHED, x0.reshape(len(x0), -1), SETS[0])
+    (_, cov, _), = noised_moments(SCHED, x0.reshape(len(x0), -1), SETS[:1])
     want = np.trace(extra @ cov @ extra.T) / 4
-    got = study.affine_energy(_Affine(x0, extra), 0, x0, 40_000, rng)
+    got = pen.affine_energy(_Affine(x0, extra), 0, x0, 40_000, rng)
     assert got == pytest.approx(want, rel=0.05)
 
 

@@ -190,25 +190,30 @@ def q_sample(schedule: NoiseSchedule, x0: np.ndarray, t, noise: np.ndarray) -> n
     return schedule.q_sample(x0, t, noise)
 
 
-def noised_moments(schedule: NoiseSchedule, x0_flat: np.ndarray, t_range) -> tuple[np.ndarray, np.ndarray, float]:
-    """Exact moments of ``x_t = s_t x0 + u_t eps`` over one time set: ``(E[x_t], Cov(x_t),
-    Cov(eps, x_t) / I)`` for x0 uniform over the rows of ``x0_flat [K, D]``, t uniform in
-    ``t_range = (a, b)`` and ``eps ~ N(0, I)`` independent of both (``s, u`` =
-    ``sqrt(alpha_bar), sqrt(1 - alpha_bar)``; bars = means over the set's t):
+def noised_moments(schedule: NoiseSchedule, x0_flat: np.ndarray, t_ranges) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Exact moments of ``x_t = s_t x0 + u_t eps`` per time set: for each ``(a, b)`` in
+    ``t_ranges``, ``(E[x_t], Cov(x_t), Cov(eps, x_t) / I)`` for x0 uniform over the rows of
+    ``x0_flat [K, D]``, t uniform in ``a..b-1`` and ``eps ~ N(0, I)`` independent of both (``s, u``
+    = ``sqrt(alpha_bar), sqrt(1 - alpha_bar)``; bars = means over the set's t):
     ``E[x_t] = mean(s) mu``, ``Cov(x_t) = mean(s^2) E[x0 x0^T] + mean(u^2) I - mean(s)^2 mu mu^T``,
     ``Cov(eps, x_t) = mean(u) I``. What a least-squares fit on noised images estimates, without
-    the sampling noise."""
-    a, b = (int(v) for v in t_range)
-    if not 0 <= a < b <= schedule.T:
-        raise ValueError(f"t_range must be a non-empty range inside 0..{schedule.T}, got {t_range}")
+    the sampling noise. The data's moments are computed once for all sets."""
+    ranges = [tuple(int(v) for v in r) for r in t_ranges]
+    for a, b in ranges:
+        if not 0 <= a < b <= schedule.T:
+            raise ValueError(f"t_ranges must be non-empty ranges inside 0..{schedule.T}, got {(a, b)}")
     flat = np.asarray(x0_flat, dtype=np.float64)
     if flat.ndim != 2 or flat.shape[0] < 1:
         raise ValueError(f"x0_flat must be [K, D] with K >= 1, got {flat.shape}")
-    s, u = schedule.sqrt_alpha_bar[a:b], schedule.sqrt_one_minus_alpha_bar[a:b]
     mu = flat.mean(axis=0)
-    cov = np.mean(s * s) * (flat.T @ flat / flat.shape[0]) - np.mean(s) ** 2 * np.outer(mu, mu)
-    cov[np.diag_indices_from(cov)] += np.mean(u * u)
-    return np.mean(s) * mu, cov, float(np.mean(u))
+    second, outer = flat.T @ flat / flat.shape[0], np.outer(mu, mu)
+    out = []
+    for a, b in ranges:
+        s, u = schedule.sqrt_alpha_bar[a:b], schedule.sqrt_one_minus_alpha_bar[a:b]
+        cov = np.mean(s * s) * second - np.mean(s) ** 2 * outer
+        cov[np.diag_indices_from(cov)] += np.mean(u * u)
+        out.append((np.mean(s) * mu, cov, float(np.mean(u))))
+    return out
 
 
 def _check_TM(T: int, M: int) -> tuple[int, int]:

@@ -194,8 +194,7 @@ def _exact_affine(flat: np.ndarray, schedule: NoiseSchedule, sets, ridge: float)
     and ``c = -W E[x_t]`` (``E[eps] = 0``)."""
     D = flat.shape[1]
     W, c = np.empty((len(sets), D, D)), np.empty((len(sets), D))
-    for k, t_range in enumerate(sets):
-        mean, cov, cross = noised_moments(schedule, flat, t_range)
+    for k, (mean, cov, cross) in enumerate(noised_moments(schedule, flat, sets)):
         cov[np.diag_indices(D)] += ridge
         W[k] = cross * np.linalg.inv(cov)
         W[k] = 0.5 * (W[k] + W[k].T)          # symmetric in exact arithmetic
